@@ -1,0 +1,315 @@
+"""The ``p2pwall`` command line.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or config error.  Every error is one
+line on stderr; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import click
+
+from . import __version__
+from . import config as config_mod
+from . import plugins as plugins_mod
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+class Failure(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s p2pwall[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger("p2pwall")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record):
+        doc = {"time": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name}
+        message = record.getMessage()
+        fields = _kv(message)
+        if fields:
+            doc.update(fields)
+        else:
+            doc["message"] = message
+        return json.dumps(doc)
+
+
+def _kv(message: str) -> dict:
+    import shlex
+
+    try:
+        parts = shlex.split(message)
+    except ValueError:
+        return {}
+    out = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep:
+            return {}
+        out[key] = value
+    return out
+
+
+def _settings(path) -> config_mod.Settings:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        raise Failure(f"config: {exc}", EXIT_USAGE) from None
+
+
+def _detectors(names, settings=None) -> plugins_mod.DetectorSet:
+    try:
+        detectors = plugins_mod.load(list(names) or None)
+        if settings is not None:
+            detectors.configure(settings)
+    except plugins_mod.PluginError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    except config_mod.ConfigError as exc:
+        raise Failure(f"config: {exc}", EXIT_USAGE) from None
+    return detectors
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise Failure(f"{what} needs root (CAP_NET_ADMIN and CAP_NET_RAW): run it as root", EXIT_USAGE)
+
+
+plugin_option = click.option("--plugin", "plugins", multiple=True, metavar="NAME",
+                             help="Run only this detector (repeatable; default: all installed).")
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                             help="TOML config file (default: built-in defaults).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="p2pwall")
+def cli():
+    """p2pwall: stop LAN hosts from reaching peer-to-peer networks, let all else through."""
+
+
+@cli.command()
+@config_option
+@plugin_option
+@click.option("--queue", type=click.IntRange(0, 65535), help="NFQUEUE number (overrides [queue] number).")
+@click.option("--monitor", is_flag=True, help="Decide and log everything, but accept every packet.")
+@click.option("--no-install-rules", is_flag=True, help="Do not install iptables rules (you manage them).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log line format (overrides [log] format).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log level (overrides [log] level).")
+def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_level):
+    """Run the filter: install the rules, judge queued packets until SIGTERM/SIGINT,
+    then remove the rules."""
+    settings = _settings(config_path)
+    if queue is not None:
+        settings.queue_number = queue
+    _setup_logging(log_level or settings.log_level, log_format or settings.log_format)
+    detectors = _detectors(plugins, settings)
+    _need_root("p2pwall run")
+    from .daemon import Daemon, DaemonError
+
+    try:
+        daemon = Daemon(settings, detectors, monitor=monitor, install_rules=not no_install_rules)
+    except config_mod.ConfigError as exc:
+        raise Failure(f"config: {exc}", EXIT_USAGE) from None
+    try:
+        daemon.run()
+    except DaemonError as exc:
+        from .daemon import QueueBusy
+
+        raise Failure(str(exc), EXIT_USAGE if isinstance(exc, QueueBusy) else EXIT_RUNTIME) from None
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def detectors(fmt):
+    """List the installed detectors: name, version, origin, protocols, packet kinds."""
+    found = _detectors(())
+    infos = [d.info.to_dict() for d in found.detectors]
+    if fmt == "json":
+        click.echo(json.dumps(infos, indent=2))
+        return
+    if not infos:
+        click.echo("no detectors installed")
+    for info in infos:
+        click.echo(f"{info['name']} {info['version']} ({info['origin']})")
+        click.echo(f"  protocols: {', '.join(info['protocols']) or '-'}")
+        click.echo(f"  wants:     {', '.join(info['wants']) or '-'}")
+        if info["description"]:
+            click.echo(f"  {info['description']}")
+
+
+@cli.command()
+@config_option
+@plugin_option
+@click.option("--queue", type=click.IntRange(0, 65535), help="NFQUEUE number (overrides [queue] number).")
+@click.option("--format", "fmt", type=click.Choice(["iptables", "nft"]), default="iptables", show_default=True)
+def rules(config_path, plugins, queue, fmt):
+    """Print the rules `run` would install (iptables-restore input, or an nft script)."""
+    from . import rules as rules_mod
+
+    settings = _settings(config_path)
+    if queue is not None:
+        settings.queue_number = queue
+    found = _detectors(plugins, settings)
+    wants, strings = found.wants(), found.tcp_strings()
+    if fmt == "nft":
+        click.echo(rules_mod.nft_script(settings, wants, strings), nl=False)
+        return
+    for family in (4, 6):
+        rs = rules_mod.build(settings, wants, strings, family)
+        if not rs.empty:
+            click.echo(f"# {'iptables' if family == 4 else 'ip6tables'}-restore --noflush")
+            click.echo(rules_mod.restore_script(rs), nl=False)
+
+
+@cli.command()
+@click.argument("pcaps", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@config_option
+@plugin_option
+@click.option("--lan", "lans", multiple=True, metavar="CIDR",
+              help="LAN network (repeatable; default: [network] lan_networks, else the private ranges).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def replay(pcaps, config_path, plugins, lans, fmt):
+    """Run captures through the engine and report, per flow, what it would have done."""
+    from . import pcap
+    from .replay import Replay
+
+    settings = _settings(config_path)
+    if lans:
+        try:
+            config_mod.from_dict({"network": {"lan_networks": list(lans)}})
+        except config_mod.ConfigError as exc:
+            raise Failure(f"--lan: {exc}", EXIT_USAGE) from None
+        settings.lan_networks = list(lans)
+    found = _detectors(plugins, settings)
+    rp = Replay(settings, found)
+    show_progress = fmt == "text" and sys.stderr.isatty()
+    started = time.perf_counter()
+    for path in pcaps:
+        try:
+            if show_progress and os.path.isfile(path):
+                with click.progressbar(length=os.path.getsize(path), label=os.path.basename(path),
+                                       file=sys.stderr) as bar:
+                    rp.feed_file(path, lambda pos, bar=bar: bar.update(pos - bar.pos))
+            else:
+                rp.feed_file(path)
+        except pcap.PcapError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+    report = rp.report()
+    if fmt == "json":
+        click.echo(json.dumps(report))
+        return
+    elapsed = time.perf_counter() - started
+    v = report["verdicts"]
+    click.echo(f"{report['packets']} packets in {elapsed:.2f} s: {v['accept']} accepted, {v['drop']} dropped; "
+               f"{len(report['flows'])} flows")
+    flagged = [f for f in report["flows"] if f["detector"]]
+    click.echo(f"{len(flagged)} flows flagged")
+    for f in flagged:
+        click.echo(f"  {f['proto']} {f['client']}:{f['client_port']} -> {f['peer']}:{f['peer_port']} "
+                   f"{f['detector']}: {f['reason']} ({f['dropped']}/{f['packets']} dropped)")
+
+
+@cli.command()
+@config_option
+@click.option("--socket", "socket_path", help="Status socket (overrides [status] socket).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(config_path, socket_path, fmt):
+    """Ask the running daemon for its tables, locked clients and counters."""
+    from .status import StatusError, query
+
+    settings = _settings(config_path)
+    try:
+        snap = query(socket_path or settings.status_socket)
+    except StatusError as exc:
+        raise Failure(str(exc), EXIT_RUNTIME) from None
+    if fmt == "json":
+        click.echo(json.dumps(snap, indent=2))
+        return
+    click.echo(f"up {snap['uptime']:.0f} s, detectors: {', '.join(snap['detectors'])}"
+               f"{' (monitor mode)' if snap.get('monitor') else ''}")
+    c = snap["counters"]
+    click.echo(f"packets {c.get('packets', 0)}, accepted {c.get('accepted', 0)}, dropped {c.get('dropped', 0)}")
+    for det, n in sorted(snap.get("drops_by_detector", {}).items()):
+        click.echo(f"  {det}: {n} drops")
+    for title, key in (("blocked peers", "peers"), ("locked clients", "locks")):
+        table = snap[key]
+        click.echo(f"{title}: {table['count']}")
+        for e in table["entries"][:50]:
+            click.echo(f"  {e['address']}  {e['remaining']:.0f} s left  {e['detector']}: {e['reason']}")
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_config(file):
+    """Validate a config file, including each detector's own table."""
+    settings = _settings(file)
+    _detectors((), settings)
+    click.echo(f"{file}: ok")
+
+
+@cli.command()
+@click.option("--seconds", type=click.FloatRange(5, 600), default=60, show_default=True,
+              help="How long the emulated P2P client runs.")
+@click.option("--lock", "lock_seconds", type=click.FloatRange(1, 600), default=8, show_default=True,
+              help="The time lock used in the lab (the production default is 120 s).")
+def lab(seconds, lock_seconds):
+    """Demo: build a throw-away namespace network, run p2pwall against an emulated
+    P2P client and ordinary traffic, print what happened, remove everything."""
+    _need_root("p2pwall lab")
+    from .lab import LabError, run_lab
+
+    try:
+        code = run_lab(seconds=seconds, lock_seconds=lock_seconds, echo=click.echo)
+    except LabError as exc:
+        raise Failure(f"lab: {exc}", EXIT_RUNTIME) from None
+    if code:
+        raise Failure("lab: p2pwall did not hold", EXIT_RUNTIME)
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="p2pwall", standalone_mode=False)
+        return 0
+    except Failure as exc:
+        click.echo(f"p2pwall: error: {exc}", err=True)
+        return exc.code
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare "p2pwall": help, not an error
+            click.echo(exc.ctx.get_help() if exc.ctx else "", err=False)
+            return 0
+        where = "p2pwall" if not exc.ctx or exc.ctx.info_name == "p2pwall" else f"p2pwall {exc.ctx.info_name}"
+        click.echo(f"{where}: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except click.Abort:
+        click.echo("p2pwall: aborted", err=True)
+        return EXIT_RUNTIME
+    except click.ClickException as exc:
+        click.echo(f"p2pwall: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def entry() -> None:  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The TOML configuration: every key optional, every default documented, unknown keys errors.
+
+``examples/p2pwall.toml`` shows and explains each key; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                    "fc00::/7", "fe80::/10"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line and exit status 2."""
+
+
+@dataclass
+class Settings:
+    # [network]
+    lan_interfaces: list[str] = field(default_factory=list)
+    lan_networks: list[str] = field(default_factory=lambda: list(PRIVATE_NETWORKS))
+    allow: list[str] = field(default_factory=list)
+    # [queue]
+    queue_number: int = 0
+    fail_closed: bool = False
+    queue_maxlen: int = 4096
+    payload_packets: int = 4
+    # [lock]
+    lock_seconds: float = 120.0
+    lock_max: int = 65536
+    # [peers]
+    peer_seconds: float = 86400.0
+    peer_max: int = 1_000_000
+    # [probes]
+    probes_per_lock: int = 2
+    # [sender]
+    send_per_second: float = 200.0
+    send_per_client_per_second: float = 20.0
+    # [status]
+    status_socket: str = "/run/p2pwall/p2pwall.sock"
+    # [log]
+    log_level: str = "info"
+    log_format: str = "text"
+    # [detectors.<name>]
+    detectors: dict = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def lan_nets(self):
+        return [ipaddress.ip_network(n, strict=False) for n in self.lan_networks]
+
+    def allow_nets(self):
+        return [ipaddress.ip_network(n, strict=False) for n in self.allow]
+
+
+def _range(low=None, high=None):
+    """A check that a number lies within [low, high] and the words that say so."""
+    if high is None:
+        text = f"at least {low}" if low else "positive"
+        return (lambda v: v >= low if low else v > 0), text
+    return (lambda v: low <= v <= high), f"between {low} and {high}"
+
+
+# section -> key -> (Settings attribute, kind, range check or None)
+_SCHEMA = {
+    "network": {
+        "lan_interfaces": ("lan_interfaces", "strlist", None),
+        "lan_networks": ("lan_networks", "netlist", None),
+        "allow": ("allow", "netlist", None),
+    },
+    "queue": {
+        "number": ("queue_number", "int", _range(0, 65535)),
+        "fail_closed": ("fail_closed", "bool", None),
+        "maxlen": ("queue_maxlen", "int", _range()),
+        "payload_packets": ("payload_packets", "int", _range(1, 64)),
+    },
+    "lock": {
+        "seconds": ("lock_seconds", "number", _range()),
+        "max": ("lock_max", "int", _range()),
+    },
+    "peers": {
+        "seconds": ("peer_seconds", "number", _range()),
+        "max": ("peer_max", "int", _range()),
+    },
+    "probes": {
+        "per_lock": ("probes_per_lock", "int", _range(0, 8)),
+    },
+    "sender": {
+        "per_second": ("send_per_second", "number", _range(0, 1e6)),
+        "per_client_per_second": ("send_per_client_per_second", "number", _range(0, 1e6)),
+    },
+    "status": {
+        "socket": ("status_socket", "str", None),
+    },
+    "log": {
+        "level": ("log_level", "choice:debug,info,warning,error", None),
+        "format": ("log_format", "choice:text,json", None),
+    },
+}
+
+
+def _check(section: str, key: str, value, kind: str, check) -> object:
+    where = f"[{section}] {key}"
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
+        value = float(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    elif kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    elif kind.startswith("choice:"):
+        choices = kind[7:].split(",")
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+    elif kind in ("strlist", "netlist"):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        if kind == "netlist":
+            for v in value:
+                try:
+                    ipaddress.ip_network(v, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{where}: not an address or network: {v!r}") from None
+    if check is not None and not check[0](value):
+        raise ConfigError(f"{where}: must be {check[1]}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict, source: str = "<dict>") -> Settings:
+    """Validate a parsed TOML document into :class:`Settings`."""
+    settings = Settings(source=source)
+    for section, body in data.items():
+        if section == "detectors":
+            if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
+                raise ConfigError("[detectors]: expected tables like [detectors.fasttrack]")
+            settings.detectors = body
+            continue
+        schema = _SCHEMA.get(section)
+        if schema is None:
+            raise ConfigError(f"unknown section [{section}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{section}]: expected a table")
+        for key, value in body.items():
+            if key not in schema:
+                raise ConfigError(f"unknown key [{section}] {key}")
+            attr, kind, check = schema[key]
+            setattr(settings, attr, _check(section, key, value, kind, check))
+    return settings
+
+
+def load(path: str | Path | None) -> Settings:
+    """Read and validate a config file; ``None`` gives the defaults."""
+    if path is None:
+        return Settings()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return from_dict(data, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,195 @@
+"""The read-only packet view every detector sees.
+
+Parsing sits on the hot path of every queued packet, so it is flat ``struct``/slicing
+work; scapy is only used to craft replies (see :mod:`p2pwall.sender`).  Anything that
+does not parse yields ``None`` and the caller accepts and counts the packet.
+"""
+
+from __future__ import annotations
+
+import socket
+from struct import unpack_from
+
+# Directions, relative to the protected LAN.
+FROM_LAN = "from_lan"  # forwarded, sent by a LAN host towards the outside
+TO_LAN = "to_lan"  # forwarded, coming from the outside towards a LAN host
+TO_FIREWALL = "to_firewall"  # sent by a LAN host to the gateway itself (INPUT chain)
+UNKNOWN = "unknown"
+
+TCP = 6
+UDP = 17
+
+# TCP flag bits
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+# IPv6 extension headers that we skip; anything else ends the chain.
+_V6_SKIP = {0, 43, 60}  # hop-by-hop, routing, destination options
+_V6_FRAGMENT = 44
+_V6_AH = 51
+_MAX_V6_EXT = 8
+
+
+def ip_text(addr: bytes) -> str:
+    """The printable form of a 4- or 16-byte address."""
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+def ip_bytes(text: str | bytes) -> bytes:
+    """Packed form of an address given as text (or already packed). Raises ValueError."""
+    if isinstance(text, (bytes, bytearray)):
+        if len(text) in (4, 16):
+            return bytes(text)
+        raise ValueError(f"not a packed address: {text!r}")
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except (OSError, TypeError) as exc:
+        raise ValueError(f"not an IP address: {text!r}") from exc
+
+
+class Packet:
+    """One parsed IP packet. Attributes are plain and meant to be read, not changed.
+
+    ``src``/``dst`` are packed addresses (4 or 16 bytes); ``src_ip``/``dst_ip`` their text.
+    ``sport``/``dport`` are 0 and ``payload`` empty when the transport header is absent
+    (non-first fragments, other protocols).  ``payload`` is a memoryview of the transport
+    payload; ``data`` is the same as ``bytes``.
+    """
+
+    __slots__ = (
+        "raw", "version", "proto", "src", "dst", "sport", "dport", "flags", "payload",
+        "fragment", "direction", "hook", "indev", "ts", "_data", "_src_ip", "_dst_ip",
+    )
+
+    def __init__(self, raw, version, proto, src, dst, sport, dport, flags, payload, fragment):
+        self.raw = raw
+        self.version = version
+        self.proto = proto
+        self.src = src
+        self.dst = dst
+        self.sport = sport
+        self.dport = dport
+        self.flags = flags
+        self.payload = payload
+        self.fragment = fragment
+        self.direction = UNKNOWN
+        self.hook = None
+        self.indev = None
+        self.ts = 0.0
+        self._data = None
+        self._src_ip = None
+        self._dst_ip = None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = bytes(self.payload)
+        return self._data
+
+    @property
+    def src_ip(self) -> str:
+        if self._src_ip is None:
+            self._src_ip = ip_text(self.src)
+        return self._src_ip
+
+    @property
+    def dst_ip(self) -> str:
+        if self._dst_ip is None:
+            self._dst_ip = ip_text(self.dst)
+        return self._dst_ip
+
+    @property
+    def is_udp(self) -> bool:
+        return self.proto == UDP
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.proto == TCP
+
+    @property
+    def is_syn(self) -> bool:
+        """A connection-opening SYN (SYN without ACK)."""
+        return self.proto == TCP and (self.flags & (SYN | ACK)) == SYN
+
+    def __repr__(self) -> str:
+        name = {TCP: "tcp", UDP: "udp"}.get(self.proto, str(self.proto))
+        return (f"<Packet {name} {self.src_ip}:{self.sport} -> {self.dst_ip}:{self.dport} "
+                f"flags={self.flags:#x} len={len(self.payload)} {self.direction}>")
+
+
+def parse(raw: bytes) -> Packet | None:
+    """Parse a raw IPv4/IPv6 packet; ``None`` when it is not a well-formed IP packet."""
+    n = len(raw)
+    if n < 20:
+        return None
+    version = raw[0] >> 4
+    fragment = False
+    if version == 4:
+        ihl = (raw[0] & 0x0F) * 4
+        total = (raw[2] << 8) | raw[3]
+        if ihl < 20 or total < ihl or n < ihl:
+            return None
+        end = total if total <= n else n  # a truncated copy keeps what we have
+        frag = ((raw[6] << 8) | raw[7])
+        offset = frag & 0x1FFF
+        fragment = bool(offset or frag & 0x2000)
+        proto = raw[9]
+        src = raw[12:16]
+        dst = raw[16:20]
+        l4 = ihl
+        if offset:
+            return Packet(raw, 4, proto, src, dst, 0, 0, 0, memoryview(b""), True)
+    elif version == 6:
+        if n < 40:
+            return None
+        plen = (raw[4] << 8) | raw[5]
+        end = 40 + plen
+        if end > n:
+            end = n
+        proto = raw[6]
+        src = raw[8:24]
+        dst = raw[24:40]
+        l4 = 40
+        for _ in range(_MAX_V6_EXT):
+            if proto in _V6_SKIP:
+                if l4 + 8 > end:
+                    return None
+                proto, hlen = raw[l4], (raw[l4 + 1] + 1) * 8
+            elif proto == _V6_FRAGMENT:
+                if l4 + 8 > end:
+                    return None
+                fragment = True
+                offset = unpack_from("!H", raw, l4 + 2)[0] >> 3
+                proto, hlen = raw[l4], 8
+                if offset:
+                    return Packet(raw, 6, proto, src, dst, 0, 0, 0, memoryview(b""), True)
+            elif proto == _V6_AH:
+                if l4 + 8 > end:
+                    return None
+                proto, hlen = raw[l4], (raw[l4 + 1] + 2) * 4
+            else:
+                break
+            l4 += hlen
+        else:
+            return None  # absurdly long chain: not worth trusting
+        if l4 > end:
+            return None
+    else:
+        return None
+
+    if proto == UDP:
+        if l4 + 8 > end:
+            return None
+        sport, dport, ulen = unpack_from("!HHH", raw, l4)
+        stop = l4 + ulen if 8 <= ulen and l4 + ulen <= end else end
+        payload = memoryview(raw)[l4 + 8:stop]
+        return Packet(raw, version, proto, src, dst, sport, dport, 0, payload, fragment)
+    if proto == TCP:
+        if l4 + 20 > end:
+            return None
+        sport, dport = unpack_from("!HH", raw, l4)
+        doff = (raw[l4 + 12] >> 4) * 4
+        if doff < 20 or l4 + doff > end:
+            return None
+        payload = memoryview(raw)[l4 + doff:end]
+        return Packet(raw, version, proto, src, dst, sport, dport, raw[l4 + 13], payload, fragment)
+    return Packet(raw, version, proto, src, dst, 0, 0, 0, memoryview(b""), fragment)

@@ -1,0 +1,174 @@
+"""The iptables rules a run needs: built from what the loaded detectors want.
+
+They live in chains of p2pwall's own (``P2PWALL-F<queue>`` for FORWARD, ``P2PWALL-I<queue>``
+for INPUT), entered by one jump at the top of FORWARD and INPUT, so that installing and
+removing them never disturbs the administrator's rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .config import Settings
+
+
+class RulesError(Exception):
+    """iptables refused the rules (exit status 1)."""
+
+
+@dataclass
+class RuleSet:
+    queue: int
+    family: int  # 4 or 6
+    chains: dict[str, list[str]]  # chain -> rule bodies (after "-A CHAIN"), in order
+    jumps: list[tuple[str, str]]  # (built-in chain, our chain) entered at its top
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.chains.values())
+
+
+def chain_names(queue: int) -> dict[str, str]:
+    """forward/input: entered from FORWARD/INPUT; lan: forwarded packets sent by the LAN;
+    payload: the first data packets of LAN connections, matched against strings."""
+    return {"forward": f"P2PWALL-F{queue}", "input": f"P2PWALL-I{queue}",
+            "lan": f"P2PWALL-L{queue}", "payload": f"P2PWALL-P{queue}"}
+
+
+def _sources(settings: Settings, family: int) -> list[str]:
+    """Match clauses that select packets from the LAN."""
+    if settings.lan_interfaces:
+        return [f"-i {name}" for name in settings.lan_interfaces]
+    nets = [n for n in settings.lan_networks if ipaddress.ip_network(n, strict=False).version == family]
+    return [f"-s {n}" for n in nets]
+
+
+def _quote(s: bytes) -> str:
+    text = s.decode("latin-1")
+    if any(c in text for c in '"\\\n') or not text.isprintable():
+        return '--hex-string "|' + s.hex() + '|"'
+    return f'--string "{text}"'
+
+
+def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, family: int = 4) -> RuleSet:
+    """The rules for one address family.  ``tcp_strings`` None means all payloads.
+
+    TCP SYNs from the LAN are always queued: the core's peer table and time lock act on
+    them whatever the detectors want.
+    """
+    names = chain_names(settings.queue_number)
+    target = f"-j NFQUEUE --queue-num {settings.queue_number}"
+    if not settings.fail_closed:
+        target += " --queue-bypass"  # if p2pwall is gone, traffic flows
+    sources = _sources(settings, family)
+    chains = {name: [] for name in names.values()}
+    if not sources:
+        return RuleSet(settings.queue_number, family, chains, [])
+    lan, payload = chains[names["lan"]], chains[names["payload"]]
+    for src in sources:
+        chains[names["forward"]].append(f"{src} -j {names['lan']}")
+        if "udp" in wants:
+            chains[names["input"]].append(f"{src} -p udp {target}")
+    if "udp" in wants:
+        lan.append(f"-p udp {target}")
+    lan.append(f"-p tcp --syn {target}")
+    if "tcp_payload" in wants:
+        # only the first packets of a connection: established flows never visit userspace,
+        # and the kernel's string search never runs over bulk data
+        lan.append(f"-p tcp ! --syn -m connbytes --connbytes 0:{settings.payload_packets + 2} "
+                   f"--connbytes-dir original --connbytes-mode packets -j {names['payload']}")
+        if tcp_strings is None:
+            payload.append(f"-m length ! --length 0:{52 if family == 4 else 72} {target}")
+        else:
+            payload.extend(f"-m string --algo bm {_quote(s)} {target}" for s in tcp_strings)
+    jumps = [("FORWARD", names["forward"])]
+    if chains[names["input"]]:
+        jumps.append(("INPUT", names["input"]))
+    return RuleSet(settings.queue_number, family, chains, jumps)
+
+
+def restore_script(rules: RuleSet) -> str:
+    """The rules for ``iptables-restore --noflush``."""
+    lines = ["*filter"]
+    lines += [f":{chain} - [0:0]" for chain in rules.chains]
+    for chain, bodies in rules.chains.items():
+        lines += [f"-A {chain} {body}" for body in bodies]
+    lines += [f"-I {parent} 1 -j {chain}" for parent, chain in rules.jumps]
+    lines += ["COMMIT", ""]
+    return "\n".join(lines)
+
+
+def nft_script(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None) -> str:
+    """An nftables equivalent. nft has no string match: payload rules queue the first
+    packets of every TCP connection instead, and the detectors do the matching."""
+    q = f"queue num {settings.queue_number}" + ("" if settings.fail_closed else " bypass")
+    if settings.lan_interfaces:
+        names = ", ".join(f'"{n}"' for n in settings.lan_interfaces)
+        srcs = [f"iifname {{ {names} }}"]
+    else:
+        v4 = [n for n in settings.lan_networks if ":" not in n]
+        v6 = [n for n in settings.lan_networks if ":" in n]
+        srcs = ([f"ip saddr {{ {', '.join(v4)} }}"] if v4 else []) + \
+               ([f"ip6 saddr {{ {', '.join(v6)} }}"] if v6 else [])
+    fwd, inp = [], []
+    for src in srcs:
+        if "udp" in wants:
+            fwd.append(f"{src} meta l4proto udp {q}")
+            inp.append(f"{src} meta l4proto udp {q}")
+        fwd.append(f"{src} tcp flags & (syn|ack) == syn {q}")
+        if "tcp_payload" in wants:
+            fwd.append(f"{src} tcp flags & syn == 0 ct original packets 1-{settings.payload_packets + 2} "
+                       f"meta length > 60 {q}")
+    out = ["table inet p2pwall {",
+           "  chain forward {", "    type filter hook forward priority -5; policy accept;"]
+    out += [f"    {r}" for r in fwd]
+    out += ["  }", "  chain input {", "    type filter hook input priority -5; policy accept;"]
+    out += [f"    {r}" for r in inp]
+    out += ["  }", "}", ""]
+    return "\n".join(out)
+
+
+def _tool(family: int, name: str) -> str | None:
+    return shutil.which(name if family == 4 else name.replace("iptables", "ip6tables"))
+
+
+def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, input=stdin, text=True, capture_output=True)
+
+
+def installed(queue: int, family: int = 4) -> bool:
+    tool = _tool(family, "iptables")
+    if tool is None:
+        return False
+    return _run([tool, "-w", "-S", chain_names(queue)["forward"]]).returncode == 0
+
+
+def remove(queue: int, family: int = 4) -> None:
+    """Remove p2pwall's jumps and chains for ``queue``; quiet when absent."""
+    tool = _tool(family, "iptables")
+    if tool is None:
+        return
+    names = chain_names(queue)
+    for parent, chain in (("FORWARD", names["forward"]), ("INPUT", names["input"])):
+        for _ in range(64):  # every jump, even if a crash left several
+            if _run([tool, "-w", "-D", parent, "-j", chain]).returncode != 0:
+                break
+    for chain in names.values():
+        _run([tool, "-w", "-F", chain])
+    for chain in names.values():
+        _run([tool, "-w", "-X", chain])
+
+
+def install(rules: RuleSet) -> None:
+    """Install atomically; any leftovers of an earlier run on this queue go first."""
+    remove(rules.queue, rules.family)
+    restore = _tool(rules.family, "iptables-restore")
+    if restore is None:
+        raise RulesError(f"{'iptables' if rules.family == 4 else 'ip6tables'}-restore not found")
+    done = _run([restore, "-w", "--noflush"], restore_script(rules))
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip().splitlines()
+        raise RulesError(f"iptables-restore refused the rules: {message[0] if message else done.returncode}")

@@ -1,0 +1,211 @@
+"""FastTrack (Kazaa, KazaaLite, iMesh, Grokster): the ftwall logic as a p2pwall detector.
+
+What it recognises (``shared/protocols.md``; giFT-FastTrack, ipp2p, l7-filter, nDPI):
+
+- the UDP ping a client sends to peers: ``27 00 00 00 (29|a9) 80 <network name> 00``;
+- the UDP pong: ``28 00 00 00 (29|a9) <6 bytes> <network name> 00`` (or a 5-byte ``29``);
+- a clear-text FastTrack HTTP transfer: ``GET /.hash=...`` and friends, ``X-Kazaa-*``
+  headers, the ``KazaaClient``/``PeerEnabler`` user agents, or a ``GIVE <n>`` push.
+
+What it asks for: a ping to a peer blocks the peer, drops the ping and spoofs a pong
+from the peer so the client keeps to its UDP mode.  The core then drops the client's
+follow-ups to the peer and time-locks a client that sends a TCP SYN to it.  While a
+client is locked this detector supplies a probe (a copy of the client's own ping); a
+pong from the client to the firewall restarts the lock.  A transfer request blocks its
+target and the supernode named in ``X-Kazaa-SupernodeIP`` and locks the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import OrderedDict
+
+from p2pwall import hookimpl
+from p2pwall.actions import Block, Drop, Lock, Probe, Spoof
+from p2pwall.config import ConfigError
+from p2pwall.packet import FROM_LAN, TO_FIREWALL
+from p2pwall.plugins import DetectorInfo
+
+__version__ = "1.0.0"
+
+PING, PONG, SETUP = 0x27, 0x28, 0x29
+ENC_TYPES = (0x29, 0xA9)
+DEFAULT_NETWORK = b"KaZaA"
+MAX_NAME = 31
+# Kernel-side pre-filter: only TCP payloads containing one of these are queued.
+HTTP_STRINGS = [b"GET /.", b"X-Kazaa-", b"GIVE ", b"KazaaClient", b"PeerEnabler/"]
+
+_REQUEST = re.compile(
+    rb"^(?:GET|HEAD) /\.(?:hash=[0-9a-fA-F]{20,64}|files|download/|supernode|status|network)[^\r\n]* HTTP/1\.[01]\r?\n")
+_HEADER = re.compile(
+    rb"\r?\n(?:X-Kazaa-(?:Username|Network|IP|SupernodeIP|XferId|XferUid)\s*:|"
+    rb"User-Agent:\s*(?:KazaaClient|PeerEnabler/))", re.IGNORECASE)
+_GIVE = re.compile(rb"^GIVE [0-9]{1,10}\r\n")
+_SUPERNODE = re.compile(rb"\r?\nX-Kazaa-SupernodeIP:[ \t]*([0-9.]{7,15}):([0-9]{1,5})[ \t]*\r?\n", re.IGNORECASE)
+_HTTP_METHOD = re.compile(rb"^(?:GET|HEAD|POST) /")
+
+
+def _network_name(payload, start: int) -> bytes | None:
+    """The NUL-terminated printable network name at ``start`` filling the rest, or None."""
+    end = len(payload) - 1
+    if end - start < 1 or end - start > MAX_NAME or payload[end] != 0:
+        return None
+    name = bytes(payload[start:end])
+    if not all(0x21 <= c < 0x7F for c in name):
+        return None
+    return name
+
+
+def parse_ping(payload) -> bytes | None:
+    """The network name of a FastTrack UDP ping, or None."""
+    if len(payload) < 8 or payload[0] != PING or payload[4] not in ENC_TYPES or payload[5] != 0x80:
+        return None
+    if payload[1] or payload[2] or payload[3]:
+        return None
+    return _network_name(payload, 6)
+
+
+def parse_pong(payload) -> bool:
+    """True for a FastTrack pong: a full 0x28 reply or the short 5-byte 0x29 form."""
+    n = len(payload)
+    if n < 5 or payload[1] or payload[2] or payload[3] or payload[4] not in ENC_TYPES:
+        return False
+    if payload[0] == SETUP:
+        return n == 5
+    return payload[0] == PONG and n >= 13 and _network_name(payload, 11) is not None
+
+
+def make_pong(network: bytes = DEFAULT_NETWORK, load: int = 20) -> bytes:
+    """A well-formed 0x28 pong as giFT-FastTrack parses it: 'up, with a free slot'."""
+    return bytes([PONG, 0, 0, 0, 0x29, 0x00, 0x1E, 0x05, 0x00, load & 0x7F, 0x00]) + network + b"\x00"
+
+
+def make_ping(network: bytes = DEFAULT_NETWORK, enc: int = 0x29) -> bytes:
+    return bytes([PING, 0, 0, 0, enc, 0x80]) + network + b"\x00"
+
+
+def parse_http(data: bytes) -> tuple[str, tuple[str, int] | None] | None:
+    """(reason, supernode address or None) for a FastTrack transfer request, else None."""
+    if _GIVE.match(data):
+        return "FastTrack GIVE push", None
+    if not _HTTP_METHOD.match(data):
+        return None
+    if _REQUEST.match(data):
+        reason = "FastTrack HTTP request"
+    elif _HEADER.search(data):
+        reason = "FastTrack HTTP headers"
+    else:
+        return None
+    return reason, _supernode(data)
+
+
+def _supernode(data: bytes) -> tuple[str, int] | None:
+    """The X-Kazaa-SupernodeIP address, strictly parsed; anything odd is ignored."""
+    m = _SUPERNODE.search(data)
+    if not m:
+        return None
+    try:
+        addr = ipaddress.IPv4Address(m.group(1).decode("ascii"))
+    except ValueError:
+        return None
+    port = int(m.group(2))
+    if not 0 < port < 65536 or addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        return None
+    return str(addr), port
+
+
+class FastTrackDetector:
+    """The ftwall logic: UDP recognition, spoofed pongs, probes and the HTTP safety net."""
+
+    def __init__(self):
+        self.probes = True
+        self.http = True
+        self.spoof = True
+        self.networks: set[bytes] | None = None
+        self.max_clients = 65536
+        self._pings: OrderedDict[bytes, tuple[int, int, bytes]] = OrderedDict()
+
+    @hookimpl
+    def p2pwall_detector_info(self):
+        return DetectorInfo(
+            name="fasttrack", version=__version__,
+            protocols=["FastTrack", "Kazaa", "KazaaLite", "iMesh", "Grokster"],
+            description="ftwall: UDP ping recognition with spoofed pongs, time lock, probes, HTTP safety net",
+            wants=["udp", "tcp_payload"] if self.http else ["udp"],
+            tcp_strings=HTTP_STRINGS if self.http else [],
+        )
+
+    @hookimpl
+    def p2pwall_configure(self, table, settings):
+        known = {"probes": bool, "http": bool, "spoof": bool, "networks": list}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"unknown key {key}")
+            if not isinstance(value, known[key]):
+                raise ConfigError(f"{key}: expected {known[key].__name__}, got {value!r}")
+        self.probes = table.get("probes", True)
+        self.http = table.get("http", True)
+        self.spoof = table.get("spoof", True)
+        names = table.get("networks", [])
+        if not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME and n.isprintable() for n in names):
+            raise ConfigError("networks: expected a list of network names such as \"KaZaA\"")
+        self.networks = {n.encode() for n in names} or None
+
+    @hookimpl
+    def p2pwall_inspect(self, packet, context):
+        if packet.proto == 17:
+            return self._udp(packet, context)
+        if self.http and packet.direction == FROM_LAN:
+            return self._tcp(packet)
+        return None
+
+    def _udp(self, packet, context):
+        payload = packet.payload
+        if len(payload) < 5 or payload[0] not in (PING, PONG, SETUP):
+            return None
+        if packet.direction == TO_FIREWALL:
+            # the answer to one of our probes: the client still runs FastTrack
+            if parse_pong(payload):
+                return Lock(packet.src, reason="answered a FastTrack probe")
+            return None
+        if packet.direction != FROM_LAN:
+            return None
+        name = parse_ping(payload)
+        if name is not None and (self.networks is None or name in self.networks):
+            self._remember(packet)
+            actions = [Block(packet.dst, reason="FastTrack UDP ping"), Drop("FastTrack UDP ping")]
+            if self.spoof:
+                actions.append(Spoof(packet.dst, packet.dport, packet.src, packet.sport,
+                                     make_pong(name), reason="FastTrack pong"))
+            return actions
+        if parse_pong(payload):
+            return [Block(packet.dst, reason="FastTrack UDP pong"), Drop("FastTrack UDP pong")]
+        return None
+
+    def _tcp(self, packet):
+        found = parse_http(packet.data)
+        if found is None:
+            return None
+        reason, supernode = found
+        actions = [Drop(reason), Block(packet.dst, reason=reason), Lock(packet.src, reason=reason)]
+        if supernode is not None:
+            actions.append(Block(supernode[0], reason="FastTrack supernode (X-Kazaa-SupernodeIP)"))
+        return actions
+
+    def _remember(self, packet) -> None:
+        pings = self._pings
+        pings[packet.src] = (packet.sport, packet.dport, packet.data)
+        pings.move_to_end(packet.src)
+        if len(pings) > self.max_clients:
+            pings.popitem(last=False)
+
+    @hookimpl
+    def p2pwall_make_probe(self, client, context):
+        if not self.probes:
+            return None
+        known = self._pings.get(client)
+        if known is None:
+            return None
+        sport, dport, payload = known
+        return Probe(client, dport=sport, payload=payload, sport=dport, reason="FastTrack probe")
