@@ -1,0 +1,210 @@
+"""A throw-away namespace network for end-to-end tests, the lab and benchmarks.
+
+    lan1 (192.0.2.10) ─┐
+    lan2 (192.0.2.11) ─┴─ br0 [fw 192.0.2.1 | 198.51.100.1 wan0] ── out (198.51.100.2,
+                                                                     203.0.113.1..N)
+
+Every namespace name starts with a prefix unique to the run; ``close()`` deletes them all
+and is safe to call twice.  Only documentation address ranges are used, and only inside
+namespaces this class created.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LAN_NET = "192.0.2.0/24"
+FW_LAN = "192.0.2.1"
+FW_WAN = "198.51.100.1"
+OUT_WAN = "198.51.100.2"
+OUTSIDE_NET = "203.0.113.0/24"
+
+
+class TestbedError(Exception):
+    pass
+
+
+def _sh(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(list(args), capture_output=True, text=True, input=input)
+    if check and done.returncode != 0:
+        raise TestbedError(f"{' '.join(args)}: {done.stderr.strip() or done.returncode}")
+    return done
+
+
+def outside_address(i: int) -> str:
+    if not 1 <= i <= 250:
+        raise ValueError("outside hosts are 203.0.113.1 to 203.0.113.250")
+    return f"203.0.113.{i}"
+
+
+class Network:
+    """LAN hosts, a firewall and an outside host with many addresses, in namespaces."""
+
+    def __init__(self, lan_hosts: int = 2, outside_addresses: int = 20, prefix: str | None = None):
+        self.prefix = prefix or f"p2pw{secrets.token_hex(3)}"
+        self.fw = f"{self.prefix}-fw"
+        self.out = f"{self.prefix}-out"
+        self.lans = [f"{self.prefix}-lan{i + 1}" for i in range(lan_hosts)]
+        self.lan_ips = [f"192.0.2.{10 + i}" for i in range(lan_hosts)]
+        self.outside = [outside_address(i + 1) for i in range(outside_addresses)]
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self._procs: list[subprocess.Popen] = []
+        self._made: list[str] = []
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ building
+    def _ns(self, name: str) -> None:
+        _sh("ip", "netns", "add", name)
+        self._made.append(name)
+        _sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _build(self) -> None:
+        for name in [self.fw, self.out, *self.lans]:
+            self._ns(name)
+        fw, out = self.fw, self.out
+        _sh("ip", "netns", "exec", fw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        _sh("ip", "-n", fw, "link", "add", "br0", "type", "bridge")
+        _sh("ip", "-n", fw, "addr", "add", f"{FW_LAN}/24", "dev", "br0")
+        _sh("ip", "-n", fw, "link", "set", "br0", "up")
+        for i, (ns, ip) in enumerate(zip(self.lans, self.lan_ips)):
+            port = f"l{i + 1}"
+            _sh("ip", "-n", fw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _sh("ip", "-n", fw, "link", "set", port, "master", "br0", "up")
+            _sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            _sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            _sh("ip", "-n", ns, "route", "add", "default", "via", FW_LAN)
+        _sh("ip", "-n", fw, "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", out)
+        _sh("ip", "-n", fw, "addr", "add", f"{FW_WAN}/24", "dev", "wan0")
+        _sh("ip", "-n", fw, "link", "set", "wan0", "up")
+        _sh("ip", "-n", out, "addr", "add", f"{OUT_WAN}/24", "dev", "eth0")
+        for ip in self.outside:
+            _sh("ip", "-n", out, "addr", "add", f"{ip}/24", "dev", "eth0")
+        _sh("ip", "-n", out, "link", "set", "eth0", "up")
+        _sh("ip", "-n", out, "route", "add", "default", "via", FW_WAN)
+        _sh("ip", "-n", fw, "route", "add", OUTSIDE_NET, "via", OUT_WAN)
+        # addresses need a moment to leave "tentative"; wait until the LAN reaches out
+        deadline = time.monotonic() + 10
+        while _sh("ip", "netns", "exec", self.lans[0], "ping", "-c1", "-W1", OUT_WAN, check=False).returncode:
+            if time.monotonic() > deadline:
+                raise TestbedError("the test network did not come up")
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------------ running
+    def exec(self, ns: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        done = subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True,
+                              timeout=timeout)
+        if check and done.returncode != 0:
+            raise TestbedError(f"[{ns}] {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+        return done
+
+    def spawn(self, ns: str, *args: str, log: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        """Start a background process in ``ns``; its output goes to ``log`` in self.dir."""
+        out = open(self.dir / (log or f"proc{len(self._procs)}.log"), "wb")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        out.close()
+        self._procs.append(proc)
+        return proc
+
+    def python(self, ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.exec(ns, sys.executable, *args, **kw)
+
+    def p2pwall(self, config: str, *args: str, env: dict | None = None, name: str = "p2pwall",
+                wait: float = 20.0) -> "Daemon":
+        """Start ``p2pwall run`` in the firewall namespace and wait until it is ready."""
+        path = self.dir / f"{name}.toml"
+        path.write_text(config)
+        log = f"{name}.log"
+        proc = self.spawn(self.fw, sys.executable, "-m", "p2pwall", "run", "--config", str(path), *args,
+                          log=log, env=env)
+        daemon = Daemon(self, proc, self.dir / log)
+        daemon.wait_ready(wait)
+        return daemon
+
+    def base_config(self, lock_seconds: float = 120, extra: str = "") -> str:
+        return (f'[network]\nlan_interfaces = ["br0"]\nlan_networks = ["{LAN_NET}"]\n'
+                f'[lock]\nseconds = {lock_seconds}\n'
+                f'[status]\nsocket = "{self.dir}/status.sock"\n{extra}')
+
+    def iptables_save(self) -> str:
+        return self.exec(self.fw, "iptables-save").stdout
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait(5)
+        self._procs.clear()
+        for name in reversed(self._made):
+            _sh("ip", "netns", "pids", name, check=False)
+            pids = _sh("ip", "netns", "pids", name, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _sh("ip", "netns", "del", name, check=False)
+        self._made.clear()
+
+    def __enter__(self) -> "Network":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Daemon:
+    """A ``p2pwall run`` process in the firewall namespace."""
+
+    def __init__(self, net: Network, proc: subprocess.Popen, log: Path):
+        self.net, self.proc, self.log = net, proc, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "event=started" in self.output():
+                return
+            if self.proc.poll() is not None:
+                raise TestbedError(f"p2pwall exited with {self.proc.returncode}: {self.output()[-2000:]}")
+            time.sleep(0.05)
+        raise TestbedError(f"p2pwall not ready in {timeout} s: {self.output()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise TestbedError("p2pwall did not stop on signal") from None
+        return self.proc.returncode
+
+    def status(self) -> dict:
+        import json
+
+        done = self.net.python(self.net.fw, "-m", "p2pwall", "status", "--format", "json",
+                               "--socket", str(self.net.dir / "status.sock"))
+        return json.loads(done.stdout)

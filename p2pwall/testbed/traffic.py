@@ -1,0 +1,172 @@
+"""Small traffic tools run inside test namespaces: ``python -m p2pwall.testbed.traffic CMD``.
+
+- ``serve``: UDP echo and TCP accept on the given ports, logging every arrival as a JSON
+  line (what reached the far side);
+- ``udp``: send datagrams and report the replies;
+- ``tcp``: connect (optionally send) and report whether it worked;
+- ``listen``: receive UDP datagrams on a port and report them.
+
+Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import socket
+import sys
+import time
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python < 3.12 lacks the name
+
+
+def _ports(text: str) -> list[int]:
+    out = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def serve(args) -> int:
+    sel = selectors.DefaultSelector()
+    log = open(args.log, "a", buffering=1)
+    for port in _ports(args.udp):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s.bind(("0.0.0.0", port))
+        sel.register(s, selectors.EVENT_READ, ("udp", port))
+    for port in _ports(args.tcp):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(128)
+        sel.register(s, selectors.EVENT_READ, ("tcp", port))
+    print(json.dumps({"ready": True}), flush=True)
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=0.5):
+            kind, port = key.data
+            sock = key.fileobj
+            if kind == "udp":
+                data, anc, _flags, src = sock.recvmsg(65535, 256)
+                dst = None
+                for level, typ, cdata in anc:
+                    if level == socket.IPPROTO_IP and typ == IP_PKTINFO:
+                        dst = socket.inet_ntoa(cdata[8:12])
+                log.write(json.dumps({"t": time.time(), "proto": "udp", "src": src[0], "sport": src[1],
+                                      "dst": dst, "dport": port, "data": data.hex()}) + "\n")
+                reply = b"ECHO:" + data
+                if dst:
+                    # answer from the address that was asked
+                    sock.sendmsg([reply], [(socket.IPPROTO_IP, IP_PKTINFO,
+                                            b"\0" * 4 + socket.inet_aton(dst) + b"\0" * 4)], 0, src)
+                else:
+                    sock.sendto(reply, src)
+            else:
+                try:
+                    conn, src = sock.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.settimeout(1.0)
+                    dst = conn.getsockname()[0]
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        data = b""
+                    log.write(json.dumps({"t": time.time(), "proto": "tcp", "src": src[0], "sport": src[1],
+                                          "dst": dst, "dport": port, "data": data.hex()}) + "\n")
+                    try:
+                        conn.sendall(b"OK\n")
+                    except OSError:
+                        pass
+    return 0
+
+
+def udp(args) -> int:
+    results = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        if args.sport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", args.sport))
+        s.settimeout(args.wait)
+        for _ in range(args.count):
+            s.sendto(bytes.fromhex(args.hex), (args.to, args.port))
+            try:
+                data, src = s.recvfrom(65535)
+                results.append({"reply": data.hex(), "from": src[0], "from_port": src[1]})
+            except socket.timeout:
+                results.append({"reply": None})
+    print(json.dumps(results))
+    return 0
+
+
+def tcp(args) -> int:
+    result = {"connected": False, "reply": None}
+    try:
+        with socket.create_connection((args.to, args.port), timeout=args.timeout) as s:
+            result["connected"] = True
+            if args.data:
+                s.sendall(args.data.encode().decode("unicode_escape").encode("latin-1"))
+            s.settimeout(args.timeout)
+            try:
+                result["reply"] = s.recv(4096).decode("latin-1")
+            except OSError:
+                pass
+    except OSError as exc:
+        result["error"] = type(exc).__name__
+    print(json.dumps(result))
+    return 0
+
+
+def listen(args) -> int:
+    got = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", args.port))
+        print(json.dumps({"ready": True}), flush=True)
+        deadline = time.monotonic() + args.seconds
+        while len(got) < args.count and time.monotonic() < deadline:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                data, src = s.recvfrom(65535)
+            except socket.timeout:
+                break
+            got.append({"data": data.hex(), "from": src[0], "from_port": src[1]})
+    print(json.dumps(got), flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="p2pwall.testbed.traffic")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--log", required=True)
+    s.add_argument("--udp", default="")
+    s.add_argument("--tcp", default="")
+    s.add_argument("--seconds", type=float, default=600)
+    s = sub.add_parser("udp")
+    s.add_argument("--to", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--hex", required=True)
+    s.add_argument("--sport", type=int, default=0)
+    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--wait", type=float, default=1.0)
+    s = sub.add_parser("tcp")
+    s.add_argument("--to", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--data", default="")
+    s.add_argument("--timeout", type=float, default=2.0)
+    s = sub.add_parser("listen")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--seconds", type=float, default=5)
+    args = p.parse_args(argv)
+    return {"serve": serve, "udp": udp, "tcp": tcp, "listen": listen}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""End-to-end fixtures: real namespaces, iptables, NFQUEUE and ``p2pwall run``.
+
+Skipped with a reason when not root; in CI (CI=true) missing root is a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def _need_root():
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        if os.environ.get("CI"):
+            pytest.fail("e2e tests must run as root with iptables in CI")
+        pytest.skip("e2e tests need root, iptables and network namespaces")
+
+
+@pytest.fixture(scope="module")
+def net():
+    _need_root()
+    from p2pwall.testbed import Network
+
+    network = Network(lan_hosts=2, outside_addresses=20)
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+@pytest.fixture(scope="session")
+def testdet_env(tmp_path_factory):
+    """PYTHONPATH with the test detector installed as a distribution with an entry point."""
+    site = tmp_path_factory.mktemp("site")
+    shutil.copy(HERE / "testdetector.py", site / "p2pwall_testdetector.py")
+    dist = site / "p2pwall_testdetector-0.0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: p2pwall-testdetector\nVersion: 0.0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[p2pwall.detectors]\ntestdet = p2pwall_testdetector:TestDetector\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path}
+
+
+def json_lines(path: Path) -> list[dict]:
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def py(net, ns, *args, timeout=60):
+    return net.exec(ns, sys.executable, *args, timeout=timeout)

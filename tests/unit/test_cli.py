@@ -1,0 +1,113 @@
+"""The command line as users meet it: output, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PCAPS = Path(__file__).parents[3] / "shared" / "pcaps"
+
+
+def p2pwall(*args, input=None):
+    return subprocess.run([sys.executable, "-m", "p2pwall", *args], capture_output=True, text=True,
+                          input=input, timeout=60)
+
+
+def one_line_error(done, code=2):
+    assert done.returncode == code, done
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("p2pwall")
+
+
+def test_detectors_json_lists_fasttrack_and_the_example():
+    done = p2pwall("detectors", "--format", "json")
+    assert done.returncode == 0
+    found = {d["name"]: d for d in json.loads(done.stdout)}
+    assert found["fasttrack"]["origin"] == "built in"
+    assert "udp" in found["fasttrack"]["wants"]
+    assert found["directconnect"]["origin"].startswith("p2pwall-directconnect")
+
+
+def test_rules_follow_the_detectors():
+    done = p2pwall("rules", "--plugin", "fasttrack")
+    assert done.returncode == 0
+    out = done.stdout
+    assert "-I FORWARD 1 -j P2PWALL-F0" in out and "-I INPUT 1 -j P2PWALL-I0" in out
+    assert "-p tcp --syn -j NFQUEUE --queue-num 0 --queue-bypass" in out
+    assert '--string "X-Kazaa-"' in out and "--connbytes 0:6" in out
+    nft = p2pwall("rules", "--format", "nft", "--queue", "3").stdout
+    assert "queue num 3 bypass" in nft
+
+
+@pytest.mark.parametrize("args, text", [
+    (("run", "--plugin", "nope"), "unknown detector 'nope'"),
+    (("rules", "--plugin", "nope"), "unknown detector"),
+    (("replay", "/nonexistent.pcap"), "cannot open"),
+    (("replay", __file__), "not a pcap"),
+    (("check-config", "/nonexistent.toml"), "no such file"),
+    (("bogus",), "No such command"),
+    (("run", "--queue", "x"), "--queue"),
+    (("replay", "--lan", "banana", __file__), "--lan"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, text):
+    done = p2pwall(*args)
+    one_line_error(done)
+    assert text in done.stderr
+
+
+def test_bad_config_kinds(tmp_path):
+    for body, text in [("x =", "invalid TOML"), ("[lock]\nsecs = 1", "unknown key [lock] secs"),
+                       ("[lock]\nseconds = 'a'", "expected a number"),
+                       ("[detectors.fasttrack]\nprobes = 1", "probes"),
+                       ("[detectors.nope]\na = 1", "no such detector")]:
+        f = tmp_path / "c.toml"
+        f.write_text(body)
+        for cmd in (("check-config", str(f)), ("run", "--config", str(f))):
+            done = p2pwall(*cmd)
+            one_line_error(done)
+            assert text in done.stderr
+
+
+def test_truncated_pcap(tmp_path):
+    data = (PCAPS / "edonkey.pcap").read_bytes()
+    f = tmp_path / "cut.pcap"
+    f.write_bytes(data[: len(data) // 2])
+    done = p2pwall("replay", str(f))
+    one_line_error(done)
+    assert "truncated" in done.stderr
+
+
+def test_run_needs_root():
+    if os.geteuid() == 0:  # drop to nobody for this one command
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-m", "p2pwall", "run"], capture_output=True, text=True,
+                              timeout=60, cwd="/")
+    else:
+        done = p2pwall("run")
+    one_line_error(done)
+    assert "root" in done.stderr
+
+
+def test_status_without_daemon(tmp_path):
+    done = p2pwall("status", "--socket", str(tmp_path / "none.sock"))
+    one_line_error(done, code=1)
+
+
+def test_replay_json_shape_for_every_bundled_capture():
+    pcaps = sorted(PCAPS.glob("*.pcap"))
+    assert pcaps
+    for path in pcaps:
+        done = p2pwall("replay", "--format", "json", str(path))
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["packets"] == report["verdicts"]["accept"] + report["verdicts"]["drop"]
+        assert report["flows"], path
+        for flow in report["flows"]:
+            assert set(flow) == {"proto", "client", "client_port", "peer", "peer_port", "first_seen",
+                                 "packets", "dropped", "detector", "reason"}
+            assert flow["proto"] in ("udp", "tcp")
+        assert isinstance(report["events"], list)

@@ -1,0 +1,49 @@
+import pytest
+
+from p2pwall.config import ConfigError, Settings, from_dict, load
+
+
+def test_defaults_follow_ftwall():
+    s = Settings()
+    assert s.lock_seconds == 120 and s.peer_seconds == 86400 and s.queue_number == 0
+    assert "192.168.0.0/16" in s.lan_networks and "fc00::/7" in s.lan_networks
+
+
+def test_example_file_is_valid_and_documents_every_key():
+    import pathlib
+
+    from p2pwall.config import _SCHEMA
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "p2pwall.toml"
+    s = load(path)
+    text = path.read_text()
+    for section, keys in _SCHEMA.items():
+        assert f"[{section}]" in text
+        for key in keys:
+            assert f"\n{key} =" in text or f"\n# {key} =" in text, key
+    assert s.lock_seconds == 120
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"lock": {"secs": 1}}, "unknown key [lock] secs"),
+    ({"bogus": {}}, "unknown section [bogus]"),
+    ({"lock": {"seconds": "x"}}, "[lock] seconds: expected a number"),
+    ({"lock": {"seconds": -1}}, "[lock] seconds: must be positive"),
+    ({"queue": {"number": 70000}}, "[queue] number: must be between 0 and 65535"),
+    ({"queue": {"fail_closed": "yes"}}, "expected true or false"),
+    ({"network": {"lan_networks": ["nope"]}}, "not an address or network"),
+    ({"network": {"lan_interfaces": "eth1"}}, "expected a list of strings"),
+])
+def test_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as e:
+        from_dict(data)
+    assert message in str(e.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[lock\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load(bad)
