@@ -1,0 +1,24 @@
+# Sourced by scripts/test and scripts/lab: system packages (as root, when missing), then a
+# virtualenv in .venv with p2pwall and the example detector installed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+need=()
+for tool in iptables:iptables ipset:ipset ip:iproute2 ping:iputils-ping setpriv:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+[ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)
+command -v gcc >/dev/null 2>&1 || need+=(build-essential)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing system packages (install as root): ${need[*]}" >&2
+  fi
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' -e examples/p2pwall-directconnect
