@@ -176,6 +176,13 @@ def rules(config_path, plugins, queue, fmt):
     for family in (4, 6):
         rs = rules_mod.build(settings, wants, strings, family)
         if not rs.empty:
+            if settings.kernel_sets:
+                from .kernelsets import set_names
+
+                fam = "inet" if family == 4 else "inet6"
+                for kind, name in set_names(settings.queue_number, family).items():
+                    size = settings.peer_max if kind == "peers" else settings.lock_max
+                    click.echo(f"# first: ipset create {name} hash:ip family {fam} timeout 0 maxelem {size}")
             click.echo(f"# {'iptables' if family == 4 else 'ip6tables'}-restore --noflush")
             click.echo(rules_mod.restore_script(rs), nl=False)
 

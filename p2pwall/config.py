@@ -34,6 +34,7 @@ class Settings:
     fail_closed: bool = False
     queue_maxlen: int = 4096
     payload_packets: int = 4
+    kernel_sets: bool = True
     # [lock]
     lock_seconds: float = 120.0
     lock_max: int = 65536
@@ -81,6 +82,7 @@ _SCHEMA = {
         "fail_closed": ("fail_closed", "bool", None),
         "maxlen": ("queue_maxlen", "int", _range()),
         "payload_packets": ("payload_packets", "int", _range(1, 64)),
+        "kernel_sets": ("kernel_sets", "bool", None),
     },
     "lock": {
         "seconds": ("lock_seconds", "number", _range()),

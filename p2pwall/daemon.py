@@ -81,9 +81,12 @@ class Daemon:
         self.install_rules = install_rules
         self.lan_ifs = lan_ifindexes(settings)
         self.monitor = monitor
+        if monitor:
+            settings.kernel_sets = False  # monitor mode must never drop, not even in the kernel
         self.engine: Engine | None = None
         self._stop = False
         self._installed: list[int] = []
+        self.kernel = None
 
     # the verdict path: parse, decide, verdict, nothing else
     def _callback(self, pkt) -> None:
@@ -116,6 +119,8 @@ class Daemon:
             sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor)
             source = NfqueueSource(self.settings.queue_number, self.settings.queue_maxlen, self._callback)
+            if self.install_rules and self.settings.kernel_sets:
+                self._create_sets()
             try:
                 status = StatusServer(self.settings.status_socket, self.engine.snapshot)
             except OSError as exc:
@@ -130,6 +135,8 @@ class Daemon:
             return 0
         finally:
             self._uninstall()
+            if self.kernel is not None:
+                self.kernel.destroy()
             if source is not None:
                 source.close()
             if status is not None:
@@ -168,6 +175,19 @@ class Daemon:
                     pass
             engine.tick()
             engine.flush()
+
+    def _create_sets(self) -> None:
+        from .kernelsets import KernelSetError, KernelSets
+
+        if not KernelSets.available():
+            raise DaemonError("ipset not found: install it, or set [queue] kernel_sets = false")
+        kernel = KernelSets(self.settings.queue_number, self.settings.peer_max, self.settings.lock_max)
+        self.kernel = kernel
+        try:
+            kernel.create()
+        except KernelSetError as exc:
+            raise DaemonError(str(exc)) from None
+        self.engine.kernel = kernel
 
     def _install(self) -> None:
         wants, strings = self.detectors.wants(), self.detectors.tcp_strings()

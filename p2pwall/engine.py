@@ -91,11 +91,12 @@ class Engine:
     """Applies the tables and detectors to packets; owns the tables and the timers."""
 
     def __init__(self, settings: Settings, detectors: DetectorSet, clock=time.monotonic,
-                 sender=None, monitor: bool = False, keep_events: int = 0):
+                 sender=None, monitor: bool = False, keep_events: int = 0, kernel=None):
         self.settings = settings
         self.detectors = detectors
         self.clock = clock
         self.sender = sender
+        self.kernel = kernel  # KernelSets, or None (replay, tests)
         self.monitor = monitor
         self.lan = AddressSet(settings.lan_networks)
         self.allow = AddressSet(settings.allow)
@@ -219,6 +220,8 @@ class Engine:
             self.counters["block_refused"] += 1
             return
         entry, new = self.peers.put(key, now, seconds or self.settings.peer_seconds, name, reason)
+        if self.kernel is not None and not self.monitor:
+            self.kernel.add("peers", key, entry.until - now)
         if new:
             self._event(ev.PEER_BLOCKED, now, name, peer=ip_text(key), until=entry.until, reason=reason)
 
@@ -233,6 +236,8 @@ class Engine:
             return
         seconds = seconds or self.settings.lock_seconds
         entry, new = self.locks.put(key, now, seconds, name, reason)
+        if self.kernel is not None and not self.monitor:
+            self.kernel.add("locks", key, entry.until - now)
         kind = ev.CLIENT_LOCKED if new else (ev.PROBE_ANSWERED if answered else ev.LOCK_RESTARTED)
         self._event(kind, now, name, address=ip_text(key), until=entry.until, reason=reason)
         if self.settings.probes_per_lock and name in self._probe_makers:
@@ -294,7 +299,10 @@ class Engine:
 
     # ------------------------------------------------------------------ side effects
     def flush(self) -> None:
-        """Send the spoofs and probes requested since the last flush (after verdicts)."""
+        """Write kernel set updates and send the spoofs and probes requested since the
+        last flush: side effects, after the verdicts."""
+        if self.kernel is not None:
+            self.kernel.flush()
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, []

@@ -8,11 +8,13 @@ removing them never disturbs the administrator's rules.
 from __future__ import annotations
 
 import ipaddress
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 from .config import Settings
+from .kernelsets import set_names
 
 
 class RulesError(Exception):
@@ -68,6 +70,16 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
     if not sources:
         return RuleSet(settings.queue_number, family, chains, [])
     lan, payload = chains[names["lan"]], chains[names["payload"]]
+    if settings.kernel_sets:
+        # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
+        # peer (re)locks its sender there and is still queued so the engine keeps step
+        sets = set_names(settings.queue_number, family)
+        lock = max(1, math.ceil(settings.lock_seconds))
+        to_peer = f"-m set --match-set {sets['peers']} dst"
+        lan.append(f"-p tcp --syn {to_peer} -j SET --add-set {sets['locks']} src --exist --timeout {lock}")
+        lan.append(f"-p tcp --syn {to_peer} {target}")
+        lan.append(f"{to_peer} -j DROP")
+        lan.append(f"-p tcp --syn -m set --match-set {sets['locks']} src -j DROP")
     for src in sources:
         chains[names["forward"]].append(f"{src} -j {names['lan']}")
         if "udp" in wants:
