@@ -44,8 +44,8 @@ class Settings:
     # [probes]
     probes_per_lock: int = 2
     # [sender]
-    send_per_second: float = 200.0
-    send_per_client_per_second: float = 20.0
+    send_per_second: float = 1000.0
+    send_per_client_per_second: float = 100.0
     # [status]
     status_socket: str = "/run/p2pwall/p2pwall.sock"
     # [log]

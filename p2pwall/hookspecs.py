@@ -90,6 +90,22 @@ def p2pwall_make_probe(client, context):
 
 
 # ---------------------------------------------------------------------------
+# Demonstrating
+# ---------------------------------------------------------------------------
+
+@hookspec
+def p2pwall_lab_scenario():
+    """Offer a demo for ``p2pwall lab``: return a callable, or None.
+
+    The callable is called as ``scenario(net, seconds=..., lock_seconds=..., echo=...)``
+    with a :class:`p2pwall.testbed.Network` already built (LAN hosts, firewall, outside
+    host with many addresses); it starts whatever clients and peers it needs, runs
+    ``p2pwall run`` through ``net.p2pwall(...)``, prints a timeline with ``echo`` and
+    returns True when p2pwall held (nothing got through, ordinary traffic flowed).
+    """
+
+
+# ---------------------------------------------------------------------------
 # Observing
 # ---------------------------------------------------------------------------
 

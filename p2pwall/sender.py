@@ -21,13 +21,14 @@ class RateLimiter:
     def __init__(self, per_second: float, per_client: float, clock=time.monotonic, max_clients=4096):
         self.rate, self.per_client, self.clock = per_second, per_client, clock
         self.max_clients = max_clients
-        self._all = (per_second, clock())
+        self._all = (per_second * self.BURST_SECONDS, clock())
         self._clients: dict[bytes, tuple[float, float]] = {}
 
-    @staticmethod
-    def _take(bucket, rate, now):
+    BURST_SECONDS = 2.0  # a bucket holds this many seconds' worth: bursts pass, floods don't
+
+    def _take(self, bucket, rate, now):
         tokens, last = bucket
-        tokens = min(rate, tokens + (now - last) * rate)
+        tokens = min(rate * self.BURST_SECONDS, tokens + (now - last) * rate)
         if tokens < 1.0:
             return False, (tokens, now)
         return True, (tokens - 1.0, now)
@@ -38,7 +39,7 @@ class RateLimiter:
         if not ok:
             self._all = bucket
             return False
-        client = self._clients.get(key, (self.per_client, now))
+        client = self._clients.get(key, (self.per_client * self.BURST_SECONDS, now))
         ok_c, client = self._take(client, self.per_client, now)
         if not ok_c:
             self._clients[key] = client
@@ -61,7 +62,7 @@ def own_address_towards(dst: str) -> str:
 class RawSender:
     """Sends UDP datagrams with a chosen source through raw IPv4/IPv6 sockets."""
 
-    def __init__(self, per_second: float = 200.0, per_client: float = 20.0):
+    def __init__(self, per_second: float = 1000.0, per_client: float = 100.0):
         from scapy.layers.inet import IP, UDP  # scapy is slow to import: only when sending
         from scapy.layers.inet6 import IPv6
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need=()
-for tool in iptables:iptables ipset:ipset ip:iproute2 ping:iputils-ping setpriv:util-linux; do
+for tool in iptables:iptables ipset:ipset ip:iproute2 ping:iputils-ping setpriv:util-linux tcpdump:tcpdump; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)

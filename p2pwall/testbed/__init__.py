@@ -88,8 +88,8 @@ class Network:
         _sh("ip", "-n", fw, "addr", "add", f"{FW_WAN}/24", "dev", "wan0")
         _sh("ip", "-n", fw, "link", "set", "wan0", "up")
         _sh("ip", "-n", out, "addr", "add", f"{OUT_WAN}/24", "dev", "eth0")
-        for ip in self.outside:
-            _sh("ip", "-n", out, "addr", "add", f"{ip}/24", "dev", "eth0")
+        _sh("ip", "-n", out, "-batch", "-",
+            input="".join(f"addr add {ip}/24 dev eth0\n" for ip in self.outside))
         _sh("ip", "-n", out, "link", "set", "eth0", "up")
         _sh("ip", "-n", out, "route", "add", "default", "via", FW_WAN)
         _sh("ip", "-n", fw, "route", "add", OUTSIDE_NET, "via", OUT_WAN)

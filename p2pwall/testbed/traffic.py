@@ -122,6 +122,20 @@ def tcp(args) -> int:
     return 0
 
 
+def http(args) -> int:
+    import urllib.request
+
+    result = {"ok": False, "bytes": 0}
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as r:
+            body = r.read(1 << 20)
+            result.update(ok=r.status == 200, bytes=len(body))
+    except Exception as exc:  # any failure is the answer, not a crash
+        result["error"] = type(exc).__name__
+    print(json.dumps(result))
+    return 0
+
+
 def listen(args) -> int:
     got = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -160,12 +174,15 @@ def main(argv=None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--data", default="")
     s.add_argument("--timeout", type=float, default=2.0)
+    s = sub.add_parser("http")
+    s.add_argument("--url", required=True)
+    s.add_argument("--timeout", type=float, default=2.0)
     s = sub.add_parser("listen")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--count", type=int, default=1)
     s.add_argument("--seconds", type=float, default=5)
     args = p.parse_args(argv)
-    return {"serve": serve, "udp": udp, "tcp": tcp, "listen": listen}[args.cmd](args)
+    return {"serve": serve, "udp": udp, "tcp": tcp, "http": http, "listen": listen}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -169,8 +169,8 @@ class FastTrackDetector:
             if parse_pong(payload):
                 return Lock(packet.src, reason="answered a FastTrack probe")
             return None
-        if packet.direction != FROM_LAN:
-            return None
+        if packet.direction != FROM_LAN or context.in_lan(packet.dst):
+            return None  # clients inside may talk to each other; only outside peers matter
         name = parse_ping(payload)
         if name is not None and (self.networks is None or name in self.networks):
             self._remember(packet)
@@ -199,6 +199,12 @@ class FastTrackDetector:
         pings.move_to_end(packet.src)
         if len(pings) > self.max_clients:
             pings.popitem(last=False)
+
+    @hookimpl
+    def p2pwall_lab_scenario(self):
+        from .scenario import lab
+
+        return lab
 
     @hookimpl
     def p2pwall_make_probe(self, client, context):

@@ -169,3 +169,15 @@ def test_config_validation():
     assert "tcp_payload" not in harness(http=False).detectors.wants()
     h = harness(spoof=False, networks=["iMesh"])
     assert not h.feed(udp(LAN, PEER, 3000, 1214, PING))[0]  # KaZaA network not selected
+
+
+def test_pings_between_lan_hosts_are_left_alone():
+    h = harness()
+    assert h.feed(udp(LAN, LAN2, 3000, 1214, PING)) == (False, None, "")
+    assert not h.sent
+
+
+def test_pong_from_firewall_direction_only_counts_from_the_lan_side():
+    h = harness()
+    assert h.feed(udp(LAN, "192.168.1.1", 3000, 40123, PING), direction=TO_FIREWALL) == (False, None, "")
+    assert not h.engine.context.is_locked(LAN)

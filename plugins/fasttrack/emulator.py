@@ -1,0 +1,311 @@
+"""A FastTrack client and its outside peers, emulated as the ftwall article describes them.
+
+    python -m p2pwall_plugins.fasttrack.emulator peers  --log FILE ...   (outside host)
+    python -m p2pwall_plugins.fasttrack.emulator client --log FILE ...   (LAN host)
+
+The client keeps a cache of ~200 peer addresses, different per run (``--seed``), and
+goes through the article's three modes:
+
+1. a flood of UDP pings; to each peer that answers, a UDP setup request (``29 ...``) and
+   a TCP connection;
+2. parallel TCP connections to known and never-revealed peers;
+3. slow one-at-a-time connections, with gaps longer than the lock.
+
+All the while it answers pings (the firewall's probes) with pongs.  ``--no-udp`` is a
+client whose UDP is disabled: it goes straight to HTTP downloads (``GET /.hash=``).
+The peers answer pings with pongs, accept TCP, and serve HTTP downloads.
+
+Every attempt is a JSON line in ``--log``; the client's last line on stdout is a summary.
+Every loop is bounded in count and time; only the addresses given are contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import selectors
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from p2pwall_plugins.fasttrack import make_ping, make_pong, parse_ping, parse_pong
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+DOWNLOAD_SIZE = 64 * 1024
+
+
+class Log:
+    def __init__(self, path: str):
+        self._f = open(path, "a", buffering=1)
+        self._lock = threading.Lock()
+        self.t0 = time.monotonic()
+
+    def __call__(self, **record) -> None:
+        record.setdefault("t", round(time.monotonic() - self.t0, 3))
+        with self._lock:
+            self._f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------- peers
+def peers(args) -> int:
+    log = Log(args.log)
+    sel = selectors.DefaultSelector()
+    ports = [int(p) for p in args.ports.split(",")]
+    for port in ports:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        u.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        u.bind(("0.0.0.0", port))
+        sel.register(u, selectors.EVENT_READ, "udp")
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind(("0.0.0.0", port))
+        t.listen(256)
+        sel.register(t, selectors.EVENT_READ, "tcp")
+    print(json.dumps({"ready": True}), flush=True)
+    pool = ThreadPoolExecutor(max_workers=32)
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=0.5):
+            sock = key.fileobj
+            if key.data == "udp":
+                data, anc, _flags, src = sock.recvmsg(2048, 256)
+                dst = next((socket.inet_ntoa(c[8:12]) for lv, ty, c in anc
+                            if lv == socket.IPPROTO_IP and ty == IP_PKTINFO), None)
+                port = sock.getsockname()[1]
+                name = parse_ping(data)
+                if name is not None:
+                    log(kind="udp_ping", src=src[0], dst=dst, dport=port)
+                    reply = make_pong(name)
+                elif data[:1] == b"\x29":
+                    log(kind="udp_setup", src=src[0], dst=dst, dport=port)
+                    reply = os.urandom(24)  # "extra setup information": encrypted
+                else:
+                    log(kind="udp_other", src=src[0], dst=dst, dport=port)
+                    continue
+                cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, b"\0" * 4 + socket.inet_aton(dst) + b"\0" * 4)] if dst else []
+                sock.sendmsg([reply], cmsg, 0, src)
+            else:
+                try:
+                    conn, src = sock.accept()
+                except OSError:
+                    continue
+                pool.submit(_serve_tcp, conn, src, log)
+    pool.shutdown(wait=False, cancel_futures=True)
+    return 0
+
+
+def _serve_tcp(conn: socket.socket, src, log: Log) -> None:
+    with conn:
+        dst, port = conn.getsockname()
+        log(kind="tcp_accept", src=src[0], dst=dst, dport=port)
+        conn.settimeout(5)
+        try:
+            data = conn.recv(4096)
+        except OSError:
+            return
+        if data.startswith(b"GET /.hash="):
+            log(kind="http_get", src=src[0], dst=dst, dport=port)
+            body = hashlib.sha256(data).digest() * (DOWNLOAD_SIZE // 32)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Kazaa-Username: peer\r\n\r\n"
+                             % len(body) + body)
+                log(kind="download_served", src=src[0], dst=dst, dport=port)
+            except OSError:
+                pass
+        elif data:
+            log(kind="tcp_data", src=src[0], dst=dst, dport=port, size=len(data))
+            try:
+                conn.sendall(os.urandom(8))  # the peer's half of the encrypted handshake
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------- client
+class Client:
+    def __init__(self, args):
+        self.args = args
+        self.log = Log(args.log)
+        rng = random.Random(args.seed)
+        addresses = args.peer_addresses.split(",")
+        ports = [int(p) for p in args.ports.split(",")]
+        # distinct addresses, each with one of the ports: ~200 peers, different per run
+        chosen = rng.sample(addresses, min(args.cache, len(addresses)))
+        self.cache = [(a, rng.choice(ports)) for a in chosen]
+        cut = int(len(self.cache) * args.revealed)
+        self.revealed, self.hidden = self.cache[:cut], self.cache[cut:]
+        self.rng = rng
+        self.connected: list[tuple[str, int, str]] = []
+        self.downloads = 0
+        self.attempts = 0
+        self.pongs: set[tuple[str, int]] = set()
+        self.probes_answered = 0
+        self.stop = threading.Event()
+        self.udp = None
+        if not args.no_udp:
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("0.0.0.0", args.udp_port))
+            self.udp.settimeout(0.2)
+            self.listener = threading.Thread(target=self._listen, daemon=True)
+            self.listener.start()
+
+    def _listen(self) -> None:
+        """Record pongs; answer pings (a peer's, or the firewall's probe) with a pong."""
+        while not self.stop.is_set():
+            try:
+                data, src = self.udp.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if parse_pong(data):
+                self.pongs.add(src)
+                self.log(kind="pong", peer=src[0], port=src[1])
+            elif parse_ping(data) is not None:
+                self.probes_answered += 1
+                self.log(kind="ping_answered", src=src[0], port=src[1])
+                try:
+                    self.udp.sendto(make_pong(), src)
+                except OSError:
+                    pass
+
+    def _connect(self, peer, mode: str, timeout: float, http: bool = False) -> bool:
+        self.attempts += 1
+        addr, port = peer
+        try:
+            with socket.create_connection((addr, port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                if http:
+                    return self._download(s, peer, mode)
+                s.sendall(os.urandom(4) + os.urandom(4))  # seed + encrypted enc type
+                try:
+                    answer = s.recv(64)
+                except OSError:
+                    answer = b""
+                ok = bool(answer)
+        except OSError as exc:
+            self.log(kind="tcp", mode=mode, peer=addr, port=port, result=type(exc).__name__)
+            return False
+        self.log(kind="tcp", mode=mode, peer=addr, port=port, result="connected" if ok else "no answer")
+        if ok:
+            self.connected.append((addr, port, mode))
+        return ok
+
+    def _download(self, s: socket.socket, peer, mode: str) -> bool:
+        addr, port = peer
+        digest = hashlib.sha1(f"{addr}:{port}".encode()).hexdigest()
+        request = (f"GET /.hash={digest} HTTP/1.1\r\nHost: {addr}:{port}\r\n"
+                   f"UserAgent: KazaaClient Nov  3 2002 20:29:03\r\nX-Kazaa-Username: emulated\r\n"
+                   f"X-Kazaa-Network: KaZaA\r\nX-Kazaa-IP: {s.getsockname()[0]}:{self.args.udp_port}\r\n"
+                   f"X-Kazaa-SupernodeIP: {self.args.supernode}\r\nConnection: close\r\n\r\n")
+        got = b""
+        error = None
+        try:
+            s.sendall(request.encode())
+            while len(got) < DOWNLOAD_SIZE + 4096:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError as exc:
+            error = type(exc).__name__
+        head, _, body = got.partition(b"\r\n\r\n")
+        complete = head.startswith(b"HTTP/1.1 200") and len(body) >= DOWNLOAD_SIZE
+        if complete:
+            self.downloads += 1
+            self.connected.append((addr, port, mode))
+        self.log(kind="http", mode=mode, peer=addr, port=port, bytes=len(body), error=error,
+                 result="download complete" if complete else "incomplete")
+        return complete
+
+    def run(self) -> dict:
+        a = self.args
+        end = time.monotonic() + a.seconds
+        pool = ThreadPoolExecutor(max_workers=a.parallel)
+        try:
+            if a.no_udp:
+                self._mode("http", end)
+                while time.monotonic() < end:
+                    peer = self.rng.choice(self.cache)
+                    self._connect(peer, "http", 3.0, http=True)
+                    time.sleep(0.5)
+            else:
+                self._mode1(pool, min(end, time.monotonic() + a.mode1))
+                self._mode("2", end)
+                m2_end = min(end, time.monotonic() + a.mode2)
+                while time.monotonic() < m2_end:
+                    batch = self.rng.sample(self.revealed, min(5, len(self.revealed))) + \
+                        self.rng.sample(self.hidden, min(5, len(self.hidden)))
+                    list(pool.map(lambda p: self._connect(p, "2", 1.0), batch))
+                    time.sleep(0.2)
+                self._mode("3", end)
+                hidden = list(self.hidden)
+                while time.monotonic() < end and hidden:
+                    self._connect(hidden.pop(), "3", 3.0)
+                    # a gap longer than the lock: only the probes can keep it locked
+                    self.stop.wait(min(a.gap, max(0.0, end - time.monotonic())))
+        finally:
+            pool.shutdown(wait=True)
+            self.stop.set()
+        return {"attempts": self.attempts, "connected": len(self.connected),
+                "connected_peers": self.connected[:20], "downloads": self.downloads,
+                "pongs": len(self.pongs), "probes_answered": self.probes_answered,
+                "cache": len(self.cache), "revealed": len(self.revealed)}
+
+    def _mode(self, mode: str, end: float) -> None:
+        self.log(kind="mode", mode=mode)
+
+    def _mode1(self, pool, end: float) -> None:
+        self._mode("1", end)
+        ping = make_ping()
+        for addr, port in self.revealed:
+            self.udp.sendto(ping, (addr, port))
+            self.log(kind="ping", peer=addr, port=port)
+            time.sleep(0.002)
+        time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+        answered = [p for p in self.revealed if p in self.pongs]
+        for addr, port in answered:
+            self.udp.sendto(bytes.fromhex("2900000029") + os.urandom(4), (addr, port))
+            self.log(kind="setup", peer=addr, port=port)
+        list(pool.map(lambda p: self._connect(p, "1", 0.5), answered))
+
+
+def client(args) -> int:
+    summary = Client(args).run()
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="p2pwall_plugins.fasttrack.emulator")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("peers", help="outside FastTrack peers")
+    s.add_argument("--log", required=True)
+    s.add_argument("--ports", default="1214,2121,3131,4141")
+    s.add_argument("--seconds", type=float, default=600)
+    c = sub.add_parser("client", help="an emulated FastTrack client")
+    c.add_argument("--log", required=True)
+    c.add_argument("--peer-addresses", required=True, help="comma-separated outside addresses")
+    c.add_argument("--ports", default="1214,2121,3131,4141")
+    c.add_argument("--cache", type=int, default=200)
+    c.add_argument("--revealed", type=float, default=0.7, help="share of the cache pinged in mode 1")
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--seconds", type=float, default=40, help="how long the client runs in all")
+    c.add_argument("--mode1", type=float, default=4)
+    c.add_argument("--mode2", type=float, default=8)
+    c.add_argument("--gap", type=float, default=10, help="mode 3 pause between attempts")
+    c.add_argument("--parallel", type=int, default=20)
+    c.add_argument("--udp-port", type=int, default=1214)
+    c.add_argument("--no-udp", action="store_true", help="UDP disabled: straight to HTTP downloads")
+    c.add_argument("--supernode", default="203.0.113.1:1214")
+    args = p.parse_args(argv)
+    return {"peers": peers, "client": client}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The FastTrack scenario on a test network: used by the e2e tests and ``p2pwall lab``.
+
+An emulated client on LAN host 1 goes through the article's three modes (or, with
+``no_udp``, straight to HTTP downloads) against emulated peers outside, while LAN host 2
+fetches a web page every second.  The result says what crossed the firewall.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+EMULATOR = ("-m", "p2pwall_plugins.fasttrack.emulator")
+PORTS = "1214,2121,3131,4141"
+
+
+@dataclass
+class Result:
+    client: dict
+    peer_log: list[dict]
+    client_log: list[dict]
+    web_ok: int = 0
+    web_failed: int = 0
+    web_failures: list[str] = field(default_factory=list)
+    recovered_after: float | None = None
+    status: dict | None = None
+    daemon_log: str = ""
+
+    @property
+    def tcp_reached_peers(self) -> list[dict]:
+        """TCP connections and UDP follow-ups that arrived at an outside peer."""
+        return [r for r in self.peer_log if r["kind"] in ("tcp_accept", "tcp_data", "http_get", "udp_setup")]
+
+    @property
+    def downloads_served(self) -> list[dict]:
+        return [r for r in self.peer_log if r["kind"] == "download_served"]
+
+
+def _lines(path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _wait_ready(path, proc, timeout=10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and '"ready"' in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"process died: {path.read_text() if path.exists() else ''}")
+        time.sleep(0.05)
+    raise RuntimeError("process not ready")
+
+
+def _http_get(net, ns: str, url: str, timeout: float = 2.0) -> bool:
+    done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url", url,
+                    "--timeout", str(timeout), check=False, timeout=timeout + 10)
+    try:
+        return json.loads(done.stdout)["ok"]
+    except (ValueError, KeyError):
+        return False
+
+
+def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: float = 30.0,
+        mode1: float = 3.0, mode2: float = 6.0, no_udp: bool = False, seed: int | None = None,
+        recover: bool = True, echo=None, config_extra: str = "", capture=None) -> Result:
+    """Run the scenario once on ``net`` (a p2pwall.testbed.Network) and report."""
+    say = echo or (lambda *_: None)
+    web = net.outside[-1]
+    peers_at = net.outside[:-1]
+    supernode = f"{peers_at[0]}:1214"
+    peer_log = net.dir / f"{tag}-peers.jsonl"
+    peers_proc = net.spawn(net.out, sys.executable, *EMULATOR, "peers", "--log", str(peer_log), "--ports", PORTS,
+                           "--seconds", str(seconds + 120), log=f"{tag}-peers.out")
+    web_proc = net.spawn(net.out, sys.executable, "-m", "http.server", "80", "--bind", web,
+                         "--directory", str(net.dir), log=f"{tag}-web.out")
+    daemon = dump = None
+    result = Result({}, [], [])
+    try:
+        _wait_ready(net.dir / f"{tag}-peers.out", peers_proc)
+        deadline = time.monotonic() + 10
+        while not _http_get(net, net.lans[1], f"http://{web}/", timeout=1):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the web server did not come up")
+            time.sleep(0.2)
+        if capture is not None:  # what the LAN sent, as the firewall received it
+            dump = net.spawn(net.fw, "tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-w", str(capture),
+                             "udp or tcp", log=f"{tag}-tcpdump.out")
+            deadline = time.monotonic() + 10
+            while "listening on" not in (net.dir / f"{tag}-tcpdump.out").read_text():
+                if time.monotonic() > deadline or dump.poll() is not None:
+                    raise RuntimeError("tcpdump did not start")
+                time.sleep(0.05)
+        if p2pwall:
+            config = net.base_config(lock_seconds=lock, extra=config_extra)
+            daemon = net.p2pwall(config, "--plugin", "fasttrack", name=f"{tag}-p2pwall")
+            say(f"p2pwall running on the firewall: lock {lock:g} s, probes at half the lock")
+        else:
+            say("no p2pwall: the firewall only forwards")
+        client_log = net.dir / f"{tag}-client.jsonl"
+        args = ["client", "--log", str(client_log), "--peer-addresses", ",".join(peers_at), "--ports", PORTS,
+                "--seconds", str(seconds), "--mode1", str(mode1), "--mode2", str(mode2),
+                "--gap", str(lock * 1.25), "--supernode", supernode]
+        if seed is not None:
+            args += ["--seed", str(seed)]
+        if no_udp:
+            args.append("--no-udp")
+        say(f"emulated FastTrack client starts on {net.lan_ips[0]}"
+            f"{' with UDP disabled (HTTP downloads only)' if no_udp else ''}; "
+            f"{net.lan_ips[1]} browses http://{web}/ every second")
+        stop = threading.Event()
+
+        def browse():
+            while not stop.is_set():
+                if _http_get(net, net.lans[1], f"http://{web}/"):
+                    result.web_ok += 1
+                else:
+                    result.web_failed += 1
+                    result.web_failures.append(f"{time.monotonic():.1f}")
+                stop.wait(1.0)
+
+        browser = threading.Thread(target=browse, daemon=True)
+        browser.start()
+        try:
+            done = net.exec(net.lans[0], sys.executable, *EMULATOR, *args, timeout=seconds + 60)
+        finally:
+            stop.set()
+            browser.join(15)
+        result.client = json.loads(done.stdout.strip().splitlines()[-1])
+        say(f"client stopped after {result.client['attempts']} TCP attempts: "
+            f"{result.client['connected']} connected, {result.client['downloads']} downloads complete")
+        if daemon is not None:
+            result.status = daemon.status()
+        if recover:
+            started = time.monotonic()
+            limit = 2 * lock + 5
+            while time.monotonic() - started < limit:
+                if _http_get(net, net.lans[0], f"http://{web}/", timeout=1):
+                    result.recovered_after = round(time.monotonic() - started, 1)
+                    break
+                time.sleep(0.5)
+        result.peer_log = _lines(peer_log)
+        result.client_log = _lines(client_log)
+        return result
+    finally:
+        if daemon is not None:
+            daemon.stop()
+            result.daemon_log = daemon.output()
+        for proc in [p for p in (peers_proc, web_proc, dump) if p is not None]:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except Exception:
+                    proc.kill()
+
+
+def timeline(result: Result, echo) -> None:
+    """A readable account of what the client tried and what happened to it."""
+    modes = {}
+    for r in result.client_log:
+        if r["kind"] == "mode":
+            modes[r["mode"]] = r["t"]
+    for r in result.client_log:
+        kind = r["kind"]
+        if kind == "mode":
+            label = {"1": "mode 1: UDP ping flood", "2": "mode 2: parallel TCP connects",
+                     "3": "mode 3: slow one-at-a-time connects", "http": "HTTP downloads (UDP disabled)"}[r["mode"]]
+            echo(f"  {r['t']:6.1f} s  client enters {label}")
+    pings = sum(r["kind"] == "ping" for r in result.client_log)
+    pongs = sum(r["kind"] == "pong" for r in result.client_log)
+    setups = sum(r["kind"] == "setup" for r in result.client_log)
+    probes = sum(r["kind"] == "ping_answered" for r in result.client_log)
+    by_mode: dict[str, list] = {}
+    for r in result.client_log:
+        if r["kind"] in ("tcp", "http"):
+            by_mode.setdefault(r.get("mode", "?"), []).append(r["result"])
+    if pings:
+        echo(f"  client sent {pings} UDP pings, got {pongs} pongs (spoofed by p2pwall if it runs), "
+             f"sent {setups} setup requests")
+    for mode, outcomes in sorted(by_mode.items()):
+        ok = sum(o in ("connected", "download complete") for o in outcomes)
+        echo(f"  mode {mode}: {len(outcomes)} TCP attempts, {ok} got through")
+    if probes:
+        echo(f"  client answered {probes} probes from the firewall (each restarted its lock)")
+    arrived = result.tcp_reached_peers
+    echo(f"  outside peers saw {len(arrived)} TCP connections/follow-ups and "
+         f"{len(result.downloads_served)} downloads")
+    echo(f"  other LAN host: {result.web_ok} web pages fetched, {result.web_failed} failed")
+    if result.recovered_after is not None:
+        echo(f"  offending host browses again {result.recovered_after:.1f} s after its client stopped")
+    if result.status:
+        s = result.status
+        echo(f"  p2pwall: {s['peers']['count']} peers blocked, {s['counters'].get('dropped', 0)} packets dropped, "
+             f"{s['events'].get('probe_sent', 0)} probes sent, "
+             f"{s['events'].get('probe_answered', 0)} answered")
+
+
+def lab(net, *, seconds: float = 60.0, lock_seconds: float = 8.0, echo=print) -> bool:
+    """``p2pwall lab``: the three-mode client, then the UDP-less one, against p2pwall."""
+    echo("== FastTrack: an emulated Kazaa client with ~200 peers in its cache ==")
+    main_run = max(20.0, seconds * 0.7)
+    r = run(net, tag="lab", lock=lock_seconds, seconds=main_run, mode1=4, mode2=min(10, main_run / 4),
+            echo=echo)
+    timeline(r, echo)
+    echo("== FastTrack with UDP disabled: straight to HTTP downloads (the safety net) ==")
+    r2 = run(net, tag="lab-noudp", lock=lock_seconds, seconds=max(8.0, seconds * 0.2), no_udp=True,
+             recover=False, echo=echo)
+    timeline(r2, echo)
+    supernode = net.outside[0]
+    blocked = {e["address"] for e in (r2.status or {}).get("peers", {}).get("entries", [])}
+    held = (r.client.get("connected") == 0 and not r.tcp_reached_peers and r.web_failed == 0
+            and r.recovered_after is not None and r2.client.get("downloads") == 0
+            and not r2.downloads_served and supernode in blocked)
+    echo("")
+    echo("result: " + ("nothing got through; ordinary traffic flowed throughout; the supernode "
+                       f"{supernode} named in X-Kazaa-SupernodeIP was blocked" if held else
+                       "SOMETHING GOT THROUGH: see above"))
+    return held

@@ -1,0 +1,104 @@
+"""FastTrack end to end: the emulated Kazaa client through all three modes, the UDP-less
+client, and the same scenario without p2pwall (so these tests can fail)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from p2pwall_plugins.fasttrack import scenario
+
+pytestmark = pytest.mark.e2e
+LOCK = 4.0
+
+
+@pytest.fixture(scope="module")
+def ftnet():
+    from .conftest import _need_root
+
+    _need_root()
+    from p2pwall.testbed import Network
+
+    network = Network(lan_hosts=2, outside_addresses=201)
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+def test_without_p2pwall_the_client_gets_through(ftnet):
+    r = scenario.run(ftnet, tag="bare", p2pwall=False, lock=LOCK, seconds=8, mode1=2, mode2=3, recover=False)
+    assert r.client["connected"] > 50
+    assert len([x for x in r.peer_log if x["kind"] == "tcp_accept"]) > 50
+    assert r.web_failed == 0
+
+
+def test_without_p2pwall_downloads_complete(ftnet):
+    r = scenario.run(ftnet, tag="bare-http", p2pwall=False, lock=LOCK, seconds=4, no_udp=True, recover=False)
+    assert r.client["downloads"] >= 1 and r.downloads_served
+
+
+@pytest.fixture(scope="module")
+def three_modes(ftnet):
+    capture = ftnet.dir / "three-modes.pcap"
+    r = scenario.run(ftnet, tag="ft", lock=LOCK, seconds=30, mode1=4, mode2=6, capture=capture)
+    return r, capture
+
+
+def test_client_never_connects_through_all_three_modes(three_modes):
+    r, _ = three_modes
+    attempts = {x["mode"] for x in r.client_log if x["kind"] == "tcp"}
+    assert attempts == {"1", "2", "3"}, attempts
+    assert r.client["attempts"] > 100
+    assert r.client["connected"] == 0
+    assert r.tcp_reached_peers == []  # no SYN, no setup request reached any peer
+
+
+def test_pings_are_answered_with_spoofed_pongs_and_peers_learned(three_modes):
+    r, _ = three_modes
+    pings = [x for x in r.client_log if x["kind"] == "ping"]
+    assert len(pings) >= 100
+    # every pong came from p2pwall: no ping reached the outside
+    assert r.client["pongs"] == len(pings)
+    assert not [x for x in r.peer_log if x["kind"] == "udp_ping"]
+    assert r.status["peers"]["count"] == len(pings)
+
+
+def test_probes_keep_the_client_locked_through_mode_3(three_modes):
+    r, _ = three_modes
+    assert r.client["probes_answered"] >= 2
+    assert r.status["events"].get("probe_answered", 0) >= 2
+    # mode 3 waits longer than the lock between attempts: only the probes explain the drops
+    mode3 = [x for x in r.client_log if x["kind"] == "tcp" and x["mode"] == "3"]
+    assert len(mode3) >= 2 and all(x["result"] != "connected" for x in mode3)
+
+
+def test_other_lan_host_browses_throughout_and_offender_recovers(three_modes):
+    r, _ = three_modes
+    assert r.web_failed == 0 and r.web_ok >= 20
+    assert r.recovered_after is not None and r.recovered_after <= 2 * LOCK
+
+
+def test_no_udp_client_downloads_nothing_and_its_supernode_is_blocked(ftnet):
+    r = scenario.run(ftnet, tag="noudp", lock=LOCK, seconds=10, no_udp=True, recover=False)
+    assert r.client["attempts"] >= 2
+    assert r.client["downloads"] == 0 and not r.downloads_served
+    blocked = {e["address"] for e in r.status["peers"]["entries"]}
+    assert ftnet.outside[0] in blocked  # the X-Kazaa-SupernodeIP
+    assert r.web_failed == 0
+
+
+def test_replay_of_the_capture_reports_the_same_detections(three_modes, ftnet):
+    r, capture = three_modes
+    done = ftnet.python(ftnet.fw, "-m", "p2pwall", "replay", "--format", "json", "--plugin", "fasttrack",
+                        "--lan", "192.0.2.0/24", str(capture))
+    report = json.loads(done.stdout)
+    learned = {f["peer"] for f in report["flows"] if f["reason"] == "FastTrack UDP ping"}
+    live = {e["address"] for e in r.status["peers"]["entries"]}
+    assert live and learned == live
+    # SYNs of the locked client are reported too, as the live run dropped them
+    assert any(f["reason"] in ("peer blocked", "client locked") for f in report["flows"])
+    web = ftnet.outside[-1]
+    assert not [f for f in report["flows"] if f["peer"] == web and f["client"] == ftnet.lan_ips[1] and f["dropped"]]
