@@ -169,12 +169,12 @@ def rules(config_path, plugins, queue, fmt):
     if queue is not None:
         settings.queue_number = queue
     found = _detectors(plugins, settings)
-    wants, strings = found.wants(), found.tcp_strings()
+    wants, strings, strings_in = found.wants(), found.tcp_strings(), found.tcp_strings("tcp_payload_in")
     if fmt == "nft":
         click.echo(rules_mod.nft_script(settings, wants, strings), nl=False)
         return
     for family in (4, 6):
-        rs = rules_mod.build(settings, wants, strings, family)
+        rs = rules_mod.build(settings, wants, strings, family, strings_in, found.tcp_prefixes())
         if not rs.empty:
             if settings.kernel_sets:
                 from .kernelsets import set_names

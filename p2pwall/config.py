@@ -34,6 +34,7 @@ class Settings:
     fail_closed: bool = False
     queue_maxlen: int = 4096
     payload_packets: int = 4
+    udp_packets: int = 8
     kernel_sets: bool = True
     # [lock]
     lock_seconds: float = 120.0
@@ -82,6 +83,7 @@ _SCHEMA = {
         "fail_closed": ("fail_closed", "bool", None),
         "maxlen": ("queue_maxlen", "int", _range()),
         "payload_packets": ("payload_packets", "int", _range(1, 64)),
+        "udp_packets": ("udp_packets", "int", _range(0, 1000)),
         "kernel_sets": ("kernel_sets", "bool", None),
     },
     "lock": {

@@ -190,9 +190,10 @@ class Daemon:
         self.engine.kernel = kernel
 
     def _install(self) -> None:
-        wants, strings = self.detectors.wants(), self.detectors.tcp_strings()
+        d = self.detectors
         for family in (4, 6):
-            rs = rules.build(self.settings, wants, strings, family)
+            rs = rules.build(self.settings, d.wants(), d.tcp_strings(), family, d.tcp_strings("tcp_payload_in"),
+                             d.tcp_prefixes())
             if rs.empty:
                 continue
             try:

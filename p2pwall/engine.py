@@ -21,7 +21,7 @@ from . import events as ev
 from .actions import Block, Drop, Lock, Probe, Spoof
 from .config import Settings
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_bytes, ip_text, parse
-from .plugins import DetectorSet
+from .plugins import KINDS, DetectorSet
 from .tables import LockTable, PeerTable
 
 log = logging.getLogger("p2pwall.engine")
@@ -32,6 +32,19 @@ HOOK_FORWARD = 2
 
 ACCEPT = False
 DROP = True
+
+
+def packet_kind(packet: Packet) -> str | None:
+    """Which detectors' ``wants`` a packet belongs to (see hookspecs)."""
+    incoming = packet.direction == TO_LAN
+    if packet.proto == UDP:
+        return "udp_in" if incoming else "udp"
+    if packet.proto == TCP:
+        if packet.is_syn:
+            return None if incoming else "tcp_syn"
+        if len(packet.payload):
+            return "tcp_payload_in" if incoming else "tcp_payload"
+    return None
 
 
 class AddressSet:
@@ -81,6 +94,13 @@ class Context:
         return self._engine.settings
 
 
+def _unicast(key: bytes) -> bool:
+    """Only ordinary unicast addresses can be peers (not multicast, broadcast, 0/8, loopback)."""
+    if len(key) == 4:
+        return 0 < key[0] < 224 and key[0] != 127 and key != b"\xff\xff\xff\xff"
+    return key[0] != 0xFF and key != bytes(15) + b"\x01" and any(key)
+
+
 def _key(addr) -> bytes:
     if isinstance(addr, bytes) and len(addr) in (4, 16):
         return addr
@@ -107,8 +127,8 @@ class Engine:
         self.by_detector: Counter[str] = Counter()
         self.context = Context(self)
         self.outbox: list = []
-        self._dispatch = {kind: detectors.impls("p2pwall_inspect", kind)
-                          for kind in ("udp", "tcp_syn", "tcp_payload")}
+        self._dispatch = {kind: detectors.impls("p2pwall_inspect", kind) for kind in KINDS}
+        self._locking = detectors.locking()
         self._probe_makers = dict(detectors.impls("p2pwall_make_probe"))
         self._observers = detectors.impls("p2pwall_event")
         self._probe_heap: list[tuple[float, bytes]] = []
@@ -151,20 +171,14 @@ class Engine:
             peer = self.peers.get(packet.dst, now)
             if peer is not None:
                 drop, fired, reason = True, peer.detector, "peer blocked"
-                if packet.is_syn:
+                if packet.is_syn and self._locking.get(peer.detector, True):
                     self._lock(packet.src, None, peer.detector, "SYN to blocked peer", now)
             elif packet.is_syn:
                 locked = self.locks.get(packet.src, now)
                 if locked is not None:
                     drop, fired, reason = True, locked.detector, "client locked"
 
-        proto = packet.proto
-        if proto == UDP:
-            kind = "udp"
-        elif proto == TCP:
-            kind = "tcp_syn" if packet.is_syn else ("tcp_payload" if len(packet.payload) else None)
-        else:
-            kind = None
+        kind = packet_kind(packet)
         if kind is not None:
             for name, inspect in self._dispatch[kind]:
                 try:
@@ -216,7 +230,7 @@ class Engine:
         except ValueError:
             self._detector_failed(name, ValueError(f"Block of a bad address {peer!r}"))
             return
-        if key in self.allow or key in self.lan:
+        if key in self.allow or key in self.lan or not _unicast(key):
             self.counters["block_refused"] += 1
             return
         entry, new = self.peers.put(key, now, seconds or self.settings.peer_seconds, name, reason)

@@ -38,10 +38,18 @@ def p2pwall_detector_info():
 
     - ``"udp"``: UDP datagrams sent by LAN hosts (forwarded, and to the firewall itself);
     - ``"tcp_syn"``: TCP connection openings from LAN hosts;
-    - ``"tcp_payload"``: the first data packets of each TCP connection from the LAN.
+    - ``"tcp_payload"``: the first data packets of each TCP connection from the LAN;
+    - ``"udp_in"``: the first UDP datagrams of each flow coming towards the LAN;
+    - ``"tcp_payload_in"``: the first data packets towards the LAN of each TCP connection.
 
-    ``tcp_strings`` (optional) narrows ``tcp_payload`` to packets containing one of these
-    byte strings, so the kernel (iptables ``string`` match) queues only those.
+    UDP and payloads are queued for the first packets of each flow only (``[queue]
+    udp_packets``, ``payload_packets``): later packets never leave the kernel.
+    ``tcp_strings`` / ``tcp_strings_in`` (optional) narrow ``tcp_payload`` /
+    ``tcp_payload_in`` to packets containing one of these byte strings, so the kernel
+    (iptables ``string`` match) queues only those.  ``tcp_prefixes`` (1-4 bytes each)
+    select LAN payloads that *start* with them (iptables ``u32`` on IPv4; on IPv6 all
+    first payloads are queued when a detector gives prefixes).  ``locks`` (default true): whether a
+    LAN host's TCP SYN to a peer this detector blocked time-locks that host.
     ``p2pwall rules`` builds the iptables rules from these declarations and the engine
     dispatches to a detector only the kinds it declared.
     """

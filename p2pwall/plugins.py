@@ -16,7 +16,7 @@ from . import hookspecs
 from .config import ConfigError, Settings
 
 GROUP = "p2pwall.detectors"
-KINDS = ("udp", "tcp_syn", "tcp_payload")
+KINDS = ("udp", "tcp_syn", "tcp_payload", "udp_in", "tcp_payload_in")
 OWN_DISTRIBUTION = "p2pwall"
 
 
@@ -32,11 +32,16 @@ class DetectorInfo:
     description: str = ""
     wants: list[str] = field(default_factory=list)
     tcp_strings: list[bytes] = field(default_factory=list)
+    tcp_strings_in: list[bytes] = field(default_factory=list)
+    tcp_prefixes: list[bytes] = field(default_factory=list)
+    locks: bool = True
     origin: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tcp_strings"] = [s.decode("latin-1") for s in self.tcp_strings]
+        d["tcp_strings_in"] = [s.decode("latin-1") for s in self.tcp_strings_in]
+        d["tcp_prefixes"] = [s.hex() for s in self.tcp_prefixes]
         return d
 
 
@@ -79,6 +84,10 @@ def _coerce_info(name: str, raw) -> DetectorInfo:
     if bad:
         raise PluginError(f"detector {name}: unknown packet kind(s) {bad}; known: {', '.join(KINDS)}")
     info.tcp_strings = [s.encode() if isinstance(s, str) else bytes(s) for s in info.tcp_strings]
+    info.tcp_strings_in = [s.encode() if isinstance(s, str) else bytes(s) for s in info.tcp_strings_in]
+    info.tcp_prefixes = [bytes(s) for s in info.tcp_prefixes]
+    if any(not 1 <= len(s) <= 4 for s in info.tcp_prefixes):
+        raise PluginError(f"detector {name}: tcp_prefixes must be 1 to 4 bytes long")
     return info
 
 
@@ -133,15 +142,29 @@ class DetectorSet:
     def wants(self) -> set[str]:
         return {k for d in self.detectors for k in d.info.wants}
 
-    def tcp_strings(self) -> list[bytes] | None:
-        """Strings for the kernel match, or None when some detector wants all payloads."""
+    def tcp_strings(self, kind: str = "tcp_payload") -> list[bytes] | None:
+        """Strings for the kernel match of ``kind`` (``tcp_payload`` or ``tcp_payload_in``),
+        or None when some detector wants every payload of that kind."""
         strings: list[bytes] = []
         for d in self.detectors:
-            if "tcp_payload" in d.info.wants:
-                if not d.info.tcp_strings:
+            if kind in d.info.wants:
+                mine = d.info.tcp_strings if kind == "tcp_payload" else d.info.tcp_strings_in
+                if not mine and not (kind == "tcp_payload" and d.info.tcp_prefixes):
                     return None
-                strings.extend(s for s in d.info.tcp_strings if s not in strings)
+                strings.extend(s for s in mine if s not in strings)
         return strings
+
+    def tcp_prefixes(self) -> list[bytes]:
+        """Leading bytes that also select LAN payloads (matched with u32 on IPv4)."""
+        found: list[bytes] = []
+        for d in self.detectors:
+            if "tcp_payload" in d.info.wants:
+                found.extend(p for p in d.info.tcp_prefixes if p not in found)
+        return found
+
+    def locking(self) -> dict[str, bool]:
+        """Per detector: do SYNs to the peers it learned lock their sender?"""
+        return {d.name: d.info.locks for d in self.detectors}
 
 
 def _positional(fn, names: tuple, spec_args: tuple):

@@ -26,7 +26,8 @@ class Flow:
     first_seen: float
     packets: int = 0
     dropped: int = 0
-    client_payloads: int = 0
+    sent: int = 0  # queue-relevant packets seen from the client side
+    received: int = 0  # ... and towards it
     detector: str | None = None
     reason: str = ""
 
@@ -56,11 +57,12 @@ class Replay:
         self.flows: dict[tuple, Flow] = {}
         self.packets = 0
         self.verdicts = {"accept": 0, "drop": 0}
-        wants = detectors.wants()
-        self.want_udp = "udp" in wants
-        self.want_payload = "tcp_payload" in wants
-        self.strings = detectors.tcp_strings() if self.want_payload else []
+        self.wants = detectors.wants()
+        self.strings = detectors.tcp_strings()
+        self.strings_in = detectors.tcp_strings("tcp_payload_in")
+        self.prefixes = detectors.tcp_prefixes()
         self.payload_packets = settings.payload_packets
+        self.udp_packets = settings.udp_packets
         self.lan = self.engine.lan
 
     def feed_file(self, path: str, progress=None) -> None:
@@ -96,7 +98,7 @@ class Replay:
         outgoing = src == flow.client and sp == flow.client_port
         packet.direction = FROM_LAN if outgoing else TO_LAN
         packet.ts = ts
-        if not outgoing or not self._queued(packet, flow):
+        if not self._queued(packet, flow, outgoing):
             return False
         drop, detector, reason = self.engine.handle(packet)
         self.engine.outbox.clear()
@@ -106,21 +108,26 @@ class Replay:
             flow.dropped += 1
         return drop
 
-    def _queued(self, packet, flow) -> bool:
-        """Would the live rules have queued this packet?"""
+    def _queued(self, packet, flow, outgoing: bool) -> bool:
+        """Would the live rules (and kernel sets) have handed this packet to the engine?
+        Packets the kernel sets drop are judged by the engine too: same verdict."""
+        engine = self.engine
+        if outgoing:
+            flow.sent += 1  # like connbytes, the SYN counts
+            if engine.peers.get(packet.dst, self.clock.now) is not None:
+                return True
+            if packet.is_syn:
+                return True  # the core always sees SYNs (peer table, time lock)
+            if packet.proto == UDP:
+                return "udp" in self.wants and (not self.udp_packets or flow.sent <= self.udp_packets)
+            return ("tcp_payload" in self.wants and len(packet.payload) > 0
+                    and flow.sent <= self.payload_packets + 2
+                    and (_has(packet, self.strings) or _starts(packet, self.prefixes)))
+        flow.received += 1
         if packet.proto == UDP:
-            return self.want_udp
-        if packet.is_syn:
-            return True  # the core always sees SYNs (peer table, time lock)
-        if not self.want_payload or not len(packet.payload):
-            return False
-        flow.client_payloads += 1
-        if flow.client_payloads > self.payload_packets:
-            return False
-        if self.strings is None:
-            return True
-        data = packet.data
-        return any(s in data for s in self.strings)
+            return "udp_in" in self.wants and (not self.udp_packets or flow.received <= self.udp_packets)
+        return ("tcp_payload_in" in self.wants and len(packet.payload) > 0 and not packet.is_syn
+                and flow.received <= self.payload_packets + 2 and _has(packet, self.strings_in))
 
     def report(self) -> dict:
         return {
@@ -132,3 +139,14 @@ class Replay:
 
 
 _PROTO = {TCP: "tcp", UDP: "udp"}
+
+
+def _starts(packet, prefixes) -> bool:
+    return bool(prefixes) and packet.data.startswith(tuple(prefixes))
+
+
+def _has(packet, strings) -> bool:
+    if strings is None:
+        return True
+    data = packet.data
+    return any(s in data for s in strings)

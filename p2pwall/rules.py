@@ -37,15 +37,36 @@ def chain_names(queue: int) -> dict[str, str]:
     """forward/input: entered from FORWARD/INPUT; lan: forwarded packets sent by the LAN;
     payload: the first data packets of LAN connections, matched against strings."""
     return {"forward": f"P2PWALL-F{queue}", "input": f"P2PWALL-I{queue}",
-            "lan": f"P2PWALL-L{queue}", "payload": f"P2PWALL-P{queue}"}
+            "lan": f"P2PWALL-L{queue}", "payload": f"P2PWALL-P{queue}",
+            "reply": f"P2PWALL-R{queue}", "reply_payload": f"P2PWALL-Q{queue}"}
 
 
-def _sources(settings: Settings, family: int) -> list[str]:
-    """Match clauses that select packets from the LAN."""
+def _sources(settings: Settings, family: int, towards: bool = False) -> list[str]:
+    """Match clauses that select packets from the LAN (or, ``towards``, to it)."""
     if settings.lan_interfaces:
-        return [f"-i {name}" for name in settings.lan_interfaces]
+        flag = "-o" if towards else "-i"
+        return [f"{flag} {name}" for name in settings.lan_interfaces]
     nets = [n for n in settings.lan_networks if ipaddress.ip_network(n, strict=False).version == family]
-    return [f"-s {n}" for n in nets]
+    return [f"{'-d' if towards else '-s'} {n}" for n in nets]
+
+
+def _first(count: int, direction: str) -> str:
+    return f"-m connbytes --connbytes 0:{count} --connbytes-dir {direction} --connbytes-mode packets"
+
+
+def _u32_prefix(prefix: bytes) -> str:
+    """u32 test: the TCP payload of an IPv4 packet starts with ``prefix`` (1-4 bytes).
+    Walks the IP header length, then the TCP data offset, then reads 4 bytes."""
+    shift = 32 - 8 * len(prefix)
+    value = int.from_bytes(prefix, "big")
+    read = "0>>22&0x3C@12>>26&0x3C@0" + (f">>{shift}" if shift else "")
+    return f'"{read}=0x{value:x}"'
+
+
+def _payload_rules(strings: list[bytes] | None, family: int, target: str) -> list[str]:
+    if strings is None:
+        return [f"-m length ! --length 0:{52 if family == 4 else 72} {target}"]
+    return [f"-m string --algo bm {_quote(s)} {target}" for s in strings]
 
 
 def _quote(s: bytes) -> str:
@@ -55,7 +76,8 @@ def _quote(s: bytes) -> str:
     return f'--string "{text}"'
 
 
-def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, family: int = 4) -> RuleSet:
+def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, family: int = 4,
+          tcp_strings_in: list[bytes] | None = None, tcp_prefixes: list[bytes] | None = None) -> RuleSet:
     """The rules for one address family.  ``tcp_strings`` None means all payloads.
 
     TCP SYNs from the LAN are always queued: the core's peer table and time lock act on
@@ -70,6 +92,7 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
     if not sources:
         return RuleSet(settings.queue_number, family, chains, [])
     lan, payload = chains[names["lan"]], chains[names["payload"]]
+    reply, reply_payload = chains[names["reply"]], chains[names["reply_payload"]]
     if settings.kernel_sets:
         # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
         # peer (re)locks its sender there and is still queued so the engine keeps step
@@ -84,18 +107,30 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
         chains[names["forward"]].append(f"{src} -j {names['lan']}")
         if "udp" in wants:
             chains[names["input"]].append(f"{src} -p udp {target}")
+    if "udp_in" in wants or "tcp_payload_in" in wants:
+        for dst in _sources(settings, family, towards=True):
+            chains[names["forward"]].append(f"{dst} -j {names['reply']}")
+    # without kernel sets, every UDP packet must be queued so learned peers stay blocked
+    limit_udp = settings.udp_packets and settings.kernel_sets
+    udp_limit = f" {_first(settings.udp_packets, 'original')}" if limit_udp else ""
     if "udp" in wants:
-        lan.append(f"-p udp {target}")
+        lan.append(f"-p udp{udp_limit} {target}")
     lan.append(f"-p tcp --syn {target}")
+    # payloads: only the first packets of a connection, so established flows never visit
+    # user space and the kernel's string search never runs over bulk data
     if "tcp_payload" in wants:
-        # only the first packets of a connection: established flows never visit userspace,
-        # and the kernel's string search never runs over bulk data
-        lan.append(f"-p tcp ! --syn -m connbytes --connbytes 0:{settings.payload_packets + 2} "
-                   f"--connbytes-dir original --connbytes-mode packets -j {names['payload']}")
-        if tcp_strings is None:
-            payload.append(f"-m length ! --length 0:{52 if family == 4 else 72} {target}")
-        else:
-            payload.extend(f"-m string --algo bm {_quote(s)} {target}" for s in tcp_strings)
+        lan.append(f"-p tcp ! --syn {_first(settings.payload_packets + 2, 'original')} -j {names['payload']}")
+        if tcp_prefixes and family == 6:
+            tcp_strings = None  # u32 reads IPv4 headers only: queue every first payload
+        payload.extend(_payload_rules(tcp_strings, family, target))
+        if tcp_strings is not None:
+            payload.extend(f"-m u32 --u32 {_u32_prefix(p)} {target}" for p in tcp_prefixes or [])
+    if "udp_in" in wants:
+        reply_limit = f" {_first(settings.udp_packets, 'reply')}" if settings.udp_packets else ""
+        reply.append(f"-p udp{reply_limit} {target}")
+    if "tcp_payload_in" in wants:
+        reply.append(f"-p tcp ! --syn {_first(settings.payload_packets + 2, 'reply')} -j {names['reply_payload']}")
+        reply_payload.extend(_payload_rules(tcp_strings_in, family, target))
     jumps = [("FORWARD", names["forward"])]
     if chains[names["input"]]:
         jumps.append(("INPUT", names["input"]))
@@ -114,26 +149,34 @@ def restore_script(rules: RuleSet) -> str:
 
 
 def nft_script(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None) -> str:
-    """An nftables equivalent. nft has no string match: payload rules queue the first
-    packets of every TCP connection instead, and the detectors do the matching."""
+    """An nftables equivalent, printed for reference (this kernel has no nft queue).
+    nft has no string match: payload rules queue the first packets of every TCP
+    connection instead, and the detectors do the matching.  Kernel sets are left out."""
     q = f"queue num {settings.queue_number}" + ("" if settings.fail_closed else " bypass")
     if settings.lan_interfaces:
         names = ", ".join(f'"{n}"' for n in settings.lan_interfaces)
-        srcs = [f"iifname {{ {names} }}"]
+        srcs, dsts = [f"iifname {{ {names} }}"], [f"oifname {{ {names} }}"]
     else:
-        v4 = [n for n in settings.lan_networks if ":" not in n]
-        v6 = [n for n in settings.lan_networks if ":" in n]
-        srcs = ([f"ip saddr {{ {', '.join(v4)} }}"] if v4 else []) + \
-               ([f"ip6 saddr {{ {', '.join(v6)} }}"] if v6 else [])
+        v4 = ", ".join(n for n in settings.lan_networks if ":" not in n)
+        v6 = ", ".join(n for n in settings.lan_networks if ":" in n)
+        srcs = ([f"ip saddr {{ {v4} }}"] if v4 else []) + ([f"ip6 saddr {{ {v6} }}"] if v6 else [])
+        dsts = ([f"ip daddr {{ {v4} }}"] if v4 else []) + ([f"ip6 daddr {{ {v6} }}"] if v6 else [])
+    first = f"1-{settings.payload_packets + 2}"
+    udp_first = f" ct original packets 1-{settings.udp_packets}" if settings.udp_packets else ""
     fwd, inp = [], []
     for src in srcs:
         if "udp" in wants:
-            fwd.append(f"{src} meta l4proto udp {q}")
+            fwd.append(f"{src} meta l4proto udp{udp_first} {q}")
             inp.append(f"{src} meta l4proto udp {q}")
         fwd.append(f"{src} tcp flags & (syn|ack) == syn {q}")
         if "tcp_payload" in wants:
-            fwd.append(f"{src} tcp flags & syn == 0 ct original packets 1-{settings.payload_packets + 2} "
-                       f"meta length > 60 {q}")
+            fwd.append(f"{src} tcp flags & syn == 0 ct original packets {first} meta length > 60 {q}")
+    for dst in dsts:
+        if "udp_in" in wants:
+            reply = f" ct reply packets 1-{settings.udp_packets}" if settings.udp_packets else ""
+            fwd.append(f"{dst} meta l4proto udp{reply} {q}")
+        if "tcp_payload_in" in wants:
+            fwd.append(f"{dst} tcp flags & syn == 0 ct reply packets {first} meta length > 60 {q}")
     out = ["table inet p2pwall {",
            "  chain forward {", "    type filter hook forward priority -5; policy accept;"]
     out += [f"    {r}" for r in fwd]

@@ -1,0 +1,178 @@
+"""BitTorrent: peer wire, DHT, uTP, UDP and HTTP trackers, local service discovery.
+
+Signatures (``shared/protocols.md``; BEP 3, 5, 14, 15, 29):
+
+- peer wire handshake: ``0x13 "BitTorrent protocol"`` (either side's first packet);
+- DHT (KRPC): a bencoded dictionary with ``1:y1:q|r|e`` and a transaction ``1:t``;
+- uTP: a SYN whose whole 20-byte header (plus extensions) is consistent;
+- UDP tracker connect: protocol id ``0x41727101980``, action 0, 16 bytes;
+- HTTP tracker: ``GET /announce?...info_hash=`` or ``/scrape?``;
+- local service discovery: ``BT-SEARCH * HTTP/1.1`` to port 6771 (multicast).
+
+Requests: block the remote peer (tracker, DHT node, peer), drop the packet; a tracker
+announce also locks the client.  Peers named in replies are learned: compact peer lists
+of HTTP tracker responses (``5:peers``) and DHT ``values``/``nodes``, so later (possibly
+encrypted, MSE) connections to them are blocked too.  Lock: yes (``lock = true``):
+clients hold many peers and retry, and encrypted connections to peers nobody named are
+recognisable only by the time lock.
+"""
+
+from __future__ import annotations
+
+import re
+from struct import unpack_from
+
+from p2pwall import hookimpl
+from p2pwall.actions import Block, Drop, Lock
+from p2pwall.packet import FROM_LAN, TO_LAN
+from p2pwall.plugins import DetectorInfo
+from p2pwall_plugins._common import switches
+
+__version__ = "1.0.0"
+
+HANDSHAKE = b"\x13BitTorrent protocol"
+TRACKER_PROTOCOL_ID = bytes.fromhex("0000041727101980")
+LSD = b"BT-SEARCH * HTTP/1.1"
+MAX_LEARNED = 200  # peers taken from one reply
+
+_TRACKER = re.compile(rb"^GET /[^ ?]*(?:announce|scrape)[^ ?]*\?[^ ]*info_hash=", re.IGNORECASE)
+_PEERS = re.compile(rb"5:peers([0-9]{1,5}):")
+_VALUES = re.compile(rb"6:valuesl")
+_NODES = re.compile(rb"5:nodes([0-9]{1,4}):")
+
+
+def is_krpc(data: bytes) -> bool:
+    """A DHT message: bencoded dict with a message type and a transaction id."""
+    if len(data) < 12 or data[0] != 0x64 or data[-1] != 0x65:  # 'd' ... 'e'
+        return False
+    return (b"1:y1:q" in data or b"1:y1:r" in data or b"1:y1:e" in data) and b"1:t" in data
+
+
+def is_utp_syn(p) -> bool:
+    """A uTP ST_SYN with a consistent header and extension chain."""
+    n = len(p)
+    if n < 20 or p[0] != 0x41 or p[1] > 2:
+        return False
+    ext, off = p[1], 20
+    for _ in range(4):
+        if ext == 0:
+            break
+        if off + 2 > n:
+            return False
+        ext, length = p[off], p[off + 1]
+        off += 2 + length
+    else:
+        return False
+    return off == n and unpack_from("!I", p, 12)[0] > 0  # no payload; a receive window
+
+
+def is_tracker_connect(p) -> bool:
+    return len(p) == 16 and bytes(p[:8]) == TRACKER_PROTOCOL_ID and bytes(p[8:12]) == b"\0\0\0\0"
+
+
+def compact_peers(blob: bytes, stride: int = 6) -> list[str]:
+    out = []
+    for i in range(0, min(len(blob) - len(blob) % stride, stride * MAX_LEARNED), stride):
+        a, b, c, d = blob[i:i + 4]
+        if a not in (0, 127) and a < 224:
+            out.append(f"{a}.{b}.{c}.{d}")
+    return out
+
+
+def peers_in_tracker_reply(data: bytes) -> list[str]:
+    m = _PEERS.search(data)
+    if not m:
+        return []
+    size = int(m.group(1))
+    blob = data[m.end():m.end() + size]
+    return compact_peers(blob) if size % 6 == 0 else []
+
+
+def peers_in_dht(data: bytes) -> list[str]:
+    found = []
+    m = _NODES.search(data)
+    if m and int(m.group(1)) % 26 == 0:
+        blob = data[m.end():m.end() + int(m.group(1))]
+        found += compact_peers(b"".join(blob[i + 20:i + 26] for i in range(0, len(blob) - 25, 26)))
+    m = _VALUES.search(data)
+    if m:
+        i = m.end()
+        for _ in range(MAX_LEARNED):
+            if data[i:i + 2] != b"6:" or i + 8 > len(data):
+                break
+            found += compact_peers(data[i + 2:i + 8])
+            i += 8
+    return found
+
+
+class BitTorrentDetector:
+    def __init__(self):
+        self.conf = {"peer_wire": True, "dht": True, "utp": True, "trackers": True, "lsd": True,
+                     "learn": True, "lock": True}
+
+    @hookimpl
+    def p2pwall_detector_info(self):
+        c = self.conf
+        wants = ["udp", "tcp_payload"]
+        strings_in = []
+        if c["learn"]:
+            wants += ["udp_in", "tcp_payload_in"]
+            strings_in = [b"5:peers", b"BitTorrent protocol"]
+        return DetectorInfo(name="bittorrent", version=__version__, protocols=["BitTorrent"],
+                            description="peer wire, DHT, uTP, trackers, LSD; learns peers from replies",
+                            wants=wants, tcp_strings=[b"BitTorrent protocol", b"info_hash="],
+                            tcp_strings_in=strings_in, locks=c["lock"])
+
+    @hookimpl
+    def p2pwall_configure(self, table, settings):
+        self.conf = switches(table, self.conf)
+
+    @hookimpl
+    def p2pwall_inspect(self, packet, context):
+        if packet.direction == TO_LAN:
+            return self._reply(packet, context) if self.conf["learn"] else None
+        if packet.direction != FROM_LAN or context.in_lan(packet.dst):
+            return None
+        c = self.conf
+        if packet.proto == 17:
+            p = packet.payload
+            if c["lsd"] and packet.dport == 6771 and packet.data.startswith(LSD):
+                return Drop("BitTorrent local service discovery")
+            if c["dht"] and is_krpc(packet.data):
+                reason = "BitTorrent DHT"
+            elif c["utp"] and is_utp_syn(p):
+                reason = "BitTorrent uTP"
+            elif c["trackers"] and is_tracker_connect(p):
+                reason = "BitTorrent UDP tracker"
+            else:
+                return None
+            return [Block(packet.dst, reason=reason), Drop(reason)]
+        data = packet.data
+        if c["peer_wire"] and data.startswith(HANDSHAKE):
+            reason = "BitTorrent handshake"
+            return [Block(packet.dst, reason=reason), Drop(reason)]
+        if c["trackers"] and _TRACKER.match(data):
+            reason = "BitTorrent tracker announce"
+            return [Block(packet.dst, reason=reason), Drop(reason), Lock(packet.src, reason=reason)]
+        return None
+
+    def _reply(self, packet, context):
+        """Replies towards a LAN host: learn the peers they name."""
+        if context.in_lan(packet.src):
+            return None
+        data = packet.data
+        if packet.proto == 17:
+            if not is_krpc(data):
+                return None
+            learned = peers_in_dht(data)
+            reason = "BitTorrent DHT node"
+        elif data.startswith(HANDSHAKE):
+            return [Block(packet.src, reason="BitTorrent handshake"), Drop("BitTorrent handshake")]
+        elif b"5:peers" in data and (data.startswith(b"HTTP/1.") or data.startswith(b"d")):
+            learned = peers_in_tracker_reply(data)
+            reason = "BitTorrent tracker"
+        else:
+            return None
+        actions = [Block(packet.src, reason=reason), Drop(reason)]
+        actions += [Block(peer, reason="named by a BitTorrent tracker/DHT reply") for peer in learned]
+        return actions

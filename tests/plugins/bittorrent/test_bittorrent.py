@@ -1,0 +1,92 @@
+import struct
+
+import pytest
+
+from p2pwall.packet import TO_LAN
+from p2pwall.testing import DetectorHarness, tcp, udp
+from p2pwall_plugins.bittorrent import BitTorrentDetector, is_krpc, is_utp_syn, peers_in_dht, peers_in_tracker_reply
+
+LAN, PEER, TRACKER = "192.168.1.5", "203.0.113.9", "198.51.100.7"
+HANDSHAKE = b"\x13BitTorrent protocol" + bytes(8) + bytes(range(20)) + b"-UM1860-" + bytes(12)
+
+
+def h():
+    return DetectorHarness(BitTorrentDetector())
+
+
+def test_handshake_blocks_peer():
+    x = h()
+    assert len(HANDSHAKE) == 68
+    assert x.feed(tcp(LAN, PEER, 50000, 6881, HANDSHAKE))[2] == "BitTorrent handshake"
+    assert x.engine.context.is_blocked(PEER)
+
+
+def test_tracker_announce_blocks_tracker_and_locks_client():
+    x = h()
+    req = b"GET /announce?info_hash=%12%34&peer_id=-AR1360-abc&port=6881&left=0 HTTP/1.1\r\nHost: t\r\n\r\n"
+    assert x.feed(tcp(LAN, TRACKER, 50001, 6969, req))[0]
+    assert x.engine.context.is_blocked(TRACKER) and x.engine.context.is_locked(LAN)
+
+
+@pytest.mark.parametrize("data", [
+    b"d1:ad2:id20:" + bytes(20) + b"e1:q4:ping1:t2:aa1:y1:qe",
+    b"d1:rd2:id20:" + bytes(20) + b"e1:t2:aa1:y1:re",
+    b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee",
+])
+def test_dht(data):
+    assert is_krpc(data)
+    assert h().feed(udp(LAN, PEER, 6881, 6881, data))[2] == "BitTorrent DHT"
+
+
+def utp_syn(ext=0, tail=b""):
+    return bytes([0x41, ext]) + struct.pack("!HIIIHH", 1234, 1, 0, 1 << 20, 1, 0) + tail
+
+
+def test_utp_syn_whole_header():
+    assert len(utp_syn()) == 20 and is_utp_syn(utp_syn())
+    assert is_utp_syn(utp_syn(ext=2, tail=bytes([0, 8]) + bytes(8)))
+    assert not is_utp_syn(utp_syn() + b"data")  # a SYN carries no payload
+    assert not is_utp_syn(utp_syn(ext=2))  # announced extension missing
+    assert not is_utp_syn(bytes([0x41, 5]) + bytes(18))
+    assert not is_utp_syn(bytes([0x01]) + bytes(19))  # many UDP protocols start with 0x01
+
+
+def test_udp_tracker_connect_and_lsd():
+    x = h()
+    connect = bytes.fromhex("0000041727101980") + bytes(4) + b"\x12\x34\x56\x78"
+    assert x.feed(udp(LAN, TRACKER, 50002, 6969, connect))[2] == "BitTorrent UDP tracker"
+    lsd = b"BT-SEARCH * HTTP/1.1\r\nHost: 239.192.152.143:6771\r\nPort: 6881\r\nInfohash: ab\r\n\r\n"
+    drop, det, _ = x.feed(udp(LAN, "239.192.152.143", 6771, 6771, lsd))
+    assert drop and det == "bittorrent"
+    assert not x.engine.context.is_blocked("239.192.152.143")  # multicast is never a peer
+
+
+def test_peers_learned_from_tracker_reply_and_dht():
+    compact = bytes([203, 0, 113, 50, 0x1A, 0xE1, 203, 0, 113, 51, 0x1A, 0xE2])
+    reply = b"HTTP/1.1 200 OK\r\n\r\nd8:intervali1800e5:peers12:" + compact + b"e"
+    assert peers_in_tracker_reply(reply) == ["203.0.113.50", "203.0.113.51"]
+    x = h()
+    x.feed(tcp(TRACKER, LAN, 6969, 50001, reply), direction=TO_LAN)
+    assert x.engine.context.is_blocked("203.0.113.50") and x.engine.context.is_blocked(TRACKER)
+    dht = (b"d1:rd2:id20:" + bytes(20) + b"5:token2:xx6:valuesl6:" + compact[:6] + b"6:" + compact[6:]
+           + b"ee1:t2:aa1:y1:re")
+    assert peers_in_dht(dht) == ["203.0.113.50", "203.0.113.51"]
+    nodes = b"d1:rd2:id20:" + bytes(20) + b"5:nodes26:" + bytes(20) + compact[:6] + b"e1:t2:aa1:y1:re"
+    assert peers_in_dht(nodes) == ["203.0.113.50"]
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /announcements/2024 HTTP/1.1\r\nHost: news\r\n\r\n",
+    b"\x13BitTorrent protocoX" + bytes(48),
+    b"d4:spam4:eggse",  # bencoded, but no KRPC type
+])
+def test_near_misses(data):
+    x = h()
+    assert not x.feed(tcp(LAN, PEER, 50000, 80, data))[0]
+    assert not x.feed(udp(LAN, PEER, 50000, 80, data))[0]
+
+
+def test_quic_and_dns_pass():
+    x = h()
+    quic_initial = bytes([0xC3, 0, 0, 0, 1, 8]) + bytes(8) + bytes(1200)
+    assert not x.feed(udp(LAN, PEER, 50000, 443, quic_initial))[0]
