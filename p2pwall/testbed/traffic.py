@@ -111,6 +111,8 @@ def tcp(args) -> int:
             result["connected"] = True
             if args.data:
                 s.sendall(args.data.encode().decode("unicode_escape").encode("latin-1"))
+            elif args.hex:
+                s.sendall(bytes.fromhex(args.hex))
             s.settimeout(args.timeout)
             try:
                 result["reply"] = s.recv(4096).decode("latin-1")
@@ -173,6 +175,7 @@ def main(argv=None) -> int:
     s.add_argument("--to", required=True)
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--data", default="")
+    s.add_argument("--hex", default="")
     s.add_argument("--timeout", type=float, default=2.0)
     s = sub.add_parser("http")
     s.add_argument("--url", required=True)

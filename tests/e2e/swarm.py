@@ -1,0 +1,100 @@
+"""A real BitTorrent swarm from Debian packages: opentracker and aria2 seeders outside,
+an aria2 leecher on a LAN host."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import time
+
+from p2pwall.testbed.bencode import info_hash
+
+PIECE = 256 * 1024
+
+
+class Swarm:
+    def __init__(self, net, tag: str, tracker: bool, size: int = 2 * 1024 * 1024):
+        self.net, self.tag, self.tracker = net, tag, tracker
+        d = self.dir = net.dir / tag
+        d.mkdir()
+        os.chmod(net.dir, 0o755)
+        self.seed_dir, self.leech_dir = d / "seed", d / "leech"
+        self.seed_dir.mkdir()
+        self.leech_dir.mkdir()
+        self.payload = os.urandom(size)
+        (self.seed_dir / "payload.bin").write_bytes(self.payload)
+        self.tracker_ip, self.seeder_ip, self.boot_ip = net.outside[0], net.outside[1], net.outside[2]
+        cmd = ["transmission-create", "-s", str(PIECE // 1024), "-o", str(d / "f.torrent")]
+        if tracker:
+            cmd += ["-t", f"http://{self.tracker_ip}:6969/announce"]
+        subprocess.run(cmd + [str(self.seed_dir / "payload.bin")], check=True, capture_output=True)
+        self.torrent = d / "f.torrent"
+        self.procs = []
+
+    def start(self) -> None:
+        net, d = self.net, self.dir
+        common = ["--bt-enable-lpd=false", "--summary-interval=0", "--file-allocation=none"]
+        if self.tracker:
+            root = d / "otroot"
+            root.mkdir()
+            (root / "whitelist").write_text(info_hash(self.torrent.read_bytes()) + "\n")
+            os.chmod(d, 0o755)
+            os.chmod(root, 0o755)
+            user = "_opentracker" if _user("_opentracker") else "nobody"
+            self.procs.append(net.spawn(net.out, "opentracker", "-i", self.tracker_ip, "-p", "6969", "-P", "6969",
+                                        "-d", str(root), "-u", user, "-w", "/whitelist", log=f"{self.tag}-tracker.log"))
+            self.procs.append(net.spawn(net.out, "aria2c", "--dir", str(self.seed_dir), "--seed-ratio=0", "-V",
+                                        "--enable-dht=false", *common, "--listen-port=6881",
+                                        "--bt-external-ip", self.seeder_ip, str(self.torrent),
+                                        log=f"{self.tag}-seeder.log"))
+        else:
+            dht = ["--enable-dht=true", "--dht-message-timeout=2"]
+            self.procs.append(net.spawn(net.out, "aria2c", "--dir", str(d / "boot"), *common, *dht,
+                                        "--dht-listen-port=6883", "--listen-port=6885", "--bt-external-ip",
+                                        self.boot_ip, "--dht-entry-point", f"{self.seeder_ip}:6882",
+                                        "--dht-file-path", str(d / "boot.dat"), str(self.torrent),
+                                        log=f"{self.tag}-boot.log"))
+            self.procs.append(net.spawn(net.out, "aria2c", "--dir", str(self.seed_dir), "--seed-ratio=0", "-V",
+                                        *common, *dht, "--listen-port=6881", "--dht-listen-port=6882",
+                                        "--bt-external-ip", self.seeder_ip, "--dht-entry-point",
+                                        f"{self.boot_ip}:6883", "--dht-file-path", str(d / "seed.dat"),
+                                        str(self.torrent), log=f"{self.tag}-seeder.log"))
+        time.sleep(4)  # seeders verified and announced
+
+    def leech(self, stop_after: float = 15) -> subprocess.CompletedProcess:
+        args = ["aria2c", "--dir", str(self.leech_dir), "--bt-enable-lpd=false", "--summary-interval=0",
+                "--file-allocation=none", "--seed-time=0", f"--bt-stop-timeout={int(stop_after)}",
+                "--listen-port=6881"]
+        if self.tracker:
+            args.append("--enable-dht=false")
+        else:
+            args += ["--enable-dht=true", "--dht-message-timeout=2", "--dht-listen-port=6882",
+                     "--dht-entry-point", f"{self.seeder_ip}:6882", "--dht-file-path", str(self.dir / "l.dat")]
+        return self.net.exec(self.net.lans[0], *args, str(self.torrent), check=False, timeout=stop_after + 60)
+
+    def pieces_received(self) -> int:
+        """How many pieces of the seeded file exist, intact, on the LAN host."""
+        got = b""
+        for path in self.leech_dir.rglob("*"):
+            if path.is_file():
+                got = max(got, path.read_bytes(), key=len)
+        return sum(1 for i in range(0, len(self.payload), PIECE)
+                   if got[i:i + PIECE] == self.payload[i:i + PIECE] and got[i:i + PIECE])
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def _user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
