@@ -116,7 +116,7 @@ def cli():
               help="Log level (overrides [log] level).")
 def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_level):
     """Run the filter: install the rules, judge queued packets until SIGTERM/SIGINT,
-    then remove the rules."""
+    then remove the rules. SIGHUP re-reads the config (a bad one is rejected)."""
     settings = _settings(config_path)
     if queue is not None:
         settings.queue_number = queue
@@ -125,8 +125,18 @@ def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_
     _need_root("p2pwall run")
     from .daemon import Daemon, DaemonError
 
+    from .privileges import PrivilegeError
+
+    def reload():
+        fresh = config_mod.load(config_path)
+        if queue is not None:
+            fresh.queue_number = queue
+        found = plugins_mod.load(list(plugins) or None)
+        found.configure(fresh)
+        return fresh, found
+
     try:
-        daemon = Daemon(settings, detectors, monitor=monitor, install_rules=not no_install_rules)
+        daemon = Daemon(settings, detectors, monitor=monitor, install_rules=not no_install_rules, reload=reload)
     except config_mod.ConfigError as exc:
         raise Failure(f"config: {exc}", EXIT_USAGE) from None
     try:
@@ -135,6 +145,8 @@ def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_
         from .daemon import QueueBusy
 
         raise Failure(str(exc), EXIT_USAGE if isinstance(exc, QueueBusy) else EXIT_RUNTIME) from None
+    except PrivilegeError as exc:
+        raise Failure(str(exc), EXIT_RUNTIME) from None
 
 
 @cli.command()

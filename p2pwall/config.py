@@ -49,6 +49,13 @@ class Settings:
     send_per_client_per_second: float = 100.0
     # [status]
     status_socket: str = "/run/p2pwall/p2pwall.sock"
+    # [state]
+    state_file: str = "/var/lib/p2pwall/state.json"
+    state_save_seconds: float = 300.0
+    # [metrics]
+    metrics_listen: str = ""
+    # [daemon]
+    user: str = ""
     # [log]
     log_level: str = "info"
     log_format: str = "text"
@@ -104,6 +111,16 @@ _SCHEMA = {
     "status": {
         "socket": ("status_socket", "str", None),
     },
+    "state": {
+        "file": ("state_file", "optstr", None),
+        "save_seconds": ("state_save_seconds", "number", _range()),
+    },
+    "metrics": {
+        "listen": ("metrics_listen", "listen", None),
+    },
+    "daemon": {
+        "user": ("user", "optstr", None),
+    },
     "log": {
         "level": ("log_level", "choice:debug,info,warning,error", None),
         "format": ("log_format", "choice:text,json", None),
@@ -126,6 +143,21 @@ def _check(section: str, key: str, value, kind: str, check) -> object:
     elif kind == "str":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    elif kind == "optstr":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    elif kind == "listen":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected \"address:port\", got {value!r}")
+        if value:
+            host, sep, port = value.rpartition(":")
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+                ok = sep and 0 < int(port) < 65536
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"{where}: expected \"address:port\" such as \"127.0.0.1:9733\", got {value!r}")
     elif kind.startswith("choice:"):
         choices = kind[7:].split(",")
         if value not in choices:

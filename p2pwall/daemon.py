@@ -1,8 +1,10 @@
 """``p2pwall run``: the queue, the rules and the loop that ties them to the engine.
 
 Start order matters: the queue is bound first (a second instance fails there and touches
-nothing), then the rules are installed; on SIGTERM/SIGINT, or after any error, the rules
-are removed and the queue closed.
+nothing); then leftovers of a crashed run on this queue are removed, the kernel sets
+created, saved state restored, and the rules installed.  On SIGTERM/SIGINT, or after any
+error, state is saved, the rules and sets removed and the queue closed.  SIGHUP re-reads
+the configuration; a bad one is rejected and the running one kept.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import os
 import select
 import signal
 import socket
+import time
 
 from . import rules
+from . import state as state_mod
 from .config import ConfigError, Settings
 from .engine import DROP, Engine
 from .plugins import DetectorSet
@@ -75,24 +79,28 @@ class NfqueueSource:
 
 class Daemon:
     def __init__(self, settings: Settings, detectors: DetectorSet, monitor: bool = False,
-                 install_rules: bool = True):
+                 install_rules: bool = True, reload=None):
+        """``reload()`` returns fresh (settings, detectors) for SIGHUP, or raises."""
         self.settings = settings
         self.detectors = detectors
         self.install_rules = install_rules
-        self.lan_ifs = lan_ifindexes(settings)
         self.monitor = monitor
         if monitor:
             settings.kernel_sets = False  # monitor mode must never drop, not even in the kernel
+        self.lan_ifs = lan_ifindexes(settings)
+        self.reload = reload
         self.engine: Engine | None = None
-        self._stop = False
-        self._installed: list[int] = []
         self.kernel = None
+        self._stop = False
+        self._hup = False
+        self._installed: list[int] = []
+        self._rules_text = ""
+        self._saved_at = time.monotonic()
 
     # the verdict path: parse, decide, verdict, nothing else
     def _callback(self, pkt) -> None:
         try:
-            indev = pkt.indev
-            from_lan = None if self.lan_ifs is None else indev in self.lan_ifs
+            from_lan = None if self.lan_ifs is None else pkt.indev in self.lan_ifs
             drop = self.engine.process_raw(pkt.get_payload(), pkt.hook, from_lan)[0]
         except Exception as exc:  # never leave a packet without a verdict
             self.engine.counters["engine_errors"] += 1
@@ -104,54 +112,77 @@ class Daemon:
             pkt.accept()
 
     def _signal(self, signum, frame) -> None:
-        self._stop = True
+        if signum == signal.SIGHUP:
+            self._hup = True
+        else:
+            self._stop = True
 
     def run(self) -> int:
         from .sender import RawSender
 
-        source = status = sender = None
+        source = status = sender = metrics = None
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        old_handlers = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old_handlers = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor)
             source = NfqueueSource(self.settings.queue_number, self.settings.queue_maxlen, self._callback)
-            if self.install_rules and self.settings.kernel_sets:
-                self._create_sets()
             try:
-                status = StatusServer(self.settings.status_socket, self.engine.snapshot)
+                status = StatusServer(self.settings.status_socket, self._snapshot)
             except OSError as exc:
                 raise DaemonError(f"status socket: {exc}") from None
+            if self.settings.metrics_listen:
+                from .metrics import MetricsServer, render
+
+                try:
+                    metrics = MetricsServer(self.settings.metrics_listen,
+                                            lambda: render(self._snapshot(), self.settings.queue_number))
+                except OSError as exc:
+                    raise DaemonError(f"metrics on {self.settings.metrics_listen}: {exc.strerror or exc}") from None
+            if self.install_rules:
+                for family in (4, 6):  # leftovers of a crashed run on this queue
+                    rules.remove(self.settings.queue_number, family)
+                if self.settings.kernel_sets:
+                    self._create_sets()
+            self._restore_state()
             if self.install_rules:
                 self._install()
+            if self.settings.user:
+                from .privileges import drop_privileges
+
+                drop_privileges(self.settings.user, keep_paths=self._owned_paths())
             log.info("event=started queue=%d detectors=%s monitor=%s pid=%d",
                      self.settings.queue_number, ",".join(self.detectors.names()),
                      str(self.monitor).lower(), os.getpid())
-            self._loop(source, status, wake_r)
-            log.info("event=stopping counters=%s", dict(self.engine.counters))
+            self._loop(source, status, wake_r, metrics)
+            log.info("event=stopping counters=%s", _flat(self.engine.counters))
             return 0
         finally:
+            self._save_state()
             self._uninstall()
             if self.kernel is not None:
                 self.kernel.destroy()
-            if source is not None:
-                source.close()
-            if status is not None:
-                status.close()
-            if sender is not None:
-                sender.close()
+            for closable in (source, status, sender, metrics):
+                if closable is not None:
+                    closable.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             wake_r.close()
             wake_w.close()
 
-    def _loop(self, source: NfqueueSource, status: StatusServer, wake) -> None:
+    def _snapshot(self) -> dict:
+        snap = self.engine.snapshot(wall=time.time())
+        snap["queue"] = self.settings.queue_number
+        snap["pid"] = os.getpid()
+        return snap
+
+    def _loop(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
         engine = self.engine
-        watch = [source, status, wake]
+        watch = [source, status, wake] + ([metrics] if metrics is not None else [])
         while not self._stop:
             wait = engine.next_timer()
             wait = 1.0 if wait is None else min(max(wait, 0.0), 1.0)
@@ -168,14 +199,81 @@ class Daemon:
                 engine.flush()  # side effects after the verdicts
             if status in ready:
                 status.serve_one()
+            if metrics is not None and metrics in ready:
+                metrics.serve_one()
             if wake in ready:
                 try:
                     wake.recv(64)
                 except BlockingIOError:
                     pass
+            if self._hup:
+                self._hup = False
+                self._reload()
             engine.tick()
             engine.flush()
+            if time.monotonic() - self._saved_at >= self.settings.state_save_seconds:
+                self._save_state()
 
+    # ---------------------------------------------------------------- reload
+    def _reload(self) -> None:
+        if self.reload is None:
+            return
+        try:
+            settings, detectors = self.reload()
+            fixed = ("queue_number", "status_socket", "metrics_listen", "kernel_sets", "user")
+            changed = [k for k in fixed if getattr(settings, k) != getattr(self.settings, k)]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} cannot change without a restart")
+            lan_ifs = lan_ifindexes(settings)
+        except Exception as exc:  # any problem: keep running as we are
+            log.error("event=reload_rejected error=%s", str(exc).replace("\n", " "))
+            return
+        if self.monitor:
+            settings.kernel_sets = False
+        self.settings, self.detectors, self.lan_ifs = settings, detectors, lan_ifs
+        self.engine.reconfigure(settings, detectors)
+        if self.install_rules and self._rules_for_now() != self._rules_text:
+            self._uninstall()
+            self._install()
+        log.info("event=reloaded detectors=%s peers=%d locks=%d", ",".join(detectors.names()),
+                 len(self.engine.peers), len(self.engine.locks))
+
+    # ---------------------------------------------------------------- state
+    def _restore_state(self) -> None:
+        path = self.settings.state_file
+        if not path:
+            return
+        try:
+            saved = state_mod.load(path)
+        except state_mod.StateError as exc:
+            try:
+                aside = state_mod.set_aside(path)
+            except OSError:
+                aside = "(could not move it)"
+            log.warning("event=state_corrupt error=%s set_aside=%s", exc, aside)
+            return
+        if saved:
+            count = self.engine.restore(saved)
+            self.engine.flush()
+            log.info("event=state_restored entries=%d file=%s", count, path)
+
+    def _save_state(self) -> None:
+        self._saved_at = time.monotonic()
+        if not self.settings.state_file or self.engine is None:
+            return
+        try:
+            state_mod.save(self.settings.state_file, {"peers": self.engine.peers, "locks": self.engine.locks},
+                           self.engine.clock())
+        except OSError as exc:
+            log.warning("event=state_save_failed file=%s error=%s", self.settings.state_file, exc)
+
+    def _owned_paths(self) -> list[str]:
+        paths = [os.path.dirname(self.settings.status_socket)]
+        if self.settings.state_file:
+            paths.append(os.path.dirname(os.path.abspath(self.settings.state_file)))
+        return paths
+
+    # ---------------------------------------------------------------- rules
     def _create_sets(self) -> None:
         from .kernelsets import KernelSetError, KernelSets
 
@@ -189,22 +287,32 @@ class Daemon:
             raise DaemonError(str(exc)) from None
         self.engine.kernel = kernel
 
-    def _install(self) -> None:
+    def _rule_sets(self) -> list:
         d = self.detectors
-        for family in (4, 6):
-            rs = rules.build(self.settings, d.wants(), d.tcp_strings(), family, d.tcp_strings("tcp_payload_in"),
-                             d.tcp_prefixes())
+        return [rules.build(self.settings, d.wants(), d.tcp_strings(), family, d.tcp_strings("tcp_payload_in"),
+                            d.tcp_prefixes()) for family in (4, 6)]
+
+    def _rules_for_now(self) -> str:
+        return "".join(rules.restore_script(rs) for rs in self._rule_sets())
+
+    def _install(self) -> None:
+        for rs in self._rule_sets():
             if rs.empty:
                 continue
             try:
                 rules.install(rs)
             except rules.RulesError as exc:
-                if family == 4:
+                if rs.family == 4:
                     raise DaemonError(str(exc)) from None
                 log.warning("event=ipv6_rules_skipped error=%s", exc)
                 continue
-            self._installed.append(family)
+            self._installed.append(rs.family)
+        self._rules_text = self._rules_for_now()
 
     def _uninstall(self) -> None:
         while self._installed:
             rules.remove(self.settings.queue_number, self._installed.pop())
+
+
+def _flat(counters) -> str:
+    return ",".join(f"{k}:{v}" for k, v in sorted(counters.items()))

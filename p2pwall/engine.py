@@ -118,8 +118,6 @@ class Engine:
         self.sender = sender
         self.kernel = kernel  # KernelSets, or None (replay, tests)
         self.monitor = monitor
-        self.lan = AddressSet(settings.lan_networks)
-        self.allow = AddressSet(settings.allow)
         self.peers = PeerTable(settings.peer_max)
         self.locks = LockTable(settings.lock_max)
         self.events = ev.EventLog(keep=keep_events)
@@ -127,14 +125,38 @@ class Engine:
         self.by_detector: Counter[str] = Counter()
         self.context = Context(self)
         self.outbox: list = []
-        self._dispatch = {kind: detectors.impls("p2pwall_inspect", kind) for kind in KINDS}
-        self._locking = detectors.locking()
-        self._probe_makers = dict(detectors.impls("p2pwall_make_probe"))
-        self._observers = detectors.impls("p2pwall_event")
+        self.reconfigure(settings, detectors)
         self._probe_heap: list[tuple[float, bytes]] = []
         self._probe_due: dict[bytes, tuple[float, int]] = {}
         self._error_log: dict[str, tuple[float, int]] = {}
         self.started = clock()
+
+    def reconfigure(self, settings: Settings, detectors: DetectorSet) -> None:
+        """Take new settings and detectors (SIGHUP), keeping tables and counters."""
+        self.settings = settings
+        self.detectors = detectors
+        self.lan = AddressSet(settings.lan_networks)
+        self.allow = AddressSet(settings.allow)
+        self.peers.max_entries = settings.peer_max
+        self.locks.max_entries = settings.lock_max
+        self._dispatch = {kind: detectors.impls("p2pwall_inspect", kind) for kind in KINDS}
+        self._locking = detectors.locking()
+        self._probe_makers = dict(detectors.impls("p2pwall_make_probe"))
+        self._observers = detectors.impls("p2pwall_event")
+
+    def restore(self, saved: dict) -> int:
+        """Put back peers and locks saved by a previous run (see state.py)."""
+        now = self.clock()
+        count = 0
+        for kind, table in (("peers", self.peers), ("locks", self.locks)):
+            for key, left, detector, reason in saved.get(kind, []):
+                if key in self.allow:
+                    continue
+                table.put(key, now, left, detector, reason)
+                if self.kernel is not None:
+                    self.kernel.add(kind, key, left)
+                count += 1
+        return count
 
     # ------------------------------------------------------------------ packets
     def process_raw(self, raw: bytes, hook: int | None = None, from_lan_if: bool | None = None):
@@ -377,8 +399,15 @@ class Engine:
             self._error_log[name] = (last, suppressed + 1)
 
     # ------------------------------------------------------------------ reporting
-    def snapshot(self, limit: int = 1000) -> dict:
+    def snapshot(self, limit: int = 1000, wall: float | None = None) -> dict:
+        """Tables and counters for status; with ``wall`` (the wall-clock now), entries
+        also say until when, as wall-clock seconds."""
         now = self.clock()
+        peers, locks = self.peers.snapshot(now)[:limit], self.locks.snapshot(now)[:limit]
+        if wall is not None:
+            for e in peers + locks:
+                e["until"] = round(wall + e["remaining"], 3)
+                e["since"] = round(wall - (now - e["since"]), 3)
         return {
             "uptime": round(now - self.started, 3),
             "monitor": self.monitor,
@@ -386,8 +415,8 @@ class Engine:
             "counters": dict(self.counters),
             "events": dict(self.events.counters),
             "drops_by_detector": dict(self.by_detector),
-            "peers": {"count": len(self.peers), "max": self.peers.max_entries,
-                      "entries": self.peers.snapshot(now)[:limit]},
-            "locks": {"count": len(self.locks), "max": self.locks.max_entries,
-                      "entries": self.locks.snapshot(now)[:limit]},
+            "errors_by_detector": {k.split(".", 1)[1]: v for k, v in self.counters.items()
+                                   if k.startswith("detector_errors.")},
+            "peers": {"count": len(self.peers), "max": self.peers.max_entries, "entries": peers},
+            "locks": {"count": len(self.locks), "max": self.locks.max_entries, "entries": locks},
         }

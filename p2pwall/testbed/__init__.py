@@ -132,10 +132,12 @@ class Network:
         daemon.wait_ready(wait)
         return daemon
 
-    def base_config(self, lock_seconds: float = 120, extra: str = "") -> str:
+    def base_config(self, lock_seconds: float = 120, extra: str = "", state_file: str = "") -> str:
+        """A config for this network; no state file unless asked (tests stay independent)."""
         return (f'[network]\nlan_interfaces = ["br0"]\nlan_networks = ["{LAN_NET}"]\n'
                 f'[lock]\nseconds = {lock_seconds}\n'
-                f'[status]\nsocket = "{self.dir}/status.sock"\n{extra}')
+                f'[status]\nsocket = "{self.dir}/status.sock"\n'
+                f'[state]\nfile = "{state_file}"\n{extra}')
 
     def iptables_save(self) -> str:
         return self.exec(self.fw, "iptables-save").stdout

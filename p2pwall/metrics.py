@@ -1,0 +1,93 @@
+"""Prometheus text exposition on an optional local port (``[metrics] listen``)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def queue_stats(queue: int) -> dict[str, int]:
+    """The kernel's counters for our queue (/proc/net/netfilter/nfnetlink_queue)."""
+    try:
+        with open("/proc/net/netfilter/nfnetlink_queue") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 7 and int(fields[0]) == queue:
+                    return {"waiting": int(fields[2]), "queue_dropped": int(fields[5]),
+                            "user_dropped": int(fields[6])}
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
+def render(snap: dict, queue: int) -> str:
+    c = snap["counters"]
+    lines = [
+        "# HELP p2pwall_packets_total Packets judged, by verdict.",
+        "# TYPE p2pwall_packets_total counter",
+        f'p2pwall_packets_total{{verdict="accept"}} {c.get("accepted", 0)}',
+        f'p2pwall_packets_total{{verdict="drop"}} {c.get("dropped", 0)}',
+        "# HELP p2pwall_unparsed_packets_total Packets that did not parse (accepted).",
+        "# TYPE p2pwall_unparsed_packets_total counter",
+        f"p2pwall_unparsed_packets_total {c.get('unparsed', 0)}",
+        "# HELP p2pwall_detections_total Packets dropped, by the detector responsible.",
+        "# TYPE p2pwall_detections_total counter",
+    ]
+    for name in snap["detectors"]:
+        lines.append(f'p2pwall_detections_total{{detector="{name}"}} {snap["drops_by_detector"].get(name, 0)}')
+    lines += ["# HELP p2pwall_detector_errors_total Exceptions raised by detectors.",
+              "# TYPE p2pwall_detector_errors_total counter"]
+    for name in snap["detectors"]:
+        lines.append(f'p2pwall_detector_errors_total{{detector="{name}"}} {snap["errors_by_detector"].get(name, 0)}')
+    lines += ["# HELP p2pwall_table_entries Entries in the peer and lock tables.",
+              "# TYPE p2pwall_table_entries gauge",
+              f'p2pwall_table_entries{{table="peers"}} {snap["peers"]["count"]}',
+              f'p2pwall_table_entries{{table="locks"}} {snap["locks"]["count"]}',
+              "# HELP p2pwall_events_total Events, by kind.", "# TYPE p2pwall_events_total counter"]
+    for kind, n in sorted(snap["events"].items()):
+        lines.append(f'p2pwall_events_total{{kind="{kind}"}} {n}')
+    q = queue_stats(queue)
+    lines += ["# HELP p2pwall_queue_dropped_total Packets the kernel dropped because the queue was full.",
+              "# TYPE p2pwall_queue_dropped_total counter",
+              f"p2pwall_queue_dropped_total {q.get('queue_dropped', 0)}",
+              "# HELP p2pwall_queue_user_dropped_total Packets lost between kernel and p2pwall (socket full).",
+              "# TYPE p2pwall_queue_user_dropped_total counter",
+              f"p2pwall_queue_user_dropped_total {q.get('user_dropped', 0)}",
+              "# HELP p2pwall_uptime_seconds Seconds since start.", "# TYPE p2pwall_uptime_seconds gauge",
+              f"p2pwall_uptime_seconds {snap['uptime']}"]
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    """A tiny HTTP server polled from the daemon's loop: any GET gets the metrics."""
+
+    def __init__(self, listen: str, body):
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, int(port)))
+        self.sock.listen(8)
+        self.sock.setblocking(False)
+        self.body = body
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def serve_one(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(0.5)
+            try:
+                conn.recv(4096)
+                text = self.body().encode()
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(text) + text)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()

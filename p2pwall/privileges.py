@@ -1,0 +1,72 @@
+"""Dropping root after start-up, keeping only CAP_NET_ADMIN and CAP_NET_RAW.
+
+The capabilities are also raised as *ambient*, so the iptables and ipset commands the
+daemon runs (kernel set updates, rule removal at stop) keep them too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import pwd
+
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+PR_SET_KEEPCAPS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 8, 47, 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class PrivilegeError(Exception):
+    pass
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def drop_privileges(user: str, keep_paths: list[str] = ()) -> None:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(f"[daemon] user: no such user {user!r}") from None
+    libc = _libc()
+    for path in keep_paths:  # what the daemon must still write: status socket, state
+        if path and os.path.isdir(path):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+            for name in os.listdir(path):
+                full = os.path.join(path, name)
+                if name.startswith(("p2pwall", "state", ".p2pwall")) or full.endswith(".sock"):
+                    os.chown(full, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+        raise PrivilegeError(f"prctl(KEEPCAPS) failed: {os.strerror(ctypes.get_errno())}")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    mask = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
+    header, data = _Header(_LINUX_CAPABILITY_VERSION_3, 0), (_Data * 2)()
+    data[0].effective = data[0].permitted = data[0].inheritable = mask
+    if libc.capset(ctypes.byref(header), ctypes.byref(data)) != 0:
+        raise PrivilegeError(f"capset failed: {os.strerror(ctypes.get_errno())}")
+    for cap in (CAP_NET_ADMIN, CAP_NET_RAW):
+        if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+            raise PrivilegeError(f"ambient capability {cap} refused: {os.strerror(ctypes.get_errno())}")
+
+
+def capabilities() -> dict[str, str]:
+    """This process's capability sets, as /proc shows them (for tests and status)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("Cap", "Uid")):
+                key, _, value = line.partition(":")
+                out[key] = value.strip()
+    return out

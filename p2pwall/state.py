@@ -1,0 +1,86 @@
+"""Learned state that survives a restart: blocked peers and locked clients.
+
+Written atomically (temporary file, fsync, rename) at stop and every ``[state]
+save_seconds``; times are stored as wall-clock ends so that a restart, or a reboot,
+keeps only what has not yet expired.  A corrupt or truncated file is reported, set
+aside beside the original, and p2pwall starts without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+
+from .packet import ip_bytes
+
+log = logging.getLogger("p2pwall.state")
+VERSION = 1
+
+
+class StateError(Exception):
+    pass
+
+
+def save(path: str, tables: dict, now: float, wall: float | None = None) -> None:
+    """``tables``: {"peers": ExpiringTable, "locks": ExpiringTable}; ``now`` their clock."""
+    wall = time.time() if wall is None else wall
+    doc = {"version": VERSION, "saved": wall}
+    for name, table in tables.items():
+        doc[name] = [{"address": e["address"], "until": round(wall + e["remaining"], 3),
+                      "detector": e["detector"], "reason": e["reason"]} for e in table.snapshot(now)]
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".p2pwall-state-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load(path: str, wall: float | None = None) -> dict[str, list[tuple[bytes, float, str, str]]]:
+    """{"peers": [(address, seconds_left, detector, reason)], "locks": [...]}; {} if no file."""
+    wall = time.time() if wall is None else wall
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: unreadable state: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        raise StateError(f"{path}: not a p2pwall state file of version {VERSION}")
+    out = {}
+    for name in ("peers", "locks"):
+        entries = doc.get(name, [])
+        if not isinstance(entries, list):
+            raise StateError(f"{path}: '{name}' is not a list")
+        kept = []
+        for e in entries:
+            try:
+                left = float(e["until"]) - wall
+                item = (ip_bytes(str(e["address"])), left, str(e["detector"]), str(e.get("reason", "")))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StateError(f"{path}: bad entry in '{name}': {exc}") from None
+            if left > 0:
+                kept.append(item)
+        out[name] = kept
+    return out
+
+
+def set_aside(path: str) -> str:
+    """Move a bad state file out of the way; returns where it went."""
+    aside = f"{path}.corrupt-{int(time.time())}"
+    os.replace(path, aside)
+    return aside
