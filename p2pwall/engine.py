@@ -407,7 +407,6 @@ class Engine:
         if wall is not None:
             for e in peers + locks:
                 e["until"] = round(wall + e["remaining"], 3)
-                e["since"] = round(wall - (now - e["since"]), 3)
         return {
             "uptime": round(now - self.started, 3),
             "monitor": self.monitor,

@@ -2,113 +2,164 @@
 
 Each entry carries its own expiry; ``expire(now)`` removes what is due without any
 traffic having to arrive (the engine's scheduler calls it), and lookups ignore entries
-that are already past their time.  When a table is full the entry refreshed longest ago
-goes first.
+that are already past their time.  When a table is full the entry due to expire first
+goes (with one lifetime per table, that is the one refreshed longest ago).
+
+Built for a million entries in well under 150 MB: an entry is one dict slot mapping the
+packed address to a single int (expiry in milliseconds, and the index of its interned
+(detector, reason) pair); expiry works through quarter-second buckets instead of a
+heap of tuples.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
-from dataclasses import dataclass
 
 from .packet import ip_text
 
+_META_BITS = 12
+_META_MASK = (1 << _META_BITS) - 1
+_BUCKET_MS = 250
 
-@dataclass(slots=True)
+
 class Entry:
-    """One address in a table: until when, who put it there and why."""
+    """One address in a table, as lookups return it: until when, who and why."""
 
-    until: float
-    detector: str
-    reason: str
-    since: float
+    __slots__ = ("until", "detector", "reason")
+
+    def __init__(self, until: float, detector: str, reason: str):
+        self.until, self.detector, self.reason = until, detector, reason
+
+    def __repr__(self) -> str:
+        return f"Entry(until={self.until}, detector={self.detector!r}, reason={self.reason!r})"
+
+
+def _bucket(until_ms: int) -> int:
+    return -(-until_ms // _BUCKET_MS)  # the first bucket boundary at or after the expiry
 
 
 class ExpiringTable:
-    """Bounded address -> :class:`Entry` map with per-entry expiry."""
+    """Bounded address -> expiring entry map."""
 
     def __init__(self, max_entries: int):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._heap: list[tuple[float, bytes]] = []  # lazily pruned (until, key)
+        self._values: dict[bytes, int] = {}  # key -> until_ms << 12 | meta id
+        self._metas: list[tuple[str, str]] = [("", "")]
+        self._meta_ids: dict[tuple[str, str], int] = {("", ""): 0}
+        self._buckets: dict[int, list[bytes]] = {}
+        self._bucket_heap: list[int] = []
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._values)
 
-    def __contains__(self, key: bytes) -> bool:  # ignores expiry; see active()
-        return key in self._entries
+    def __contains__(self, key: bytes) -> bool:  # ignores expiry; see get()
+        return key in self._values
+
+    def _meta(self, detector: str, reason: str) -> int:
+        pair = (detector, reason)
+        found = self._meta_ids.get(pair)
+        if found is None:
+            if len(self._metas) > _META_MASK:  # reasons are meant to be a few constants
+                return self._meta(detector, "")
+            found = len(self._metas)
+            self._metas.append(pair)
+            self._meta_ids[pair] = found
+        return found
+
+    def _entry(self, value: int) -> Entry:
+        detector, reason = self._metas[value & _META_MASK]
+        return Entry((value >> _META_BITS) / 1000.0, detector, reason)
 
     def get(self, key: bytes, now: float) -> Entry | None:
         """The live entry for ``key``, or None if absent or past its expiry."""
-        entry = self._entries.get(key)
-        if entry is None or entry.until <= now:
+        value = self._values.get(key)
+        if value is None or (value >> _META_BITS) <= now * 1000.0:
             return None
-        return entry
+        return self._entry(value)
 
     def put(self, key: bytes, now: float, seconds: float, detector: str, reason: str) -> tuple[Entry, bool]:
         """Add or restart ``key`` for ``seconds``; returns (entry, is_new)."""
-        until = now + seconds
-        entry = self._entries.get(key)
-        if entry is not None and entry.until > now:
-            entry.until = max(entry.until, until)
-            entry.detector, entry.reason = detector, reason or entry.reason
-            self._entries.move_to_end(key)
-            new = False
-        else:
-            if entry is None and len(self._entries) >= self.max_entries:
-                self._entries.popitem(last=False)
-                self.evicted += 1
-            entry = Entry(until, detector, reason, now)
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            new = True
-        heapq.heappush(self._heap, (entry.until, key))
-        if len(self._heap) > 2 * len(self._entries) + 64:
-            self._rebuild_heap()
-        return entry, new
+        until_ms = int((now + seconds) * 1000.0)
+        old = self._values.get(key)
+        new = old is None or (old >> _META_BITS) <= now * 1000.0
+        if not new:
+            until_ms = max(until_ms, old >> _META_BITS)
+            if not reason:
+                reason = self._metas[old & _META_MASK][1]
+        elif old is None and len(self._values) >= self.max_entries:
+            self._evict()
+        value = until_ms << _META_BITS | self._meta(detector, reason)
+        self._values[key] = value
+        bucket = _bucket(until_ms)
+        if old is None or _bucket(old >> _META_BITS) != bucket:
+            members = self._buckets.get(bucket)
+            if members is None:
+                self._buckets[bucket] = [key]
+                heapq.heappush(self._bucket_heap, bucket)
+            else:
+                members.append(key)
+        return self._entry(value), new
+
+    def _evict(self) -> None:
+        """Drop the entry due to expire first (stale bucket members are skipped)."""
+        while self._bucket_heap:
+            bucket = self._bucket_heap[0]
+            members = self._buckets[bucket]
+            while members:
+                key = members.pop()
+                value = self._values.get(key)
+                if value is not None and _bucket(value >> _META_BITS) == bucket:
+                    del self._values[key]
+                    self.evicted += 1
+                    if not members:
+                        self._drop_bucket()
+                    return
+            self._drop_bucket()
+
+    def _drop_bucket(self) -> None:
+        del self._buckets[heapq.heappop(self._bucket_heap)]
 
     def remove(self, key: bytes) -> Entry | None:
-        return self._entries.pop(key, None)
+        value = self._values.pop(key, None)
+        return None if value is None else self._entry(value)
 
     def expire(self, now: float) -> list[tuple[bytes, Entry]]:
         """Remove and return every entry whose time has come."""
         gone = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            until, key = heapq.heappop(heap)
-            entry = self._entries.get(key)
-            if entry is not None and entry.until <= now:
-                del self._entries[key]
-                gone.append((key, entry))
+        now_ms = now * 1000.0
+        heap, values = self._bucket_heap, self._values
+        while heap and heap[0] * _BUCKET_MS <= now_ms:
+            bucket = heap[0]
+            for key in self._buckets[bucket]:
+                value = values.get(key)
+                if value is not None and _bucket(value >> _META_BITS) == bucket:
+                    del values[key]
+                    gone.append((key, self._entry(value)))
+            self._drop_bucket()
         return gone
 
     def next_expiry(self) -> float | None:
-        while self._heap:
-            until, key = self._heap[0]
-            entry = self._entries.get(key)
-            if entry is not None and entry.until == until:
-                return until
-            heapq.heappop(self._heap)
-        return None
+        """When the next bucket falls due (it may hold only refreshed, stale members)."""
+        return self._bucket_heap[0] * _BUCKET_MS / 1000.0 if self._bucket_heap else None
 
     def items(self):
-        return self._entries.items()
+        for key, value in self._values.items():
+            yield key, self._entry(value)
 
     def snapshot(self, now: float) -> list[dict]:
         """Live entries as plain dicts, for status and reports."""
-        return [
-            {"address": ip_text(k), "until": e.until, "remaining": round(e.until - now, 3),
-             "detector": e.detector, "reason": e.reason, "since": e.since}
-            for k, e in self._entries.items() if e.until > now
-        ]
-
-    def _rebuild_heap(self) -> None:
-        self._heap = [(e.until, k) for k, e in self._entries.items()]
-        heapq.heapify(self._heap)
+        out = []
+        now_ms = now * 1000.0
+        for key, value in self._values.items():
+            until_ms = value >> _META_BITS
+            if until_ms > now_ms:
+                detector, reason = self._metas[value & _META_MASK]
+                out.append({"address": ip_text(key), "remaining": round((until_ms - now_ms) / 1000.0, 3),
+                            "detector": detector, "reason": reason})
+        return out
 
 
 class PeerTable(ExpiringTable):

@@ -134,7 +134,7 @@ def test_sighup_applies_a_new_config_keeps_tables_and_rejects_a_bad_one(net, ser
         assert [e["address"] for e in d.status()["peers"]["entries"]] == [peer]  # allowlisted: never blocked
         udp(net, net.lans[1], net.outside[18], 5000, b"LOCK-h", wait=0.3)
         lock = d.status()["locks"]["entries"][0]
-        assert lock["until"] - lock["since"] == pytest.approx(2, abs=0.5)  # the new lock time
+        assert 0 < lock["remaining"] <= 2  # the new lock time
     finally:
         d.stop()
 
