@@ -158,7 +158,7 @@ class Daemon:
                      self.settings.queue_number, ",".join(self.detectors.names()),
                      str(self.monitor).lower(), os.getpid())
             self._loop(source, status, wake_r, metrics)
-            log.info("event=stopping counters=%s", _flat(self.engine.counters))
+            log.info("event=stopping counters=%s", _flat(self.engine.all_counters()))
             return 0
         finally:
             self._save_state()

@@ -48,7 +48,11 @@ def p2pwall_detector_info():
     ``tcp_payload_in`` to packets containing one of these byte strings, so the kernel
     (iptables ``string`` match) queues only those.  ``tcp_prefixes`` (1-4 bytes each)
     select LAN payloads that *start* with them (iptables ``u32`` on IPv4; on IPv6 all
-    first payloads are queued when a detector gives prefixes).  ``locks`` (default true): whether a
+    first payloads are queued when a detector gives prefixes).  ``udp_screen``
+    (optional, a bytes regular expression): only UDP payloads it *matches* (at their
+    start, DOTALL) are passed to this detector's ``p2pwall_inspect``; the engine joins
+    every detector's screen into one regex in front of them all, so ordinary datagrams
+    cost one C-level match instead of a Python call per detector.  ``locks`` (default true): whether a
     LAN host's TCP SYN to a peer this detector blocked time-locks that host.
     ``p2pwall rules`` builds the iptables rules from these declarations and the engine
     dispatches to a detector only the kinds it declared.

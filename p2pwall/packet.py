@@ -8,7 +8,7 @@ does not parse yields ``None`` and the caller accepts and counts the packet.
 from __future__ import annotations
 
 import socket
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 # Directions, relative to the protected LAN.
 FROM_LAN = "from_lan"  # forwarded, sent by a LAN host towards the outside
@@ -27,6 +27,11 @@ _V6_SKIP = {0, 43, 60}  # hop-by-hop, routing, destination options
 _V6_FRAGMENT = 44
 _V6_AH = 51
 _MAX_V6_EXT = 8
+
+
+# ver/ihl, total length, flags/fragment offset, protocol, source, destination
+_V4 = Struct("!BxHxxHxBxx4s4s").unpack_from
+_UDP = Struct("!HHH").unpack_from
 
 
 def ip_text(addr: bytes) -> str:
@@ -52,15 +57,16 @@ class Packet:
     ``src``/``dst`` are packed addresses (4 or 16 bytes); ``src_ip``/``dst_ip`` their text.
     ``sport``/``dport`` are 0 and ``payload`` empty when the transport header is absent
     (non-first fragments, other protocols).  ``payload`` is a memoryview of the transport
-    payload; ``data`` is the same as ``bytes``.
+    payload (``raw[off:end]``); ``data`` is the same as ``bytes``.  Views are made on first
+    use: most packets are judged without them.
     """
 
     __slots__ = (
-        "raw", "version", "proto", "src", "dst", "sport", "dport", "flags", "payload",
-        "fragment", "direction", "hook", "indev", "ts", "_data", "_src_ip", "_dst_ip",
+        "raw", "version", "proto", "src", "dst", "sport", "dport", "flags", "off", "end",
+        "fragment", "direction", "ts", "_data", "_payload", "_src_ip", "_dst_ip",
     )
 
-    def __init__(self, raw, version, proto, src, dst, sport, dport, flags, payload, fragment):
+    def __init__(self, raw, version, proto, src, dst, sport, dport, flags, off, end, fragment):
         self.raw = raw
         self.version = version
         self.proto = proto
@@ -69,33 +75,47 @@ class Packet:
         self.sport = sport
         self.dport = dport
         self.flags = flags
-        self.payload = payload
+        self.off = off
+        self.end = end
         self.fragment = fragment
         self.direction = UNKNOWN
-        self.hook = None
-        self.indev = None
         self.ts = 0.0
-        self._data = None
-        self._src_ip = None
-        self._dst_ip = None
+
+    @property
+    def payload(self) -> memoryview:
+        try:
+            return self._payload
+        except AttributeError:
+            self._payload = view = memoryview(self.raw)[self.off:self.end]
+            return view
+
+    @property
+    def payload_len(self) -> int:
+        return self.end - self.off
 
     @property
     def data(self) -> bytes:
-        if self._data is None:
-            self._data = bytes(self.payload)
-        return self._data
+        try:
+            return self._data
+        except AttributeError:
+            self._data = data = self.raw[self.off:self.end]
+            return data
 
     @property
     def src_ip(self) -> str:
-        if self._src_ip is None:
-            self._src_ip = ip_text(self.src)
-        return self._src_ip
+        try:
+            return self._src_ip
+        except AttributeError:
+            self._src_ip = text = ip_text(self.src)
+            return text
 
     @property
     def dst_ip(self) -> str:
-        if self._dst_ip is None:
-            self._dst_ip = ip_text(self.dst)
-        return self._dst_ip
+        try:
+            return self._dst_ip
+        except AttributeError:
+            self._dst_ip = text = ip_text(self.dst)
+            return text
 
     @property
     def is_udp(self) -> bool:
@@ -113,7 +133,7 @@ class Packet:
     def __repr__(self) -> str:
         name = {TCP: "tcp", UDP: "udp"}.get(self.proto, str(self.proto))
         return (f"<Packet {name} {self.src_ip}:{self.sport} -> {self.dst_ip}:{self.dport} "
-                f"flags={self.flags:#x} len={len(self.payload)} {self.direction}>")
+                f"flags={self.flags:#x} len={self.end - self.off} {self.direction}>")
 
 
 def parse(raw: bytes) -> Packet | None:
@@ -124,20 +144,16 @@ def parse(raw: bytes) -> Packet | None:
     version = raw[0] >> 4
     fragment = False
     if version == 4:
-        ihl = (raw[0] & 0x0F) * 4
-        total = (raw[2] << 8) | raw[3]
+        vihl, total, frag, proto, src, dst = _V4(raw)
+        ihl = (vihl & 0x0F) * 4
         if ihl < 20 or total < ihl or n < ihl:
             return None
         end = total if total <= n else n  # a truncated copy keeps what we have
-        frag = ((raw[6] << 8) | raw[7])
         offset = frag & 0x1FFF
         fragment = bool(offset or frag & 0x2000)
-        proto = raw[9]
-        src = raw[12:16]
-        dst = raw[16:20]
         l4 = ihl
         if offset:
-            return Packet(raw, 4, proto, src, dst, 0, 0, 0, memoryview(b""), True)
+            return Packet(raw, 4, proto, src, dst, 0, 0, 0, 0, 0, True)
     elif version == 6:
         if n < 40:
             return None
@@ -161,7 +177,7 @@ def parse(raw: bytes) -> Packet | None:
                 offset = unpack_from("!H", raw, l4 + 2)[0] >> 3
                 proto, hlen = raw[l4], 8
                 if offset:
-                    return Packet(raw, 6, proto, src, dst, 0, 0, 0, memoryview(b""), True)
+                    return Packet(raw, 6, proto, src, dst, 0, 0, 0, 0, 0, True)
             elif proto == _V6_AH:
                 if l4 + 8 > end:
                     return None
@@ -179,10 +195,9 @@ def parse(raw: bytes) -> Packet | None:
     if proto == UDP:
         if l4 + 8 > end:
             return None
-        sport, dport, ulen = unpack_from("!HHH", raw, l4)
+        sport, dport, ulen = _UDP(raw, l4)
         stop = l4 + ulen if 8 <= ulen and l4 + ulen <= end else end
-        payload = memoryview(raw)[l4 + 8:stop]
-        return Packet(raw, version, proto, src, dst, sport, dport, 0, payload, fragment)
+        return Packet(raw, version, proto, src, dst, sport, dport, 0, l4 + 8, stop, fragment)
     if proto == TCP:
         if l4 + 20 > end:
             return None
@@ -190,6 +205,5 @@ def parse(raw: bytes) -> Packet | None:
         doff = (raw[l4 + 12] >> 4) * 4
         if doff < 20 or l4 + doff > end:
             return None
-        payload = memoryview(raw)[l4 + doff:end]
-        return Packet(raw, version, proto, src, dst, sport, dport, raw[l4 + 13], payload, fragment)
-    return Packet(raw, version, proto, src, dst, 0, 0, 0, memoryview(b""), fragment)
+        return Packet(raw, version, proto, src, dst, sport, dport, raw[l4 + 13], l4 + doff, end, fragment)
+    return Packet(raw, version, proto, src, dst, 0, 0, 0, 0, 0, fragment)

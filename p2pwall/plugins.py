@@ -34,6 +34,7 @@ class DetectorInfo:
     tcp_strings: list[bytes] = field(default_factory=list)
     tcp_strings_in: list[bytes] = field(default_factory=list)
     tcp_prefixes: list[bytes] = field(default_factory=list)
+    udp_screen: bytes | None = None
     locks: bool = True
     origin: str = ""
 
@@ -42,6 +43,7 @@ class DetectorInfo:
         d["tcp_strings"] = [s.decode("latin-1") for s in self.tcp_strings]
         d["tcp_strings_in"] = [s.decode("latin-1") for s in self.tcp_strings_in]
         d["tcp_prefixes"] = [s.hex() for s in self.tcp_prefixes]
+        d["udp_screen"] = self.udp_screen.decode("latin-1") if self.udp_screen else None
         return d
 
 
@@ -88,6 +90,14 @@ def _coerce_info(name: str, raw) -> DetectorInfo:
     info.tcp_prefixes = [bytes(s) for s in info.tcp_prefixes]
     if any(not 1 <= len(s) <= 4 for s in info.tcp_prefixes):
         raise PluginError(f"detector {name}: tcp_prefixes must be 1 to 4 bytes long")
+    if info.udp_screen is not None:
+        import re
+
+        info.udp_screen = info.udp_screen.encode("latin-1") if isinstance(info.udp_screen, str) else bytes(info.udp_screen)
+        try:
+            re.compile(info.udp_screen, re.DOTALL)
+        except re.error as exc:
+            raise PluginError(f"detector {name}: bad udp_screen: {exc}") from None
     return info
 
 
@@ -161,6 +171,21 @@ class DetectorSet:
             if "tcp_payload" in d.info.wants:
                 found.extend(p for p in d.info.tcp_prefixes if p not in found)
         return found
+
+    def udp_screen(self):
+        """One compiled regex ``match`` that any UDP payload some detector could want
+        passes, or None when some UDP detector gave no screen (then all are called)."""
+        import re
+
+        screens = []
+        for d in self.detectors:
+            if "udp" in d.info.wants or "udp_in" in d.info.wants:
+                if not d.info.udp_screen:
+                    return None
+                screens.append(d.info.udp_screen)
+        if not screens:
+            return None
+        return re.compile(b"|".join(b"(?:" + s + b")" for s in screens), re.DOTALL).match
 
     def locking(self) -> dict[str, bool]:
         """Per detector: do SYNs to the peers it learned lock their sender?"""

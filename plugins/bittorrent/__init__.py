@@ -121,6 +121,7 @@ class BitTorrentDetector:
         return DetectorInfo(name="bittorrent", version=__version__, protocols=["BitTorrent"],
                             description="peer wire, DHT, uTP, trackers, LSD; learns peers from replies",
                             wants=wants, tcp_strings=[b"BitTorrent protocol", b"info_hash="],
+                            udp_screen=rb"d[0-9]|\x41[\x00-\x02]|\x00\x00\x04\x17\x27\x10\x19\x80|BT-SEARCH",
                             tcp_strings_in=strings_in, locks=c["lock"])
 
     @hookimpl

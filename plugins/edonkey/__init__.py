@@ -99,6 +99,7 @@ class EDonkeyDetector:
         return DetectorInfo(name="edonkey", version=__version__, protocols=["eDonkey", "eMule", "Kad"],
                             description="eDonkey/eMule TCP framing, server/client/Kad UDP",
                             wants=wants, tcp_prefixes=[bytes([m]) for m in TCP_MARKERS],
+                            udp_screen=rb"[\xe3\xc5\xe4\xe5]",
                             locks=self.conf["lock"])
 
     @hookimpl

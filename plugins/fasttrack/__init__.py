@@ -134,6 +134,7 @@ class FastTrackDetector:
             description="ftwall: UDP ping recognition with spoofed pongs, time lock, probes, HTTP safety net",
             wants=["udp", "tcp_payload"] if self.http else ["udp"],
             tcp_strings=HTTP_STRINGS if self.http else [],
+            udp_screen=rb"[\x27\x28\x29]\x00\x00\x00[\x29\xa9]",
         )
 
     @hookimpl

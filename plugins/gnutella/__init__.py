@@ -83,6 +83,7 @@ class GnutellaDetector:
         return DetectorInfo(name="gnutella", version=__version__,
                             protocols=["Gnutella", "Gnutella2"],
                             description="Gnutella/G2 handshakes, UDP descriptors, HTTP transfers and pushes",
+                            udp_screen=rb"GND|.{16}[\x00\x01\x02\x30\x31\x32\x40\x44\x80\x81][\x00-\x10][\x00-\x10]",
                             wants=wants, tcp_strings=TCP_STRINGS, locks=self.conf["lock"])
 
     @hookimpl

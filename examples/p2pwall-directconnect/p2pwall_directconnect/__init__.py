@@ -23,7 +23,7 @@ class DirectConnectDetector:
         return {"name": "directconnect", "version": __version__, "protocols": ["DirectConnect"],
                 "description": "NMDC handshakes over TCP and search replies over UDP",
                 "wants": ["udp", "tcp_payload"] if self.udp else ["tcp_payload"],
-                "tcp_strings": list(TCP_COMMANDS)}
+                "tcp_strings": list(TCP_COMMANDS), "udp_screen": rb"\$"}
 
     @hookimpl
     def p2pwall_configure(self, table, settings):

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Verdict pipeline under a UDP flood, with every built-in detector loaded, against a bare
+NetfilterQueue callback that only accepts, on the same queue and rules, in the same run.
+
+Every datagram is queued ([queue] udp_packets = 0) so the pipeline itself is measured;
+a second p2pwall figure uses the default (first 8 datagrams of a flow queued).
+Target: p2pwall / bare >= 0.85.    python bench/pipeline.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import Network, counter, cpu_model, start_bare_queue, stop, table
+
+
+def flood(net: Network, seconds: float, target: str) -> float:
+    """hping3 floods one UDP flow from the LAN host; returns packets/s that arrived outside."""
+    before = counter(net, net.out)
+    proc = net.spawn(net.lans[0], "hping3", "--udp", "-k", "-s", "40000", "-p", "9999", "-d", "32",
+                     "--flood", "-q", target, log="hping3.log")
+    time.sleep(seconds)
+    stop(proc)
+    time.sleep(0.3)
+    return (counter(net, net.out) - before) / seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5)
+    args = ap.parse_args()
+    with Network(lan_hosts=1, outside_addresses=2) as net:
+        target = net.outside[0]
+        net.exec(net.out, "iptables", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP")
+        plain = flood(net, args.seconds, target)
+        rule = ["-I", "FORWARD", "-i", "br0", "-p", "udp", "-j", "NFQUEUE", "--queue-num", "0"]
+        bare_proc = start_bare_queue(net, [rule])
+        bare = flood(net, args.seconds, target)
+        stop(bare_proc)
+        net.exec(net.fw, "iptables", "-D", *rule[1:])
+        results = {}
+        for label, extra in (("every datagram", "[queue]\nudp_packets = 0\n"), ("default", "")):
+            d = net.p2pwall(net.base_config(extra=extra), name=f"bench-{label.split()[0]}")
+            results[label] = flood(net, args.seconds, target)
+            d.stop()
+    rows = [
+        ("kernel forwarding, nothing queued", f"{plain:,.0f} pkt/s", f"{plain / bare:.2f}"),
+        ("bare NetfilterQueue accept loop", f"{bare:,.0f} pkt/s", "1.00 (baseline)"),
+        ("p2pwall, all detectors, every datagram", f"{results['every datagram']:,.0f} pkt/s",
+         f"{results['every datagram'] / bare:.2f} (target >= 0.85)"),
+        ("p2pwall, all detectors, default config", f"{results['default']:,.0f} pkt/s",
+         f"{results['default'] / bare:.2f}"),
+    ]
+    print(f"UDP flood, 32-byte datagrams, one flow, {args.seconds:g} s each; {cpu_model()}")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
