@@ -36,6 +36,7 @@ class Settings:
     payload_packets: int = 4
     udp_packets: int = 8
     kernel_sets: bool = True
+    clean_mark: int = 0x00100000
     # [lock]
     lock_seconds: float = 120.0
     lock_max: int = 65536
@@ -92,6 +93,8 @@ _SCHEMA = {
         "payload_packets": ("payload_packets", "int", _range(1, 64)),
         "udp_packets": ("udp_packets", "int", _range(0, 1000)),
         "kernel_sets": ("kernel_sets", "bool", None),
+        "clean_mark": ("clean_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**32,
+                                              "a single bit of the 32-bit conntrack mark")),
     },
     "lock": {
         "seconds": ("lock_seconds", "number", _range()),

@@ -82,10 +82,10 @@ class Context:
         self.now = 0.0
 
     def is_blocked(self, addr) -> bool:
-        return self._engine.peers.get(_key(addr), self.now) is not None
+        return self._engine.peers.live(_key(addr), self.now)
 
     def is_locked(self, addr) -> bool:
-        return self._engine.locks.get(_key(addr), self.now) is not None
+        return self._engine.locks.live(_key(addr), self.now)
 
     def in_lan(self, addr) -> bool:
         return _key(addr) in self._engine.lan
@@ -216,7 +216,9 @@ class Engine:
                     drop, fired, reason = True, locked.detector, "client locked"
 
         incoming = direction == TO_LAN
-        if proto == UDP:
+        if fired is not None and reason == "peer blocked":
+            kind = None  # nothing left to learn; the kernel sets drop these before the queue
+        elif proto == UDP:
             kind = "udp_in" if incoming else "udp"
             screen = self._udp_screen
             if screen is not None and screen(packet.raw, packet.off, packet.end) is None:

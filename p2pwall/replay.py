@@ -114,19 +114,19 @@ class Replay:
         engine = self.engine
         if outgoing:
             flow.sent += 1  # like connbytes, the SYN counts
-            if engine.peers.get(packet.dst, self.clock.now) is not None:
+            if engine.peers.live(packet.dst, self.clock.now):
                 return True
             if packet.is_syn:
                 return True  # the core always sees SYNs (peer table, time lock)
             if packet.proto == UDP:
                 return "udp" in self.wants and (not self.udp_packets or flow.sent <= self.udp_packets)
-            return ("tcp_payload" in self.wants and len(packet.payload) > 0
+            return ("tcp_payload" in self.wants and packet.end > packet.off
                     and flow.sent <= self.payload_packets + 2
                     and (_has(packet, self.strings) or _starts(packet, self.prefixes)))
         flow.received += 1
         if packet.proto == UDP:
             return "udp_in" in self.wants and (not self.udp_packets or flow.received <= self.udp_packets)
-        return ("tcp_payload_in" in self.wants and len(packet.payload) > 0 and not packet.is_syn
+        return ("tcp_payload_in" in self.wants and packet.end > packet.off and not packet.is_syn
                 and flow.received <= self.payload_packets + 2 and _has(packet, self.strings_in))
 
     def report(self) -> dict:

@@ -63,6 +63,10 @@ def _u32_prefix(prefix: bytes) -> str:
     return f'"{read}=0x{value:x}"'
 
 
+def _first_after(count: int) -> str:
+    return f"-m connbytes --connbytes {count}: --connbytes-dir original --connbytes-mode packets"
+
+
 def _payload_rules(strings: list[bytes] | None, family: int, target: str) -> list[str]:
     if strings is None:
         return [f"-m length ! --length 0:{52 if family == 4 else 72} {target}"]
@@ -93,6 +97,11 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
         return RuleSet(settings.queue_number, family, chains, [])
     lan, payload = chains[names["lan"]], chains[names["payload"]]
     reply, reply_payload = chains[names["reply"]], chains[names["reply_payload"]]
+    # A connection past its first packets, sent to no blocked peer, is marked clean in
+    # conntrack once; from then on each of its packets costs one connmark test here.
+    clean = f"0x{settings.clean_mark:x}/0x{settings.clean_mark:x}"
+    lan.append(f"-m connmark --mark {clean} -j RETURN")
+    reply.append(f"-m connmark --mark {clean} -j RETURN")
     if settings.kernel_sets:
         # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
         # peer (re)locks its sender there and is still queued so the engine keeps step
@@ -110,8 +119,12 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
     if "udp_in" in wants or "tcp_payload_in" in wants:
         for dst in _sources(settings, family, towards=True):
             chains[names["forward"]].append(f"{dst} -j {names['reply']}")
+    tcp_done = settings.payload_packets + 3
+    lan.append(f"-p tcp {_first_after(tcp_done)} -j CONNMARK --or-mark 0x{settings.clean_mark:x}")
     # without kernel sets, every UDP packet must be queued so learned peers stay blocked
     limit_udp = settings.udp_packets and settings.kernel_sets
+    if limit_udp:
+        lan.append(f"-p udp {_first_after(settings.udp_packets + 1)} -j CONNMARK --or-mark 0x{settings.clean_mark:x}")
     udp_limit = f" {_first(settings.udp_packets, 'original')}" if limit_udp else ""
     if "udp" in wants:
         lan.append(f"-p udp{udp_limit} {target}")

@@ -80,6 +80,11 @@ class ExpiringTable:
             return None
         return self._entry(value)
 
+    def live(self, key: bytes, now: float) -> bool:
+        """Whether ``key`` has a live entry (get() without building the entry)."""
+        value = self._values.get(key)
+        return value is not None and (value >> _META_BITS) > now * 1000.0
+
     def put(self, key: bytes, now: float, seconds: float, detector: str, reason: str) -> tuple[Entry, bool]:
         """Add or restart ``key`` for ``seconds``; returns (entry, is_new)."""
         until_ms = int((now + seconds) * 1000.0)
