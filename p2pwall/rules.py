@@ -11,7 +11,7 @@ import ipaddress
 import math
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Settings
 from .kernelsets import set_names
@@ -27,6 +27,7 @@ class RuleSet:
     family: int  # 4 or 6
     chains: dict[str, list[str]]  # chain -> rule bodies (after "-A CHAIN"), in order
     jumps: list[tuple[str, str]]  # (built-in chain, our chain) entered at its top
+    early: list[str] = field(default_factory=list)  # raw table: drops before conntrack
 
     @property
     def empty(self) -> bool:
@@ -38,7 +39,8 @@ def chain_names(queue: int) -> dict[str, str]:
     payload: the first data packets of LAN connections, matched against strings."""
     return {"forward": f"P2PWALL-F{queue}", "input": f"P2PWALL-I{queue}",
             "lan": f"P2PWALL-L{queue}", "payload": f"P2PWALL-P{queue}",
-            "reply": f"P2PWALL-R{queue}", "reply_payload": f"P2PWALL-Q{queue}"}
+            "reply": f"P2PWALL-R{queue}", "reply_payload": f"P2PWALL-Q{queue}",
+            "early": f"P2PWALL-E{queue}"}  # the one chain in the raw table
 
 
 def _sources(settings: Settings, family: int, towards: bool = False) -> list[str]:
@@ -92,25 +94,33 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
     if not settings.fail_closed:
         target += " --queue-bypass"  # if p2pwall is gone, traffic flows
     sources = _sources(settings, family)
-    chains = {name: [] for name in names.values()}
+    chains = {name: [] for key, name in names.items() if key != "early"}
     if not sources:
         return RuleSet(settings.queue_number, family, chains, [])
+    early: list[str] = []
     lan, payload = chains[names["lan"]], chains[names["payload"]]
     reply, reply_payload = chains[names["reply"]], chains[names["reply_payload"]]
     # A connection past its first packets, sent to no blocked peer, is marked clean in
     # conntrack once; from then on each of its packets costs one connmark test here.
     clean = f"0x{settings.clean_mark:x}/0x{settings.clean_mark:x}"
-    lan.append(f"-m connmark --mark {clean} -j RETURN")
-    reply.append(f"-m connmark --mark {clean} -j RETURN")
     if settings.kernel_sets:
         # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
-        # peer (re)locks its sender there and is still queued so the engine keeps step
+        # peer (re)locks its sender there and is still queued so the engine keeps step;
+        # anything else to a peer is dropped before any other test (floods stay cheap)
         sets = set_names(settings.queue_number, family)
         lock = max(1, math.ceil(settings.lock_seconds))
         to_peer = f"-m set --match-set {sets['peers']} dst"
         lan.append(f"-p tcp --syn {to_peer} -j SET --add-set {sets['locks']} src --exist --timeout {lock}")
         lan.append(f"-p tcp --syn {to_peer} {target}")
         lan.append(f"{to_peer} -j DROP")
+        # UDP to a learned peer goes in the raw table, before conntrack sees it: a flood
+        # towards peers costs less than forwarding. (TCP waits for the filter table, where
+        # clean connections skip the set lookup.)
+        for src in sources:
+            early.append(f"{src} -p udp {to_peer} -j DROP")
+    lan.append(f"-m connmark --mark {clean} -j RETURN")
+    reply.append(f"-m connmark --mark {clean} -j RETURN")
+    if settings.kernel_sets:
         lan.append(f"-p tcp --syn -m set --match-set {sets['locks']} src -j DROP")
     for src in sources:
         chains[names["forward"]].append(f"{src} -j {names['lan']}")
@@ -147,7 +157,7 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
     jumps = [("FORWARD", names["forward"])]
     if chains[names["input"]]:
         jumps.append(("INPUT", names["input"]))
-    return RuleSet(settings.queue_number, family, chains, jumps)
+    return RuleSet(settings.queue_number, family, chains, jumps, early)
 
 
 def restore_script(rules: RuleSet) -> str:
@@ -157,7 +167,12 @@ def restore_script(rules: RuleSet) -> str:
     for chain, bodies in rules.chains.items():
         lines += [f"-A {chain} {body}" for body in bodies]
     lines += [f"-I {parent} 1 -j {chain}" for parent, chain in rules.jumps]
-    lines += ["COMMIT", ""]
+    lines += ["COMMIT"]
+    if rules.early:
+        early = chain_names(rules.queue)["early"]
+        lines += ["*raw", f":{early} - [0:0]"] + [f"-A {early} {r}" for r in rules.early]
+        lines += [f"-I PREROUTING 1 -j {early}", "COMMIT"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -220,14 +235,18 @@ def remove(queue: int, family: int = 4) -> None:
     if tool is None:
         return
     names = chain_names(queue)
-    for parent, chain in (("FORWARD", names["forward"]), ("INPUT", names["input"])):
+    for table, parent, chain in (("filter", "FORWARD", names["forward"]), ("filter", "INPUT", names["input"]),
+                                 ("raw", "PREROUTING", names["early"])):
         for _ in range(64):  # every jump, even if a crash left several
-            if _run([tool, "-w", "-D", parent, "-j", chain]).returncode != 0:
+            if _run([tool, "-w", "-t", table, "-D", parent, "-j", chain]).returncode != 0:
                 break
-    for chain in names.values():
+    filter_chains = [n for k, n in names.items() if k != "early"]
+    for chain in filter_chains:
         _run([tool, "-w", "-F", chain])
-    for chain in names.values():
+    for chain in filter_chains:
         _run([tool, "-w", "-X", chain])
+    _run([tool, "-w", "-t", "raw", "-F", names["early"]])
+    _run([tool, "-w", "-t", "raw", "-X", names["early"]])
 
 
 def install(rules: RuleSet) -> None:

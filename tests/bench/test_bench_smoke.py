@@ -1,0 +1,74 @@
+"""Quick runs of every bench script: they must work and report sane figures (not fast
+ones: speed is judged from the full runs in bench/README.md, never by a timed test)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[2] / "bench"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=300, cwd=BENCH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def figures(out: str, unit: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(r"([\d,.]+) " + re.escape(unit), out)]
+
+
+def test_memory_smoke():
+    out = run("memory.py", "--peers", "20000")
+    assert "20,000" in out and "bytes per entry" in out
+    assert "(2000 hits)" in out
+
+
+def test_fuzz_smoke():
+    out = run("fuzz.py", "--cases", "20000")
+    assert re.search(r"engine exceptions 0\b", out) and re.search(r"detector exceptions 0\b", out)
+
+
+def test_replay_smoke():
+    out = run("replay.py", "--repeat", "1")
+    assert all(f > 0 for f in figures(out, "pkt/s")) and len(figures(out, "pkt/s")) >= 2
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root")
+needs_tools = pytest.mark.skipif(not (shutil.which("hping3") and shutil.which("iperf3")),
+                                 reason="hping3 and iperf3 are not installed")
+
+
+@pytest.mark.e2e
+@needs_root
+@needs_tools
+def test_pipeline_smoke():
+    out = run("pipeline.py", "--seconds", "1")
+    values = figures(out, "pkt/s")
+    assert len(values) == 4 and all(v > 1000 for v in values), out
+
+
+@pytest.mark.e2e
+@needs_root
+@needs_tools
+def test_bulk_smoke():
+    out = run("bulk.py", "--seconds", "1", "--rounds", "1")
+    values = figures(out, "Gbit/s")
+    assert len(values) == 3 and all(v > 0 for v in values), out
+
+
+@pytest.mark.e2e
+@needs_root
+@needs_tools
+def test_kernel_drop_smoke():
+    out = run("kernel_drop.py", "--seconds", "1")
+    values = figures(out, "pkt/s")
+    assert len(values) == 4 and all(v > 1000 for v in values), out
