@@ -35,6 +35,7 @@ class Settings:
     queue_maxlen: int = 4096
     payload_packets: int = 4
     udp_packets: int = 8
+    workers: int = 1
     kernel_sets: bool = True
     clean_mark: int = 0x00100000
     # [lock]
@@ -92,6 +93,7 @@ _SCHEMA = {
         "maxlen": ("queue_maxlen", "int", _range()),
         "payload_packets": ("payload_packets", "int", _range(1, 64)),
         "udp_packets": ("udp_packets", "int", _range(0, 1000)),
+        "workers": ("workers", "int", _range(1, 64)),
         "kernel_sets": ("kernel_sets", "bool", None),
         "clean_mark": ("clean_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**32,
                                               "a single bit of the 32-bit conntrack mark")),

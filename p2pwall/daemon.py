@@ -79,8 +79,12 @@ class NfqueueSource:
 
 class Daemon:
     def __init__(self, settings: Settings, detectors: DetectorSet, monitor: bool = False,
-                 install_rules: bool = True, reload=None):
-        """``reload()`` returns fresh (settings, detectors) for SIGHUP, or raises."""
+                 install_rules: bool = True, reload=None, worker: int = 0):
+        """``reload()`` returns fresh (settings, detectors) for SIGHUP, or raises.
+        ``worker`` > 0 makes this a worker process: queue ``number + worker``, its own
+        status socket and state file (suffix ``.worker``), no rules of its own."""
+        self.worker = worker
+        self._children: list = []
         self.settings = settings
         self.detectors = detectors
         self.install_rules = install_rules
@@ -127,13 +131,20 @@ class Daemon:
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         old_handlers = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
+            if not self.worker and self.settings.workers > 1:
+                from .workers import spawn
+
+                self._children = spawn(self, range(1, self.settings.workers))  # before binding anything
             sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor)
-            source = NfqueueSource(self.settings.queue_number, self.settings.queue_maxlen, self._callback)
+            source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
+                                   self._callback)
             try:
-                status = StatusServer(self.settings.status_socket, self._snapshot)
+                status = StatusServer(self._status_path(), self._snapshot)
             except OSError as exc:
                 raise DaemonError(f"status socket: {exc}") from None
+            if self.worker:
+                return self._run_worker(source, status, wake_r)
             if self.settings.metrics_listen:
                 from .metrics import MetricsServer, render
 
@@ -148,6 +159,10 @@ class Daemon:
                 if self.settings.kernel_sets:
                     self._create_sets()
             self._restore_state()
+            if self._children:
+                from .workers import wait_ready
+
+                wait_ready(self._children)
             if self.install_rules:
                 self._install()
             if self.settings.user:
@@ -161,6 +176,10 @@ class Daemon:
             log.info("event=stopping counters=%s", _flat(self.engine.all_counters()))
             return 0
         finally:
+            if self._children:
+                from .workers import stop_all
+
+                stop_all(self._children)
             self._save_state()
             self._uninstall()
             if self.kernel is not None:
@@ -174,10 +193,40 @@ class Daemon:
             wake_r.close()
             wake_w.close()
 
+    def _run_worker(self, source, status, wake) -> int:
+        """A worker: the shared kernel sets, its own queue, tables and state file."""
+        if self.settings.kernel_sets and not self.monitor:
+            from .kernelsets import KernelSets
+
+            self.kernel = KernelSets(self.settings.queue_number, self.settings.peer_max, self.settings.lock_max)
+            self.kernel.attach()
+            self.engine.kernel = self.kernel
+        self._restore_state()
+        if self.settings.user:
+            from .privileges import drop_privileges
+
+            drop_privileges(self.settings.user, keep_paths=self._owned_paths())
+        if self.ready is not None:
+            os.write(self.ready, b"ok\n")
+            os.close(self.ready)
+            self.ready = None
+        self._loop(source, status, wake, None)
+        self.kernel = None  # the main process owns the sets
+        return 0
+
+    ready: int | None = None  # a worker's pipe to say it is bound and running
+
+    def _status_path(self) -> str:
+        return self.settings.status_socket + (f".{self.worker}" if self.worker else "")
+
     def _snapshot(self) -> dict:
         snap = self.engine.snapshot(wall=time.time())
-        snap["queue"] = self.settings.queue_number
+        snap["queue"] = self.settings.queue_number + self.worker
         snap["pid"] = os.getpid()
+        if self._children:
+            from .workers import merge
+
+            snap = merge(snap, self._children)
         return snap
 
     def _loop(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
@@ -208,6 +257,8 @@ class Daemon:
                     pass
             if self._hup:
                 self._hup = False
+                for child in self._children:
+                    child.signal(signal.SIGHUP)
                 self._reload()
             engine.tick()
             engine.flush()
@@ -220,7 +271,7 @@ class Daemon:
             return
         try:
             settings, detectors = self.reload()
-            fixed = ("queue_number", "status_socket", "metrics_listen", "kernel_sets", "user")
+            fixed = ("queue_number", "status_socket", "metrics_listen", "kernel_sets", "user", "workers")
             changed = [k for k in fixed if getattr(settings, k) != getattr(self.settings, k)]
             if changed:
                 raise ConfigError(f"{', '.join(changed)} cannot change without a restart")
@@ -240,9 +291,9 @@ class Daemon:
 
     # ---------------------------------------------------------------- state
     def _restore_state(self) -> None:
-        path = self.settings.state_file
-        if not path:
+        if not self.settings.state_file:
             return
+        path = self._state_path()
         try:
             saved = state_mod.load(path)
         except state_mod.StateError as exc:
@@ -257,12 +308,15 @@ class Daemon:
             self.engine.flush()
             log.info("event=state_restored entries=%d file=%s", count, path)
 
+    def _state_path(self) -> str:
+        return self.settings.state_file + (f".{self.worker}" if self.worker else "")
+
     def _save_state(self) -> None:
         self._saved_at = time.monotonic()
         if not self.settings.state_file or self.engine is None:
             return
         try:
-            state_mod.save(self.settings.state_file, {"peers": self.engine.peers, "locks": self.engine.locks},
+            state_mod.save(self._state_path(), {"peers": self.engine.peers, "locks": self.engine.locks},
                            self.engine.clock())
         except OSError as exc:
             log.warning("event=state_save_failed file=%s error=%s", self.settings.state_file, exc)

@@ -61,6 +61,10 @@ class KernelSets:
                     raise KernelSetError(f"ipset create {names[kind]}: {done.stderr.strip()}")
             self.families.append(family)
 
+    def attach(self, families=(4, 6)) -> None:
+        """Use sets another process created (a worker beside the main process)."""
+        self.families = list(families)
+
     def add(self, kind: str, addr: bytes, seconds: float) -> None:
         family = 4 if len(addr) == 4 else 6
         if family not in self.families:

@@ -90,7 +90,11 @@ def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, 
     them whatever the detectors want.
     """
     names = chain_names(settings.queue_number)
-    target = f"-j NFQUEUE --queue-num {settings.queue_number}"
+    if settings.workers > 1:
+        last = settings.queue_number + settings.workers - 1
+        target = f"-j NFQUEUE --queue-balance {settings.queue_number}:{last}"
+    else:
+        target = f"-j NFQUEUE --queue-num {settings.queue_number}"
     if not settings.fail_closed:
         target += " --queue-bypass"  # if p2pwall is gone, traffic flows
     sources = _sources(settings, family)

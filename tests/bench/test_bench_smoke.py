@@ -72,3 +72,12 @@ def test_kernel_drop_smoke():
     out = run("kernel_drop.py", "--seconds", "1")
     values = figures(out, "pkt/s")
     assert len(values) == 4 and all(v > 1000 for v in values), out
+
+
+@pytest.mark.e2e
+@needs_root
+@needs_tools
+def test_workers_smoke():
+    out = run("workers.py", "--seconds", "1")
+    values = figures(out, "pkt/s")
+    assert len(values) == 2 and all(v > 1000 for v in values), out

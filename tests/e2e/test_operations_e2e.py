@@ -196,3 +196,27 @@ def test_status_and_metrics(net, server, testdet_env):
         assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
     finally:
         d.stop()
+
+
+def test_two_workers_share_the_kernel_sets_and_status_merges_them(net, server, testdet_env):
+    cfg = net.base_config(lock_seconds=60, extra="[queue]\nworkers = 2\n")
+    d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="workers")
+    try:
+        assert "--queue-balance 0:1" in net.iptables_save()
+        for i in range(10):  # ten address pairs: the kernel spreads them over both queues
+            assert udp(net, net.lans[0], net.outside[i], 5000, b"hello-%d" % i)[0]["reply"]
+        peer = net.outside[12]
+        udp(net, net.lans[0], peer, 5000, b"BLOCK-w", wait=0.3)
+        snap = d.status()
+        assert [w["queue"] for w in snap["workers"]] == [0, 1]
+        assert all(w["packets"] > 0 for w in snap["workers"]), snap["workers"]
+        assert snap["counters"]["packets"] >= 11
+        assert [e["address"] for e in snap["peers"]["entries"]] == [peer]
+        # whichever worker learned it, the shared kernel set stops every LAN host
+        assert udp(net, net.lans[1], peer, 5000, b"after", wait=0.5)[0]["reply"] is None
+        pids = [w["pid"] for w in snap["workers"]]
+    finally:
+        assert d.stop() == 0
+    assert "P2PWALL" not in net.iptables_save()
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
