@@ -179,3 +179,13 @@ def _tsresol(options: bytes, e: str) -> float:
             return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
         off += 4 + ((length + 3) & ~3)
     return 1e-6
+
+
+class PcapSource:
+    """A capture as a packet source for the engine: iterates (timestamp, IP bytes or None)."""
+
+    def __init__(self, path: str, progress=None):
+        self.path, self.progress = path, progress
+
+    def __iter__(self):
+        return read(self.path, self.progress)

@@ -67,7 +67,7 @@ class Replay:
 
     def feed_file(self, path: str, progress=None) -> None:
         """Replay one capture; ``progress(bytes_read)`` is called now and then."""
-        for ts, raw in pcap.read(path, progress):
+        for ts, raw in pcap.PcapSource(path, progress):
             self.feed(ts, raw)
 
     def feed(self, ts: float, raw: bytes | None) -> None:
