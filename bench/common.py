@@ -66,3 +66,14 @@ def cpu_model() -> str:
         return re.search(r"model name\s*:\s*(.*)", text).group(1)
     except (OSError, AttributeError):
         return "unknown"
+
+
+def flood(net: Network, seconds: float, count, *hping_args: str, log: str = "hping3.log") -> float:
+    """Run an hping3 flood from the LAN host for ``seconds``; ``count()`` reads the
+    packet counter that judges it. Returns its increase per second."""
+    before = count()
+    proc = net.spawn(net.lans[0], "hping3", "--flood", "-q", *hping_args, log=log)
+    time.sleep(seconds)
+    stop(proc)
+    time.sleep(0.3)
+    return (count() - before) / seconds

@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from common import Network, cpu_model, stop, table
+from common import Network, cpu_model, flood, table
 
 PING = bytes.fromhex("270000002980") + b"KaZaA\x00"
 
 
 def dropped_per_second(net: Network, seconds: float, peer: str, chain: str, match: str,
                        table: str = "raw") -> float:
-    before = _count(net, chain, match, table)
-    proc = net.spawn(net.lans[0], "hping3", "--udp", "-k", "-s", "40001", "-p", "9999", "-d", "32",
-                     "--flood", "-q", peer, log="hping3-drop.log")
-    time.sleep(seconds)
-    stop(proc)
-    time.sleep(0.3)
-    return (_count(net, chain, match, table) - before) / seconds
+    return flood(net, seconds, lambda: _count(net, chain, match, table),
+                 "--udp", "-k", "-s", "40001", "-p", "9999", "-d", "32", peer)
 
 
 def _count(net: Network, chain: str, match: str, table: str) -> int:
@@ -64,13 +58,8 @@ def main() -> int:
         d = net.p2pwall(net.base_config(extra="[queue]\nkernel_sets = false\n"), "--plugin", "fasttrack",
                         name="drop-user")
         learn(net, peer)
-        before = d.status()["counters"].get("dropped", 0)
-        proc = net.spawn(net.lans[0], "hping3", "--udp", "-k", "-s", "40002", "-p", "9999", "-d", "32",
-                         "--flood", "-q", peer, log="hping3-user.log")
-        time.sleep(args.seconds)
-        stop(proc)
-        time.sleep(0.3)
-        user = (d.status()["counters"].get("dropped", 0) - before) / args.seconds
+        user = flood(net, args.seconds, lambda: d.status()["counters"].get("dropped", 0),
+                     "--udp", "-k", "-s", "40002", "-p", "9999", "-d", "32", peer)
         d.stop()
     rows = [("kernel-only ipset DROP rule (raw table)", f"{kernel:,.0f} pkt/s", "1.00 (baseline)"),
             ("p2pwall's rules and sets, no process", f"{rules_only:,.0f} pkt/s", f"{rules_only / kernel:.2f}"),

@@ -10,20 +10,15 @@ Target: p2pwall / bare >= 0.85.    python bench/pipeline.py [--seconds 5]
 from __future__ import annotations
 
 import argparse
-import time
 
 from common import Network, counter, cpu_model, start_bare_queue, stop, table
+from common import flood as common_flood
 
 
 def flood(net: Network, seconds: float, target: str) -> float:
     """hping3 floods one UDP flow from the LAN host; returns packets/s that arrived outside."""
-    before = counter(net, net.out)
-    proc = net.spawn(net.lans[0], "hping3", "--udp", "-k", "-s", "40000", "-p", "9999", "-d", "32",
-                     "--flood", "-q", target, log="hping3.log")
-    time.sleep(seconds)
-    stop(proc)
-    time.sleep(0.3)
-    return (counter(net, net.out) - before) / seconds
+    return common_flood(net, seconds, lambda: counter(net, net.out),
+                        "--udp", "-k", "-s", "40000", "-p", "9999", "-d", "32", target)
 
 
 def main() -> int:

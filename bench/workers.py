@@ -8,9 +8,8 @@ many destinations (the kernel balances queues by address pair), every datagram q
 from __future__ import annotations
 
 import argparse
-import time
 
-from common import Network, cpu_model, stop, table
+from common import Network, cpu_model, flood, table
 
 
 def forwarded(net: Network) -> int:
@@ -18,14 +17,9 @@ def forwarded(net: Network) -> int:
     return sum(int(line.split()[0]) for line in out.splitlines() if "udp dpt:9999" in line)
 
 
-def flood(net: Network, seconds: float) -> float:
-    before = forwarded(net)
-    proc = net.spawn(net.lans[0], "hping3", "--udp", "-p", "9999", "-d", "32", "--flood", "-q",
-                     "--rand-dest", "203.0.113.x", "-I", "eth0", log="hping3-workers.log")
-    time.sleep(seconds)
-    stop(proc)
-    time.sleep(0.3)
-    return (forwarded(net) - before) / seconds
+def spread_flood(net: Network, seconds: float) -> float:
+    return flood(net, seconds, lambda: forwarded(net), "--udp", "-p", "9999", "-d", "32",
+                 "--rand-dest", "203.0.113.x", "-I", "eth0")
 
 
 def main() -> int:
@@ -38,7 +32,7 @@ def main() -> int:
                  "--dport", "9999")
         for n in (1, 2):
             d = net.p2pwall(net.base_config(extra=f"[queue]\nudp_packets = 0\nworkers = {n}\n"), name=f"w{n}")
-            results[n] = flood(net, args.seconds)
+            results[n] = spread_flood(net, args.seconds)
             d.stop()
     rows = [("1 worker", f"{results[1]:,.0f} pkt/s", "1.00 (baseline)"),
             ("2 workers", f"{results[2]:,.0f} pkt/s", f"{results[2] / results[1]:.2f}")]

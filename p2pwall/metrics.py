@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from .status import PolledServer
+
 
 def queue_stats(queue: int) -> dict[str, int]:
     """The kernel's counters for our queue (/proc/net/netfilter/nfnetlink_queue)."""
@@ -57,8 +59,10 @@ def render(snap: dict, queue: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-class MetricsServer:
+class MetricsServer(PolledServer):
     """A tiny HTTP server polled from the daemon's loop: any GET gets the metrics."""
+
+    timeout = 0.5
 
     def __init__(self, listen: str, body):
         host, _, port = listen.rpartition(":")
@@ -71,23 +75,8 @@ class MetricsServer:
         self.sock.setblocking(False)
         self.body = body
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def serve_one(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.settimeout(0.5)
-            try:
-                conn.recv(4096)
-                text = self.body().encode()
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(text) + text)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
+    def respond(self, conn: socket.socket) -> None:
+        conn.recv(4096)
+        text = self.body().encode()
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(text) + text)

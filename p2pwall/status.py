@@ -16,7 +16,36 @@ class StatusError(Exception):
     """No daemon to ask (exit status 1)."""
 
 
-class StatusServer:
+class PolledServer:
+    """A listening socket the daemon's loop polls: each connection gets one answer from
+    ``respond(conn)`` and is closed.  Subclasses set ``self.sock`` (non-blocking)."""
+
+    sock: socket.socket
+    timeout = 1.0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def serve_one(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(self.timeout)
+            try:
+                self.respond(conn)
+            except OSError:
+                pass  # a client that went away costs nothing
+
+    def respond(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class StatusServer(PolledServer):
     def __init__(self, path: str, snapshot):
         self.path = path
         self.snapshot = snapshot
@@ -39,23 +68,11 @@ class StatusServer:
         self.sock.listen(8)
         self.sock.setblocking(False)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def serve_one(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.settimeout(1.0)
-            try:
-                conn.sendall(json.dumps(self.snapshot()).encode() + b"\n")
-            except OSError:
-                pass
+    def respond(self, conn: socket.socket) -> None:
+        conn.sendall(json.dumps(self.snapshot()).encode() + b"\n")
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:

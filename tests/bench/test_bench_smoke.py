@@ -50,34 +50,13 @@ needs_tools = pytest.mark.skipif(not (shutil.which("hping3") and shutil.which("i
 @pytest.mark.e2e
 @needs_root
 @needs_tools
-def test_pipeline_smoke():
-    out = run("pipeline.py", "--seconds", "1")
-    values = figures(out, "pkt/s")
-    assert len(values) == 4 and all(v > 1000 for v in values), out
-
-
-@pytest.mark.e2e
-@needs_root
-@needs_tools
-def test_bulk_smoke():
-    out = run("bulk.py", "--seconds", "1", "--rounds", "1")
-    values = figures(out, "Gbit/s")
-    assert len(values) == 3 and all(v > 0 for v in values), out
-
-
-@pytest.mark.e2e
-@needs_root
-@needs_tools
-def test_kernel_drop_smoke():
-    out = run("kernel_drop.py", "--seconds", "1")
-    values = figures(out, "pkt/s")
-    assert len(values) == 4 and all(v > 1000 for v in values), out
-
-
-@pytest.mark.e2e
-@needs_root
-@needs_tools
-def test_workers_smoke():
-    out = run("workers.py", "--seconds", "1")
-    values = figures(out, "pkt/s")
-    assert len(values) == 2 and all(v > 1000 for v in values), out
+@pytest.mark.parametrize("script, args, unit, rows", [
+    ("pipeline.py", ("--seconds", "1"), "pkt/s", 4),
+    ("bulk.py", ("--seconds", "1", "--rounds", "1"), "Gbit/s", 3),
+    ("kernel_drop.py", ("--seconds", "1"), "pkt/s", 4),
+    ("workers.py", ("--seconds", "1"), "pkt/s", 2),
+])
+def test_network_bench_smoke(script, args, unit, rows):
+    out = run(script, *args)
+    values = figures(out, unit)
+    assert len(values) == rows and all(v > 0 for v in values), out

@@ -22,16 +22,21 @@ def _need_root():
         pytest.skip("e2e tests need root, iptables and network namespaces")
 
 
-@pytest.fixture(scope="module")
-def net():
+def network(outside_addresses: int):
+    """A test network for a module, deleted even when its tests fail."""
     _need_root()
     from p2pwall.testbed import Network
 
-    network = Network(lan_hosts=2, outside_addresses=20)
+    net = Network(lan_hosts=2, outside_addresses=outside_addresses)
     try:
-        yield network
+        yield net
     finally:
-        network.close()
+        net.close()
+
+
+@pytest.fixture(scope="module")
+def net():
+    yield from network(20)
 
 
 @pytest.fixture(scope="session")

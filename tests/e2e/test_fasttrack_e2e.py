@@ -16,16 +16,9 @@ LOCK = 4.0
 
 @pytest.fixture(scope="module")
 def ftnet():
-    from .conftest import _need_root
+    from .conftest import network
 
-    _need_root()
-    from p2pwall.testbed import Network
-
-    network = Network(lan_hosts=2, outside_addresses=201)
-    try:
-        yield network
-    finally:
-        network.close()
+    yield from network(201)  # 200 peers for the client's cache, and a web server
 
 
 def test_without_p2pwall_the_client_gets_through(ftnet):
