@@ -8,6 +8,7 @@ fetches a web page every second.  The result says what crossed the firewall.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ class Result:
     web_failed: int = 0
     web_failures: list[str] = field(default_factory=list)
     recovered_after: float | None = None
+    client_started: float = 0.0  # wall clock, to line the daemon's log up with the client's
     status: dict | None = None
     daemon_log: str = ""
 
@@ -127,6 +129,7 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
         browser = threading.Thread(target=browse, daemon=True)
         browser.start()
         try:
+            result.client_started = time.time()
             done = net.exec(net.lans[0], sys.executable, *EMULATOR, *args, timeout=seconds + 60)
         finally:
             stop.set()
@@ -160,18 +163,52 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
                     proc.kill()
 
 
+_EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \S+ INFO event=(\w+)(.*)$")
+_SAY = {"peer_blocked": "p2pwall blocks peer {peer} ({reason})",
+        "client_locked": "p2pwall locks {address} ({reason})",
+        "probe_sent": "p2pwall probes {address}",
+        "probe_answered": "{address} answers the probe: lock restarted",
+        "lock_expired": "lock on {address} expires: the host is free"}
+
+
+def daemon_events(log: str, since: float) -> list[tuple[float, str]]:
+    """The daemon's state changes, seconds after ``since`` (wall clock)."""
+    out = []
+    for line in log.splitlines():
+        m = _EVENT.match(line)
+        if not m or m.group(3) not in _SAY:
+            continue
+        stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+        fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', m.group(4)))
+        fields = {k: v.strip('"') for k, v in fields.items()}
+        try:
+            out.append((stamp - since, _SAY[m.group(3)].format(**fields)))
+        except KeyError:
+            continue
+    return out
+
+
 def timeline(result: Result, echo) -> None:
-    """A readable account of what the client tried and what happened to it."""
-    modes = {}
+    """A readable account: what the client tried, what p2pwall did, what got through."""
+    lines = []
     for r in result.client_log:
         if r["kind"] == "mode":
-            modes[r["mode"]] = r["t"]
-    for r in result.client_log:
-        kind = r["kind"]
-        if kind == "mode":
             label = {"1": "mode 1: UDP ping flood", "2": "mode 2: parallel TCP connects",
                      "3": "mode 3: slow one-at-a-time connects", "http": "HTTP downloads (UDP disabled)"}[r["mode"]]
-            echo(f"  {r['t']:6.1f} s  client enters {label}")
+            lines.append((r["t"], f"client enters {label}"))
+    events = daemon_events(result.daemon_log, result.client_started) if result.client_started else []
+    blocks = [e for e in events if e[1].startswith("p2pwall blocks")]
+    if len(blocks) > 3:  # a ping flood blocks a peer per ping: show the first and a count
+        events = [e for e in events if not e[1].startswith("p2pwall blocks")] + blocks[:2]
+        total = result.status["peers"]["count"] if result.status else len(blocks)  # the log is rate limited
+        lines.append((blocks[2][0], f"... and {total - 2} more peers, one per ping"))
+    restarts = [e for e in events if "answers the probe" in e[1]]
+    if len(restarts) > 3:
+        events = [e for e in events if "answers the probe" not in e[1] and "probes" not in e[1]] + restarts[:1]
+        lines.append((restarts[1][0], f"... {len(restarts) - 1} more probes answered, each restarting the lock"))
+    lines += [e for e in events if e[0] > -5]
+    for t, text in sorted(lines):
+        echo(f"  {t:6.1f} s  {text}")
     pings = sum(r["kind"] == "ping" for r in result.client_log)
     pongs = sum(r["kind"] == "pong" for r in result.client_log)
     setups = sum(r["kind"] == "setup" for r in result.client_log)
