@@ -35,19 +35,6 @@ ACCEPT = False
 DROP = True
 
 
-def packet_kind(packet: Packet) -> str | None:
-    """Which detectors' ``wants`` a packet belongs to (see hookspecs)."""
-    incoming = packet.direction == TO_LAN
-    if packet.proto == UDP:
-        return "udp_in" if incoming else "udp"
-    if packet.proto == TCP:
-        if packet.is_syn:
-            return None if incoming else "tcp_syn"
-        if packet.end > packet.off:
-            return "tcp_payload_in" if incoming else "tcp_payload"
-    return None
-
-
 class AddressSet:
     """Fast membership of packed addresses in a list of networks."""
 

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 log = logging.getLogger("p2pwall.events")
 
 PEER_BLOCKED = "peer_blocked"
-PEER_EXPIRED = "peer_expired"
 CLIENT_LOCKED = "client_locked"
 LOCK_RESTARTED = "lock_restarted"
 LOCK_EXPIRED = "lock_expired"

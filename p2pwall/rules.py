@@ -226,13 +226,6 @@ def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProces
     return subprocess.run(cmd, input=stdin, text=True, capture_output=True)
 
 
-def installed(queue: int, family: int = 4) -> bool:
-    tool = _tool(family, "iptables")
-    if tool is None:
-        return False
-    return _run([tool, "-w", "-S", chain_names(queue)["forward"]]).returncode == 0
-
-
 def remove(queue: int, family: int = 4) -> None:
     """Remove p2pwall's jumps and chains for ``queue``; quiet when absent."""
     tool = _tool(family, "iptables")

@@ -9,7 +9,7 @@ import socket
 import time
 
 from .actions import Probe, Spoof
-from .packet import ip_text
+from .packet import ip_bytes, ip_text
 
 
 PROBE_PORT = 40123  # the firewall's source port for probes that name none
@@ -78,7 +78,7 @@ class RawSender:
     def craft(self, action, dst_key: bytes) -> bytes:
         dst = ip_text(dst_key)
         if isinstance(action, Spoof):
-            src, sport, dport = ip_text(_packed(action.src)), action.sport, action.dport
+            src, sport, dport = ip_text(ip_bytes(action.src)), action.sport, action.dport
         else:
             src = self._own.get(dst) or own_address_towards(dst)
             if len(self._own) > 4096:
@@ -103,9 +103,3 @@ class RawSender:
         for s in (self._sock4, self._sock6):
             if s is not None:
                 s.close()
-
-
-def _packed(addr):
-    from .packet import ip_bytes
-
-    return addr if isinstance(addr, bytes) else ip_bytes(addr)

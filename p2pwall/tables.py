@@ -150,10 +150,6 @@ class ExpiringTable:
         """When the next bucket falls due (it may hold only refreshed, stale members)."""
         return self._bucket_heap[0] * _BUCKET_MS / 1000.0 if self._bucket_heap else None
 
-    def items(self):
-        for key, value in self._values.items():
-            yield key, self._entry(value)
-
     def snapshot(self, now: float) -> list[dict]:
         """Live entries as plain dicts, for status and reports."""
         out = []

@@ -4,7 +4,6 @@ client, and the same scenario without p2pwall (so these tests can fail)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from p2pwall import hookimpl, plugins
 from p2pwall.actions import Block, Lock
-from p2pwall.packet import FROM_LAN, TO_FIREWALL, TO_LAN, parse
+from p2pwall.packet import FROM_LAN, TO_FIREWALL, TO_LAN
 from p2pwall.sender import RateLimiter
 from p2pwall.testing import DetectorHarness, tcp, udp
 
