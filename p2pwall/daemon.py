@@ -95,6 +95,7 @@ class Daemon:
         self.reload = reload
         self.engine: Engine | None = None
         self.kernel = None
+        self.ready: int | None = None  # a worker's pipe to say it is bound and running
         self._stop = False
         self._hup = False
         self._installed: list[int] = []
@@ -211,10 +212,7 @@ class Daemon:
             os.close(self.ready)
             self.ready = None
         self._loop(source, status, wake, None)
-        self.kernel = None  # the main process owns the sets
         return 0
-
-    ready: int | None = None  # a worker's pipe to say it is bound and running
 
     def _status_path(self) -> str:
         return self.settings.status_socket + (f".{self.worker}" if self.worker else "")

@@ -44,6 +44,7 @@ class KernelSets:
         self.peer_max, self.lock_max = peer_max, lock_max
         self.pending: list[str] = []
         self.families: list[int] = []
+        self.owner = False  # only the process that created the sets destroys them
 
     @staticmethod
     def available() -> bool:
@@ -60,6 +61,7 @@ class KernelSets:
                 if done.returncode != 0:
                     raise KernelSetError(f"ipset create {names[kind]}: {done.stderr.strip()}")
             self.families.append(family)
+        self.owner = True
 
     def attach(self, families=(4, 6)) -> None:
         """Use sets another process created (a worker beside the main process)."""
@@ -86,6 +88,8 @@ class KernelSets:
             log.warning("event=kernel_set_error error=%s", done.stderr.strip().splitlines()[:1])
 
     def destroy(self) -> None:
+        if not self.owner:
+            return
         for family in self.families:
             for name in set_names(self.queue, family).values():
                 for _ in range(20):  # the rules referencing it may take a moment to go
