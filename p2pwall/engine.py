@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import logging
-import re
 import time
 from collections import Counter
 
@@ -130,8 +129,7 @@ class Engine:
         self._udp_screen = detectors.udp_screen()
         self.peers.max_entries = settings.peer_max
         self.locks.max_entries = settings.lock_max
-        screens = {d.name: (re.compile(d.info.udp_screen, re.DOTALL).match if d.info.udp_screen else None)
-                   for d in detectors.detectors}
+        screens = detectors.udp_screens()
         self._dispatch = {kind: [(name, fn, screens.get(name) if kind.startswith("udp") else None)
                                  for name, fn in detectors.impls("p2pwall_inspect", kind)] for kind in KINDS}
         self._locking = detectors.locking()
@@ -187,6 +185,7 @@ class Engine:
         drop = False
         fired = None
         reason = ""
+        to_peer = False
         direction = packet.direction
         proto = packet.proto
         syn = proto == TCP and (packet.flags & 0x12) == 0x02
@@ -194,7 +193,7 @@ class Engine:
                 self._no_allow or (packet.src not in self.allow and packet.dst not in self.allow)):
             peer = self.peers.get(packet.dst, now)
             if peer is not None:
-                drop, fired, reason = True, peer.detector, "peer blocked"
+                drop, fired, reason, to_peer = True, peer.detector, "peer blocked", True
                 if syn and self._locking.get(peer.detector, True):
                     self._lock(packet.src, None, peer.detector, "SYN to blocked peer", now)
             elif syn:
@@ -203,7 +202,7 @@ class Engine:
                     drop, fired, reason = True, locked.detector, "client locked"
 
         incoming = direction == TO_LAN
-        if fired is not None and reason == "peer blocked":
+        if to_peer:
             kind = None  # nothing left to learn; the kernel sets drop these before the queue
         elif proto == UDP:
             kind = "udp_in" if incoming else "udp"
@@ -429,7 +428,7 @@ class Engine:
         """Tables and counters for status; with ``wall`` (the wall-clock now), entries
         also say until when, as wall-clock seconds."""
         now = self.clock()
-        peers, locks = self.peers.snapshot(now)[:limit], self.locks.snapshot(now)[:limit]
+        peers, locks = self.peers.snapshot(now, limit), self.locks.snapshot(now, limit)
         if wall is not None:
             for e in peers + locks:
                 e["until"] = round(wall + e["remaining"], 3)

@@ -7,6 +7,7 @@ so the core has no way to favour its own.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 
@@ -91,11 +92,9 @@ def _coerce_info(name: str, raw) -> DetectorInfo:
     if any(not 1 <= len(s) <= 4 for s in info.tcp_prefixes):
         raise PluginError(f"detector {name}: tcp_prefixes must be 1 to 4 bytes long")
     if info.udp_screen is not None:
-        import re
-
         info.udp_screen = info.udp_screen.encode("latin-1") if isinstance(info.udp_screen, str) else bytes(info.udp_screen)
         try:
-            re.compile(info.udp_screen, re.DOTALL)
+            _screen([info.udp_screen])
         except re.error as exc:
             raise PluginError(f"detector {name}: bad udp_screen: {exc}") from None
     return info
@@ -172,24 +171,29 @@ class DetectorSet:
                 found.extend(p for p in d.info.tcp_prefixes if p not in found)
         return found
 
+    def udp_screens(self) -> dict:
+        """Each detector's compiled ``udp_screen`` match, or None where it gave none."""
+        return {d.name: _screen([d.info.udp_screen]) if d.info.udp_screen else None for d in self.detectors}
+
     def udp_screen(self):
         """One compiled regex ``match`` that any UDP payload some detector could want
         passes, or None when some UDP detector gave no screen (then all are called)."""
-        import re
-
         screens = []
         for d in self.detectors:
             if "udp" in d.info.wants or "udp_in" in d.info.wants:
                 if not d.info.udp_screen:
                     return None
                 screens.append(d.info.udp_screen)
-        if not screens:
-            return None
-        return re.compile(b"|".join(b"(?:" + s + b")" for s in screens), re.DOTALL).match
+        return _screen(screens) if screens else None
 
     def locking(self) -> dict[str, bool]:
         """Per detector: do SYNs to the peers it learned lock their sender?"""
         return {d.name: d.info.locks for d in self.detectors}
+
+
+def _screen(patterns: list[bytes]):
+    """The anchored ``match`` of the patterns joined as alternatives (DOTALL)."""
+    return re.compile(b"|".join(b"(?:" + p + b")" for p in patterns), re.DOTALL).match
 
 
 def _positional(fn, names: tuple, spec_args: tuple):

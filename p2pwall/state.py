@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from .packet import ip_bytes
+from .packet import ip_bytes, ip_text
 
 log = logging.getLogger("p2pwall.state")
 VERSION = 1
@@ -29,8 +29,8 @@ def save(path: str, tables: dict, now: float, wall: float | None = None) -> None
     wall = time.time() if wall is None else wall
     doc = {"version": VERSION, "saved": wall}
     for name, table in tables.items():
-        doc[name] = [{"address": e["address"], "until": round(wall + e["remaining"], 3),
-                      "detector": e["detector"], "reason": e["reason"]} for e in table.snapshot(now)]
+        doc[name] = [{"address": ip_text(key), "until": round(wall + left, 3), "detector": detector,
+                      "reason": reason} for key, left, detector, reason in table.entries(now)]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".p2pwall-state-", dir=directory)

@@ -14,6 +14,7 @@ heap of tuples.
 from __future__ import annotations
 
 import heapq
+from itertools import islice
 
 from .packet import ip_text
 
@@ -150,17 +151,19 @@ class ExpiringTable:
         """When the next bucket falls due (it may hold only refreshed, stale members)."""
         return self._bucket_heap[0] * _BUCKET_MS / 1000.0 if self._bucket_heap else None
 
-    def snapshot(self, now: float) -> list[dict]:
-        """Live entries as plain dicts, for status and reports."""
-        out = []
+    def entries(self, now: float):
+        """Live entries, one at a time: (key, seconds left, detector, reason)."""
         now_ms = now * 1000.0
         for key, value in self._values.items():
             until_ms = value >> _META_BITS
             if until_ms > now_ms:
                 detector, reason = self._metas[value & _META_MASK]
-                out.append({"address": ip_text(key), "remaining": round((until_ms - now_ms) / 1000.0, 3),
-                            "detector": detector, "reason": reason})
-        return out
+                yield key, (until_ms - now_ms) / 1000.0, detector, reason
+
+    def snapshot(self, now: float, limit: int | None = None) -> list[dict]:
+        """Live entries (at most ``limit``) as plain dicts, for status and reports."""
+        return [{"address": ip_text(key), "remaining": round(left, 3), "detector": detector, "reason": reason}
+                for key, left, detector, reason in islice(self.entries(now), limit)]
 
 
 class PeerTable(ExpiringTable):
