@@ -18,13 +18,13 @@ PROBE_PORT = 40123  # the firewall's source port for probes that name none
 class RateLimiter:
     """Token buckets: one for everything, one per destination (bounded)."""
 
+    BURST_SECONDS = 2.0  # a bucket holds this many seconds' worth: bursts pass, floods don't
+
     def __init__(self, per_second: float, per_client: float, clock=time.monotonic, max_clients=4096):
         self.rate, self.per_client, self.clock = per_second, per_client, clock
         self.max_clients = max_clients
         self._all = (per_second * self.BURST_SECONDS, clock())
         self._clients: dict[bytes, tuple[float, float]] = {}
-
-    BURST_SECONDS = 2.0  # a bucket holds this many seconds' worth: bursts pass, floods don't
 
     def _take(self, bucket, rate, now):
         tokens, last = bucket
