@@ -38,13 +38,7 @@ def counter(net: Network, ns: str, chain: str = "INPUT", match: str = "udp dpt:9
 def start_bare_queue(net: Network, rules: list[list[str]]) -> subprocess.Popen:
     for rule in rules:
         net.exec(net.fw, "iptables", *rule)
-    proc = net.spawn(net.fw, sys.executable, "-c", BARE_QUEUE, log="bare-queue.log")
-    deadline = time.monotonic() + 10
-    while "ready" not in (net.dir / "bare-queue.log").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((net.dir / "bare-queue.log").read_text())
-        time.sleep(0.05)
-    return proc
+    return net.start(net.fw, sys.executable, "-c", BARE_QUEUE, log="bare-queue.log", ready="ready")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -1,13 +1,20 @@
 """What a detector may ask the engine to do.
 
-Detectors return these from ``p2pwall_inspect``; only the engine carries them out.
-Addresses may be given as text (``"198.51.100.7"``) or packed bytes (``Packet.src``).
-``seconds=None`` means the configured default (``[peers] seconds`` / ``[lock] seconds``).
+Detectors return these from ``p2pwall_inspect``; only the engine carries them out, and
+only after ``check`` has accepted them.  Addresses may be given as text
+(``"198.51.100.7"``) or packed bytes (``Packet.src``).  ``seconds=None`` means the
+configured default (``[peers] seconds`` / ``[lock] seconds``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+MAX_SECONDS = 366 * 86400.0  # a year and a day: the longest any entry may live
+MAX_NOTE = 512  # bytes a detector may keep with an entry
+MAX_PAYLOAD = 1400  # bytes of a spoof or probe: one datagram, never fragmented
+MAX_REASON = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,24 +26,30 @@ class Drop:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """Note ``peer`` as a P2P peer: LAN packets to it are dropped until it expires."""
+    """Note ``peer`` as a P2P peer: LAN packets to it are dropped until it expires.
+
+    ``note`` (bytes, at most 512) is kept with the entry and handed to this detector's
+    ``p2pwall_make_probe`` when a SYN to the peer locks a client."""
 
     peer: str | bytes
     seconds: float | None = None
     reason: str = ""
+    note: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Lock:
     """Time-lock LAN host ``client``: its TCP SYNs are dropped until the lock expires.
 
-    A lock that already exists is restarted.  The detector that requested it is asked
-    for probes (``p2pwall_make_probe``) while it lasts.
+    A lock that already exists is restarted (its note kept unless a new one is given).
+    The detector that requested it is asked for probes (``p2pwall_make_probe``, with
+    ``note``) while it lasts.
     """
 
     client: str | bytes
     seconds: float | None = None
     reason: str = ""
+    note: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,4 +84,48 @@ class Probe:
     reason: str = ""
 
 
-ACTION_TYPES = (Drop, Block, Lock, Spoof, Probe)
+def _seconds(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"seconds must be a number, got {value!r}"
+    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+        return f"seconds must be above 0 and at most {MAX_SECONDS:g}, got {value!r}"
+    return None
+
+
+def _port(value, name: str, zero: bool = False) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not (0 if zero else 1) <= value <= 65535:
+        return f"{name} must be a port number, got {value!r}"
+    return None
+
+
+def _bytes(value, name: str, limit: int, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, (bytes, bytearray)) or len(value) > limit:
+        return f"{name} must be bytes of at most {limit}, got {type(value).__name__} of {len(value) if hasattr(value, '__len__') else '?'}"
+    return None
+
+
+def _reason(value) -> str | None:
+    if not isinstance(value, str) or len(value) > MAX_REASON:
+        return f"reason must be a string of at most {MAX_REASON} characters"
+    return None
+
+
+def check(action) -> str | None:
+    """Why ``action`` cannot be carried out, or None when it is well formed.  Addresses
+    are checked by the engine, which also knows the LAN."""
+    if isinstance(action, Drop):
+        return _reason(action.reason)
+    if isinstance(action, (Block, Lock)):
+        return (_seconds(action.seconds) or _reason(action.reason)
+                or _bytes(action.note, "note", MAX_NOTE, optional=True))
+    if isinstance(action, Spoof):
+        return (_port(action.sport, "sport") or _port(action.dport, "dport")
+                or _bytes(action.payload, "payload", MAX_PAYLOAD) or _reason(action.reason))
+    if isinstance(action, Probe):
+        return (_port(action.dport, "dport") or _port(action.sport, "sport", zero=True)
+                or _bytes(action.payload, "payload", MAX_PAYLOAD) or _reason(action.reason))
+    return f"not an action: {type(action).__name__}"

@@ -41,32 +41,17 @@ def _setup_logging(level: str = "info", fmt: str = "text") -> None:
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, built from the fields ``events.emit`` put on the record."""
+
     def format(self, record):
         doc = {"time": round(record.created, 3), "level": record.levelname.lower(),
                "logger": record.name}
-        message = record.getMessage()
-        fields = _kv(message)
+        fields = getattr(record, "p2pwall_fields", None)
         if fields:
-            doc.update(fields)
+            doc.update({k: v for k, v in fields.items() if k not in doc and v is not None})
         else:
-            doc["message"] = message
-        return json.dumps(doc)
-
-
-def _kv(message: str) -> dict:
-    import shlex
-
-    try:
-        parts = shlex.split(message)
-    except ValueError:
-        return {}
-    out = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep:
-            return {}
-        out[key] = value
-    return out
+            doc["message"] = record.getMessage()
+        return json.dumps(doc, default=str)
 
 
 def _settings(path) -> config_mod.Settings:
@@ -78,9 +63,7 @@ def _settings(path) -> config_mod.Settings:
 
 def _detectors(names, settings=None) -> plugins_mod.DetectorSet:
     try:
-        detectors = plugins_mod.load(list(names) or None)
-        if settings is not None:
-            detectors.configure(settings)
+        detectors = plugins_mod.load(list(names) or None, settings)
     except plugins_mod.PluginError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     except config_mod.ConfigError as exc:
@@ -131,9 +114,7 @@ def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_
         fresh = config_mod.load(config_path)
         if queue is not None:
             fresh.queue_number = queue
-        found = plugins_mod.load(list(plugins) or None)
-        found.configure(fresh)
-        return fresh, found
+        return fresh, plugins_mod.load(list(plugins) or None, fresh)
 
     try:
         daemon = Daemon(settings, detectors, monitor=monitor, install_rules=not no_install_rules, reload=reload)
@@ -172,31 +153,22 @@ def detectors(fmt):
 @config_option
 @plugin_option
 @click.option("--queue", type=click.IntRange(0, 65535), help="NFQUEUE number (overrides [queue] number).")
+@click.option("--monitor", is_flag=True, help="The rules of `run --monitor` (no kernel sets).")
 @click.option("--format", "fmt", type=click.Choice(["iptables", "nft"]), default="iptables", show_default=True)
-def rules(config_path, plugins, queue, fmt):
-    """Print the rules `run` would install (iptables-restore input, or an nft script)."""
-    from . import rules as rules_mod
+def rules(config_path, plugins, queue, monitor, fmt):
+    """Print exactly what `run` would install: the ipset sets and the iptables-restore
+    input of each address family (or, for reference, an nft script)."""
+    import dataclasses
+
+    from .policy import QueuePolicy
 
     settings = _settings(config_path)
     if queue is not None:
         settings.queue_number = queue
-    found = _detectors(plugins, settings)
-    wants, strings, strings_in = found.wants(), found.tcp_strings(), found.tcp_strings("tcp_payload_in")
-    if fmt == "nft":
-        click.echo(rules_mod.nft_script(settings, wants, strings), nl=False)
-        return
-    for family in (4, 6):
-        rs = rules_mod.build(settings, wants, strings, family, strings_in, found.tcp_prefixes())
-        if not rs.empty:
-            if settings.kernel_sets:
-                from .kernelsets import set_names
-
-                fam = "inet" if family == 4 else "inet6"
-                for kind, name in set_names(settings.queue_number, family).items():
-                    size = settings.peer_max if kind == "peers" else settings.lock_max
-                    click.echo(f"# first: ipset create {name} hash:ip family {fam} timeout 0 maxelem {size}")
-            click.echo(f"# {'iptables' if family == 4 else 'ip6tables'}-restore --noflush")
-            click.echo(rules_mod.restore_script(rs), nl=False)
+    if monitor:
+        settings = dataclasses.replace(settings, kernel_sets=False)
+    policy = QueuePolicy.build(settings, _detectors(plugins, settings))
+    click.echo(policy.nft_text() if fmt == "nft" else policy.iptables_text(), nl=False)
 
 
 @cli.command()
@@ -214,10 +186,9 @@ def replay(pcaps, config_path, plugins, lans, fmt):
     settings = _settings(config_path)
     if lans:
         try:
-            config_mod.from_dict({"network": {"lan_networks": list(lans)}})
+            settings.lan_networks = config_mod.from_dict({"network": {"lan_networks": list(lans)}}).lan_networks
         except config_mod.ConfigError as exc:
             raise Failure(f"--lan: {exc}", EXIT_USAGE) from None
-        settings.lan_networks = list(lans)
     found = _detectors(plugins, settings)
     rp = Replay(settings, found)
     show_progress = fmt == "text" and sys.stderr.isatty()
@@ -243,8 +214,14 @@ def replay(pcaps, config_path, plugins, lans, fmt):
     flagged = [f for f in report["flows"] if f["detector"]]
     click.echo(f"{len(flagged)} flows flagged")
     for f in flagged:
-        click.echo(f"  {f['proto']} {f['client']}:{f['client_port']} -> {f['peer']}:{f['peer_port']} "
+        click.echo(f"  {f['proto']} {_endpoint(f['client'], f['client_port'])} -> "
+                   f"{_endpoint(f['peer'], f['peer_port'])} "
                    f"{f['detector']}: {f['reason']} ({f['dropped']}/{f['packets']} dropped)")
+
+
+def _endpoint(addr: str, port: int) -> str:
+    """``addr:port``, with IPv6 addresses in brackets so the port cannot be misread."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 @cli.command()
@@ -269,6 +246,11 @@ def status(config_path, socket_path, fmt):
     click.echo(f"packets {c.get('packets', 0)}, accepted {c.get('accepted', 0)}, dropped {c.get('dropped', 0)}")
     for det, n in sorted(snap.get("drops_by_detector", {}).items()):
         click.echo(f"  {det}: {n} drops")
+    for det, n in sorted(snap.get("errors_by_detector", {}).items()):
+        click.echo(f"  {det}: {n} errors or refused actions")
+    if c.get("kernel_set_failures") or c.get("kernel_set_refused"):
+        click.echo(f"kernel sets: {c.get('kernel_set_failures', 0)} elements refused by the kernel, "
+                   f"{c.get('kernel_set_refused', 0)} refused before it")
     for title, key in (("blocked peers", "peers"), ("locked clients", "locks")):
         table = snap[key]
         click.echo(f"{title}: {table['count']}")
@@ -329,6 +311,3 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return 0
 
-
-def entry() -> None:  # pragma: no cover
-    sys.exit(main())

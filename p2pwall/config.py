@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +64,6 @@ class Settings:
     log_format: str = "text"
     # [detectors.<name>]
     detectors: dict = field(default_factory=dict)
-    source: str = "<defaults>"
-
-    def lan_nets(self):
-        return [ipaddress.ip_network(n, strict=False) for n in self.lan_networks]
-
-    def allow_nets(self):
-        return [ipaddress.ip_network(n, strict=False) for n in self.allow]
 
 
 def _range(low=None, high=None):
@@ -83,7 +77,7 @@ def _range(low=None, high=None):
 # section -> key -> (Settings attribute, kind, range check or None)
 _SCHEMA = {
     "network": {
-        "lan_interfaces": ("lan_interfaces", "strlist", None),
+        "lan_interfaces": ("lan_interfaces", "iflist", None),
         "lan_networks": ("lan_networks", "netlist", None),
         "allow": ("allow", "netlist", None),
     },
@@ -133,6 +127,21 @@ _SCHEMA = {
 }
 
 
+# what Linux accepts as an interface name (and iptables' trailing '+' wildcard)
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}\+?")
+
+
+def _network(where: str, text: str) -> str:
+    """A network in its normal form, or a ConfigError; such values reach iptables rules, so
+    nothing but an address and a prefix length survives (no IPv6 scope id, no spaces)."""
+    if not re.fullmatch(r"[0-9A-Fa-f.:/]+", text):
+        raise ConfigError(f"{where}: not an address or network: {text!r}")
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ConfigError(f"{where}: not an address or network: {text!r}") from None
+
+
 def _check(section: str, key: str, value, kind: str, check) -> object:
     where = f"[{section}] {key}"
     if kind == "int":
@@ -167,27 +176,27 @@ def _check(section: str, key: str, value, kind: str, check) -> object:
         choices = kind[7:].split(",")
         if value not in choices:
             raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
-    elif kind in ("strlist", "netlist"):
+    elif kind in ("strlist", "netlist", "iflist"):
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
         if kind == "netlist":
+            value = [_network(where, v) for v in value]
+        elif kind == "iflist":
             for v in value:
-                try:
-                    ipaddress.ip_network(v, strict=False)
-                except ValueError:
-                    raise ConfigError(f"{where}: not an address or network: {v!r}") from None
+                if not _IFNAME.fullmatch(v):
+                    raise ConfigError(f"{where}: not an interface name: {v!r}")
     if check is not None and not check[0](value):
         raise ConfigError(f"{where}: must be {check[1]}, got {value!r}")
     return value
 
 
-def from_dict(data: dict, source: str = "<dict>") -> Settings:
+def from_dict(data: dict) -> Settings:
     """Validate a parsed TOML document into :class:`Settings`."""
-    settings = Settings(source=source)
+    settings = Settings()
     for section, body in data.items():
         if section == "detectors":
             if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
-                raise ConfigError("[detectors]: expected tables like [detectors.fasttrack]")
+                raise ConfigError("[detectors]: expected one table per detector, like [detectors.<name>]")
             settings.detectors = body
             continue
         schema = _SCHEMA.get(section)
@@ -219,6 +228,6 @@ def load(path: str | Path | None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     try:
-        return from_dict(data, str(path))
+        return from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

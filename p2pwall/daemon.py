@@ -9,6 +9,7 @@ the configuration; a bad one is rejected and the running one kept.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
@@ -19,8 +20,10 @@ import time
 from . import rules
 from . import state as state_mod
 from .config import ConfigError, Settings
-from .engine import DROP, Engine
+from .engine import Engine
+from .events import emit
 from .plugins import DetectorSet
+from .policy import QueuePolicy
 from .status import StatusServer
 
 log = logging.getLogger("p2pwall.daemon")
@@ -85,12 +88,13 @@ class Daemon:
         status socket and state file (suffix ``.worker``), no rules of its own."""
         self.worker = worker
         self._children: list = []
+        if monitor:  # monitor mode must never drop, not even in the kernel
+            settings = dataclasses.replace(settings, kernel_sets=False)
         self.settings = settings
         self.detectors = detectors
+        self.policy = QueuePolicy.build(settings, detectors)
         self.install_rules = install_rules
         self.monitor = monitor
-        if monitor:
-            settings.kernel_sets = False  # monitor mode must never drop, not even in the kernel
         self.lan_ifs = lan_ifindexes(settings)
         self.reload = reload
         self.engine: Engine | None = None
@@ -106,12 +110,12 @@ class Daemon:
     def _callback(self, pkt) -> None:
         try:
             from_lan = None if self.lan_ifs is None else pkt.indev in self.lan_ifs
-            drop = self.engine.process_raw(pkt.get_payload(), pkt.hook, from_lan)[0]
+            drop = self.engine.process_raw(pkt.get_payload(), pkt.hook, from_lan).drop
         except Exception as exc:  # never leave a packet without a verdict
             self.engine.counters["engine_errors"] += 1
-            log.error("event=engine_error error=%s: %s", type(exc).__name__, exc)
+            emit(log, logging.ERROR, "engine_error", error=f"{type(exc).__name__}: {exc}")
             drop = self.settings.fail_closed
-        if drop is DROP:
+        if drop:
             pkt.drop()
         else:
             pkt.accept()
@@ -135,7 +139,8 @@ class Daemon:
             if not self.worker and self.settings.workers > 1:
                 from .workers import spawn
 
-                self._children = spawn(self, range(1, self.settings.workers))  # before binding anything
+                self._children = spawn(self._worker, range(1, self.settings.workers),
+                                       self.settings.status_socket)  # before binding anything
             sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor)
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
@@ -161,20 +166,22 @@ class Daemon:
                     self._create_sets()
             self._restore_state()
             if self._children:
-                from .workers import wait_ready
+                from .workers import WorkerError, wait_ready
 
-                wait_ready(self._children)
+                try:
+                    wait_ready(self._children)
+                except WorkerError as exc:
+                    raise DaemonError(str(exc)) from None
             if self.install_rules:
                 self._install()
             if self.settings.user:
                 from .privileges import drop_privileges
 
                 drop_privileges(self.settings.user, keep_paths=self._owned_paths())
-            log.info("event=started queue=%d detectors=%s monitor=%s pid=%d",
-                     self.settings.queue_number, ",".join(self.detectors.names()),
-                     str(self.monitor).lower(), os.getpid())
+            emit(log, logging.INFO, "started", queue=self.settings.queue_number,
+                 detectors=",".join(self.detectors.names()), monitor=self.monitor, pid=os.getpid())
             self._loop(source, status, wake_r, metrics)
-            log.info("event=stopping counters=%s", _flat(self.engine.all_counters()))
+            emit(log, logging.INFO, "stopping", counters=_flat(self.engine.all_counters()))
             return 0
         finally:
             if self._children:
@@ -194,12 +201,17 @@ class Daemon:
             wake_r.close()
             wake_w.close()
 
+    def _worker(self, index: int) -> "Daemon":
+        """The Daemon a forked worker process runs (see workers.py)."""
+        return Daemon(self.settings, self.detectors, monitor=self.monitor, install_rules=False,
+                      reload=self.reload, worker=index)
+
     def _run_worker(self, source, status, wake) -> int:
         """A worker: the shared kernel sets, its own queue, tables and state file."""
         if self.settings.kernel_sets and not self.monitor:
             from .kernelsets import KernelSets
 
-            self.kernel = KernelSets(self.settings.queue_number, self.settings.peer_max, self.settings.lock_max)
+            self.kernel = KernelSets(self.policy)
             self.kernel.attach()
             self.engine.kernel = self.kernel
         self._restore_state()
@@ -221,6 +233,8 @@ class Daemon:
         snap = self.engine.snapshot(wall=time.time())
         snap["queue"] = self.settings.queue_number + self.worker
         snap["pid"] = os.getpid()
+        if not self.worker:
+            snap["rules"] = self._rules_text
         if self._children:
             from .workers import merge
 
@@ -242,7 +256,7 @@ class Daemon:
                     source.poll()
                 except OSError as exc:
                     engine.counters["queue_errors"] += 1
-                    log.warning("event=queue_error error=%s", exc)
+                    emit(log, logging.WARNING, "queue_error", error=str(exc))
                 engine.flush()  # side effects after the verdicts
             if status in ready:
                 status.serve_one()
@@ -275,17 +289,22 @@ class Daemon:
                 raise ConfigError(f"{', '.join(changed)} cannot change without a restart")
             lan_ifs = lan_ifindexes(settings)
         except Exception as exc:  # any problem: keep running as we are
-            log.error("event=reload_rejected error=%s", str(exc).replace("\n", " "))
+            emit(log, logging.ERROR, "reload_rejected", error=str(exc))
             return
         if self.monitor:
-            settings.kernel_sets = False
+            settings = dataclasses.replace(settings, kernel_sets=False)
+        policy = QueuePolicy.build(settings, detectors)
         self.settings, self.detectors, self.lan_ifs = settings, detectors, lan_ifs
-        self.engine.reconfigure(settings, detectors)
-        if self.install_rules and self._rules_for_now() != self._rules_text:
+        self.engine.reconfigure(settings, detectors)  # purges what the new settings forbid
+        if self.kernel is not None:
+            self.kernel.resize(policy, self.engine.live_entries())
+            self.engine.flush()
+        old_text, self.policy = self._rules_text, policy
+        if self.install_rules and policy.iptables_text() != old_text:
             self._uninstall()
             self._install()
-        log.info("event=reloaded detectors=%s peers=%d locks=%d", ",".join(detectors.names()),
-                 len(self.engine.peers), len(self.engine.locks))
+        emit(log, logging.INFO, "reloaded", detectors=",".join(detectors.names()),
+             peers=len(self.engine.peers), locks=len(self.engine.locks))
 
     # ---------------------------------------------------------------- state
     def _restore_state(self) -> None:
@@ -299,12 +318,12 @@ class Daemon:
                 aside = state_mod.set_aside(path)
             except OSError:
                 aside = "(could not move it)"
-            log.warning("event=state_corrupt error=%s set_aside=%s", exc, aside)
+            emit(log, logging.WARNING, "state_corrupt", error=str(exc), set_aside=aside)
             return
         if saved:
             count = self.engine.restore(saved)
             self.engine.flush()
-            log.info("event=state_restored entries=%d file=%s", count, path)
+            emit(log, logging.INFO, "state_restored", entries=count, file=path)
 
     def _state_path(self) -> str:
         return self.settings.state_file + (f".{self.worker}" if self.worker else "")
@@ -317,7 +336,7 @@ class Daemon:
             state_mod.save(self._state_path(), {"peers": self.engine.peers, "locks": self.engine.locks},
                            self.engine.clock())
         except OSError as exc:
-            log.warning("event=state_save_failed file=%s error=%s", self.settings.state_file, exc)
+            emit(log, logging.WARNING, "state_save_failed", file=self.settings.state_file, error=str(exc))
 
     def _owned_paths(self) -> list[str]:
         paths = [os.path.dirname(self.settings.status_socket)]
@@ -331,7 +350,7 @@ class Daemon:
 
         if not KernelSets.available():
             raise DaemonError("ipset not found: install it, or set [queue] kernel_sets = false")
-        kernel = KernelSets(self.settings.queue_number, self.settings.peer_max, self.settings.lock_max)
+        kernel = KernelSets(self.policy)
         self.kernel = kernel
         try:
             kernel.create()
@@ -339,16 +358,10 @@ class Daemon:
             raise DaemonError(str(exc)) from None
         self.engine.kernel = kernel
 
-    def _rule_sets(self) -> list:
-        d = self.detectors
-        return [rules.build(self.settings, d.wants(), d.tcp_strings(), family, d.tcp_strings("tcp_payload_in"),
-                            d.tcp_prefixes()) for family in (4, 6)]
-
-    def _rules_for_now(self) -> str:
-        return "".join(rules.restore_script(rs) for rs in self._rule_sets())
-
     def _install(self) -> None:
-        for rs in self._rule_sets():
+        """Install the policy's rules; what was installed is what ``status`` shows and
+        what ``p2pwall rules`` prints for the same configuration."""
+        for rs in self.policy.rule_sets():
             if rs.empty:
                 continue
             try:
@@ -356,10 +369,10 @@ class Daemon:
             except rules.RulesError as exc:
                 if rs.family == 4:
                     raise DaemonError(str(exc)) from None
-                log.warning("event=ipv6_rules_skipped error=%s", exc)
+                emit(log, logging.WARNING, "ipv6_rules_skipped", error=str(exc))
                 continue
             self._installed.append(rs.family)
-        self._rules_text = self._rules_for_now()
+        self._rules_text = self.policy.iptables_text()
 
     def _uninstall(self) -> None:
         while self._installed:

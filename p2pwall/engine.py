@@ -16,10 +16,13 @@ import ipaddress
 import logging
 import time
 from collections import Counter
+from typing import NamedTuple
 
 from . import events as ev
+from . import actions as act
 from .actions import Block, Drop, Lock, Probe, Spoof
 from .config import Settings
+from .kernelsets import valid_element
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_bytes, ip_text, parse
 from .plugins import KINDS, DetectorSet
 from .tables import LockTable, PeerTable
@@ -30,8 +33,17 @@ log = logging.getLogger("p2pwall.engine")
 HOOK_LOCAL_IN = 1
 HOOK_FORWARD = 2
 
-ACCEPT = False
-DROP = True
+
+class Verdict(NamedTuple):
+    """What the engine decided for one packet."""
+
+    drop: bool
+    detector: str | None = None
+    reason: str = ""
+
+
+ACCEPTED = Verdict(False)
+UNPARSED = Verdict(False, None, "unparsed")
 
 
 class AddressSet:
@@ -81,13 +93,6 @@ class Context:
         return self._engine.settings
 
 
-def _unicast(key: bytes) -> bool:
-    """Only ordinary unicast addresses can be peers (not multicast, broadcast, 0/8, loopback)."""
-    if len(key) == 4:
-        return 0 < key[0] < 224 and key[0] != 127 and key != b"\xff\xff\xff\xff"
-    return key[0] != 0xFF and key != bytes(15) + b"\x01" and any(key)
-
-
 def _key(addr) -> bytes:
     if isinstance(addr, bytes) and len(addr) in (4, 16):
         return addr
@@ -99,28 +104,32 @@ class Engine:
 
     def __init__(self, settings: Settings, detectors: DetectorSet, clock=time.monotonic,
                  sender=None, monitor: bool = False, keep_events: int = 0, kernel=None):
-        self.settings = settings
-        self.detectors = detectors
         self.clock = clock
         self.sender = sender
         self.kernel = kernel  # KernelSets, or None (replay, tests)
         self.monitor = monitor
         self.peers = PeerTable(settings.peer_max)
         self.locks = LockTable(settings.lock_max)
+        self.peers.on_evict = self._peer_evicted
+        self.locks.on_evict = self._lock_evicted
         self.events = ev.EventLog(keep=keep_events)
         self.counters: Counter[str] = Counter()
         self.n_accepted = self.n_dropped = 0  # the hot counters, kept out of the Counter
         self.by_detector: Counter[str] = Counter()
         self.context = Context(self)
         self.outbox: list = []
-        self.reconfigure(settings, detectors)
         self._probe_heap: list[tuple[float, bytes]] = []
-        self._probe_due: dict[bytes, tuple[float, int]] = {}
+        self._probe_due: dict[bytes, tuple[float, int]] = {}  # at most one per live lock
         self._error_log: dict[str, tuple[float, int]] = {}
+        self._locking: dict[str, bool] = {}
+        self.reconfigure(settings, detectors)
         self.started = clock()
 
     def reconfigure(self, settings: Settings, detectors: DetectorSet) -> None:
-        """Take new settings and detectors (SIGHUP), keeping tables and counters."""
+        """Take new settings and detectors (SIGHUP), keeping tables and counters; entries
+        the new settings forbid (now allowlisted, now inside the LAN, over a smaller
+        bound) go, in the kernel too, and peers whose detector changed its ``locks``
+        move to the matching kernel set."""
         self.settings = settings
         self.detectors = detectors
         self.lan = AddressSet(settings.lan_networks)
@@ -132,31 +141,51 @@ class Engine:
         screens = detectors.udp_screens()
         self._dispatch = {kind: [(name, fn, screens.get(name) if kind.startswith("udp") else None)
                                  for name, fn in detectors.impls("p2pwall_inspect", kind)] for kind in KINDS}
-        self._locking = detectors.locking()
+        old_locking, self._locking = self._locking, detectors.locking()
         self._probe_makers = dict(detectors.impls("p2pwall_make_probe"))
         self._observers = detectors.impls("p2pwall_event")
+        self._purge(old_locking)
+
+    def _purge(self, old_locking: dict[str, bool]) -> None:
+        now = self.clock()
+        for key, _, detector, _ in list(self.peers.entries(now)):
+            if key in self.allow or key in self.lan:
+                self.unblock(key, why="no longer allowed by the configuration")
+            elif old_locking and self.set_kind(detector) != self.set_kind(detector, old_locking):
+                if self.kernel is not None:
+                    entry = self.peers.get(key, now)
+                    self.kernel.remove(self.set_kind(detector, old_locking), key)
+                    self.kernel.add(self.set_kind(detector), key, entry.until - now)
+        for key, _, _, _ in list(self.locks.entries(now)):
+            if key in self.allow or key not in self.lan:
+                self.unlock(key, why="no longer allowed by the configuration")
+        for table in (self.peers, self.locks):
+            for _ in range(max(0, len(table) - table.max_entries)):
+                table.evict_one()
+
+    def set_kind(self, detector: str | None, locking: dict | None = None) -> str:
+        return "peers" if (self._locking if locking is None else locking).get(detector, True) else "nolock"
 
     def restore(self, saved: dict) -> int:
-        """Put back peers and locks saved by a previous run (see state.py)."""
+        """Put back peers and locks saved by a previous run (see state.py), each checked
+        like a live one; returns how many were taken back."""
         now = self.clock()
         count = 0
-        for kind, table in (("peers", self.peers), ("locks", self.locks)):
-            for key, left, detector, reason in saved.get(kind, []):
-                if key in self.allow:
-                    continue
-                table.put(key, now, left, detector, reason)
-                if self.kernel is not None:
-                    self.kernel.add(kind, key, left)
+        for key, left, detector, reason, note in saved.get("peers", []):
+            if self._block_key(key, left, detector, reason, note, now, quiet=True):
+                count += 1
+        for key, left, detector, reason, note in saved.get("locks", []):
+            if self._lock_key(key, left, detector, reason, note, now, quiet=True):
                 count += 1
         return count
 
     # ------------------------------------------------------------------ packets
-    def process_raw(self, raw: bytes, hook: int | None = None, from_lan_if: bool | None = None):
-        """Parse and judge one queued packet; returns (drop, detector, reason)."""
+    def process_raw(self, raw: bytes, hook: int | None = None, from_lan_if: bool | None = None) -> Verdict:
+        """Parse and judge one queued packet."""
         packet = parse(raw)
         if packet is None:
             self.counters["unparsed"] += 1
-            return ACCEPT, None, "unparsed"
+            return UNPARSED
         packet.direction = self.direction(packet, hook, from_lan_if)
         return self.handle(packet)
 
@@ -175,8 +204,8 @@ class Engine:
             return TO_LAN
         return UNKNOWN
 
-    def handle(self, packet: Packet):
-        """Judge a parsed packet whose ``direction`` is set; returns (drop, detector, reason).
+    def handle(self, packet: Packet) -> Verdict:
+        """Judge a parsed packet whose ``direction`` is set.
 
         The hot path: written for speed (locals, no per-packet allocation when nothing
         matches, a regex screen in front of the UDP detectors)."""
@@ -195,7 +224,8 @@ class Engine:
             if peer is not None:
                 drop, fired, reason, to_peer = True, peer.detector, "peer blocked", True
                 if syn and self._locking.get(peer.detector, True):
-                    self._lock(packet.src, None, peer.detector, "SYN to blocked peer", now)
+                    self._lock_key(packet.src, self.settings.lock_seconds, peer.detector,
+                                   "SYN to blocked peer", peer.note, now)
             elif syn:
                 locked = self.locks.get(packet.src, now)
                 if locked is not None:
@@ -232,10 +262,15 @@ class Engine:
                 if not isinstance(wanted, (list, tuple)):
                     wanted = (wanted,)
                 for action in wanted:
-                    if self._apply(action, name, packet, now):
+                    try:
+                        asks_drop = self._apply(action, name, packet, now)
+                    except Exception as exc:  # whatever a malformed action does, never the verdict
+                        self._detector_failed(name, exc)
+                        continue
+                    if asks_drop:
                         if not drop or fired is None:
                             fired = name
-                            reason = getattr(action, "reason", "") or reason
+                            reason = action.reason or reason
                         drop = True
                     elif fired is None and isinstance(action, (Block, Lock)):
                         fired, reason = name, action.reason
@@ -245,76 +280,149 @@ class Engine:
                 self.by_detector[fired] += 1
             if self.monitor:
                 self.counters["would_drop"] += 1
-                return ACCEPT, fired, reason
-            return DROP, fired, reason
+                return Verdict(False, fired, reason)
+            return Verdict(True, fired, reason)
         self.n_accepted += 1
-        return ACCEPT, fired, reason
+        return Verdict(False, fired, reason) if fired else ACCEPTED
 
     def _apply(self, action, name: str, packet: Packet, now: float) -> bool:
-        """Carry out one requested action; True when it asks for the packet's drop."""
+        """Carry out one requested action once it is checked; True when it asks for the
+        packet's drop.  A malformed action is refused and counted against the detector."""
+        why = act.check(action)
+        if why is not None:
+            self._refuse(name, action, why, now)
+            return False
         if isinstance(action, Drop):
             return True
         if isinstance(action, Block):
-            self._block(action.peer, action.seconds, name, action.reason, now)
+            key = self._address(action.peer, name, action, now)
+            if key is not None:
+                self._block_key(key, action.seconds or self.settings.peer_seconds, name, action.reason,
+                                action.note, now)
         elif isinstance(action, Lock):
-            self._lock(action.client, action.seconds, name, action.reason, now,
-                       answered=packet.direction == TO_FIREWALL)
-        elif isinstance(action, (Spoof, Probe)):
+            key = self._address(action.client, name, action, now)
+            if key is not None:
+                self._lock_key(key, action.seconds or self.settings.lock_seconds, name, action.reason,
+                               action.note, now, answered=packet.direction == TO_FIREWALL)
+        else:  # Spoof, Probe: sent after the verdict
             self.outbox.append((name, action))
-        else:
-            self._detector_failed(name, TypeError(f"not an action: {action!r}"))
         return False
 
-    def _block(self, peer, seconds, name, reason, now) -> None:
+    def _address(self, addr, name: str, action, now: float) -> bytes | None:
         try:
-            key = _key(peer)
-        except ValueError:
-            self._detector_failed(name, ValueError(f"Block of a bad address {peer!r}"))
-            return
-        if key in self.allow or key in self.lan or not _unicast(key):
-            self.counters["block_refused"] += 1
-            return
-        entry, new = self.peers.put(key, now, seconds or self.settings.peer_seconds, name, reason)
-        if self.kernel is not None and not self.monitor:
-            self.kernel.add("peers", key, entry.until - now)
-        if new:
-            self._event(ev.PEER_BLOCKED, now, name, peer=ip_text(key), until=entry.until, reason=reason)
+            return _key(addr)
+        except (ValueError, TypeError):
+            self._refuse(name, action, f"not an IP address: {addr!r}"[:120], now)
+            return None
 
-    def _lock(self, client, seconds, name, reason, now, answered: bool = False) -> None:
-        try:
-            key = _key(client)
-        except ValueError:
-            self._detector_failed(name, ValueError(f"Lock of a bad address {client!r}"))
-            return
-        if key in self.allow:
+    def _refuse(self, name: str, action, why: str, now: float) -> None:
+        self.counters["actions_refused"] += 1
+        self._detector_failed(name, ValueError(f"{type(action).__name__} refused: {why}"), kind=ev.ACTION_REFUSED)
+
+    # ------------------------------------------------------------------ tables
+    def _block_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
+                   quiet: bool = False) -> bool:
+        if key in self.allow or key in self.lan or not valid_element(key):
+            self.counters["block_refused"] += 1
+            return False
+        old = self.peers.get(key, now)
+        entry, new = self.peers.put(key, now, seconds, name, reason, note)
+        if self.kernel is not None and not self.monitor:
+            kind = self.set_kind(name)
+            if old is not None and self.set_kind(old.detector) != kind:
+                self.kernel.remove(self.set_kind(old.detector), key)
+            self.kernel.add(kind, key, entry.until - now)
+        if new and not quiet:
+            self._event(ev.PEER_BLOCKED, now, name, peer=ip_text(key), until=entry.until, reason=reason)
+        return True
+
+    def _lock_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
+                  answered: bool = False, quiet: bool = False) -> bool:
+        if key in self.allow or key not in self.lan or not valid_element(key):
             self.counters["lock_refused"] += 1
-            return
-        seconds = seconds or self.settings.lock_seconds
-        entry, new = self.locks.put(key, now, seconds, name, reason)
+            return False
+        entry, new = self.locks.put(key, now, seconds, name, reason, note)
         if self.kernel is not None and not self.monitor:
             self.kernel.add("locks", key, entry.until - now)
-        kind = ev.CLIENT_LOCKED if new else (ev.PROBE_ANSWERED if answered else ev.LOCK_RESTARTED)
-        self._event(kind, now, name, address=ip_text(key), until=entry.until, reason=reason)
+        if not quiet:
+            kind = ev.CLIENT_LOCKED if new else (ev.PROBE_ANSWERED if answered else ev.LOCK_RESTARTED)
+            self._event(kind, now, name, address=ip_text(key), until=entry.until, reason=reason)
         if self.settings.probes_per_lock and name in self._probe_makers:
-            due = now + (entry.until - now) / 2
-            self._probe_due[key] = (due, 0)
-            heapq.heappush(self._probe_heap, (due, key))
+            self._schedule_probe(key, now + (entry.until - now) / 2, 0)
+        return True
+
+    def unblock(self, key: bytes, why: str = "") -> bool:
+        """Take a peer out of the table and the kernel now."""
+        entry = self.peers.remove(key)
+        if entry is None:
+            return False
+        if self.kernel is not None:
+            self.kernel.remove(self.set_kind(entry.detector), key)
+        self._event(ev.PEER_UNBLOCKED, self.clock(), entry.detector, peer=ip_text(key), reason=why)
+        return True
+
+    def unlock(self, key: bytes, why: str = "") -> bool:
+        """Free a locked client now (table, kernel, probe schedule)."""
+        entry = self.locks.remove(key)
+        if entry is None:
+            return False
+        self._probe_due.pop(key, None)
+        if self.kernel is not None:
+            self.kernel.remove("locks", key)
+        self._event(ev.LOCK_EXPIRED, self.clock(), entry.detector, address=ip_text(key), reason=why)
+        return True
+
+    def _peer_evicted(self, key: bytes) -> None:
+        self.counters["peers_evicted"] += 1
+        if self.kernel is not None:
+            self.kernel.remove("peers", key)
+            self.kernel.remove("nolock", key)
+
+    def _lock_evicted(self, key: bytes) -> None:
+        self.counters["locks_evicted"] += 1
+        self._probe_due.pop(key, None)
+        if self.kernel is not None:
+            self.kernel.remove("locks", key)
+
+    def live_entries(self) -> dict[str, list[tuple[bytes, float]]]:
+        """Kernel set kind -> [(address, seconds left)], for rebuilding kernel sets."""
+        now = self.clock()
+        out: dict[str, list] = {"peers": [], "nolock": [], "locks": []}
+        for key, left, detector, _ in self.peers.entries(now):
+            out[self.set_kind(detector)].append((key, left))
+        out["locks"] = [(key, left) for key, left, _, _ in self.locks.entries(now)]
+        return out
 
     # ------------------------------------------------------------------ timers
+    def _schedule_probe(self, key: bytes, due: float, sent: int) -> None:
+        """At most one heap entry per key: a later ``due`` is found when the entry pops."""
+        known = self._probe_due.get(key)
+        self._probe_due[key] = (due, sent)
+        if known is None or due < known[0]:
+            heapq.heappush(self._probe_heap, (due, key))
+
     def tick(self, now: float | None = None) -> None:
         """Expire what is due and send due probes; called by the loop, traffic or not."""
         now = self.clock() if now is None else now
         self.context.now = now
+        kernel = None if self.monitor else self.kernel
         for key, entry in self.peers.expire(now):
             self.counters["peers_expired"] += 1
+            if kernel is not None:
+                kernel.remove(self.set_kind(entry.detector), key)
         for key, entry in self.locks.expire(now):
             self._probe_due.pop(key, None)
+            if kernel is not None:
+                kernel.remove("locks", key)
             self._event(ev.LOCK_EXPIRED, now, entry.detector, address=ip_text(key))
         heap = self._probe_heap
         while heap and heap[0][0] <= now:
             due, key = heapq.heappop(heap)
             scheduled = self._probe_due.get(key)
-            if scheduled is None or scheduled[0] != due:
+            if scheduled is None:
+                continue
+            if scheduled[0] > due:  # restarted since: wait for the new time
+                heapq.heappush(heap, (scheduled[0], key))
                 continue
             entry = self.locks.get(key, now)
             if entry is None:
@@ -327,18 +435,23 @@ class Engine:
         probe = None
         if maker is not None:
             try:
-                probe = maker(key, self.context)
+                probe = maker(key, entry.note, self.context)
             except Exception as exc:
                 self._detector_failed(entry.detector, exc)
-        if isinstance(probe, Probe):
-            self.outbox.append((entry.detector, probe))
+        if probe is not None and not isinstance(probe, Probe):
+            self._refuse(entry.detector, probe, "p2pwall_make_probe must return a Probe or None", now)
+            probe = None
+        if probe is not None:
+            why = act.check(probe)
+            if why is not None:
+                self._refuse(entry.detector, probe, why, now)
+                probe = None
+            else:
+                self.outbox.append((entry.detector, probe))
+        self._probe_due.pop(key, None)
         sent += 1
         if sent < self.settings.probes_per_lock and probe is not None:
-            due = now + (entry.until - now) / 2
-            self._probe_due[key] = (due, sent)
-            heapq.heappush(self._probe_heap, (due, key))
-        else:
-            self._probe_due.pop(key, None)
+            self._schedule_probe(key, now + (entry.until - now) / 2, sent)
 
     def next_timer(self, now: float | None = None) -> float | None:
         """Seconds until the next timer is due (None: nothing scheduled)."""
@@ -346,7 +459,7 @@ class Engine:
         times = [t for t in (self.peers.next_expiry(), self.locks.next_expiry()) if t is not None]
         while self._probe_heap:
             due, key = self._probe_heap[0]
-            if self._probe_due.get(key, (None,))[0] == due:
+            if key in self._probe_due:
                 times.append(due)
                 break
             heapq.heappop(self._probe_heap)
@@ -355,65 +468,79 @@ class Engine:
     # ------------------------------------------------------------------ side effects
     def flush(self) -> None:
         """Write kernel set updates and send the spoofs and probes requested since the
-        last flush: side effects, after the verdicts."""
+        last flush: side effects, after the verdicts.  Nothing here may raise."""
         if self.kernel is not None:
-            self.kernel.flush()
+            try:
+                self.kernel.flush()
+            except Exception as exc:  # ipset gone, a broken pipe: count, keep filtering
+                self.counters["kernel_set_errors"] += 1
+                ev.emit(log, logging.ERROR, "kernel_set_error", error=str(exc))
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, []
         now = self.clock()
         for name, action in outbox:
-            dst = action.dst if isinstance(action, Spoof) else action.client
             try:
-                key = _key(dst)
-            except ValueError:
-                self._detector_failed(name, ValueError(f"send to a bad address {dst!r}"))
-                continue
-            if key not in self.lan:  # never outward, whatever a detector asks
-                self.counters["send_refused"] += 1
-                self._event(ev.SEND_REFUSED, now, name, address=ip_text(key), reason="not in LAN")
-                continue
-            kind = ev.SPOOF_SENT if isinstance(action, Spoof) else ev.PROBE_SENT
-            if self.monitor:
-                self.counters["would_send"] += 1
-                continue
-            if self.sender is None:
-                self.counters[kind] += 1
-                continue
-            try:
-                sent = self.sender.send(action, key)
-            except OSError as exc:
-                self.counters["send_failed"] += 1
-                log.warning("event=send_failed detector=%s address=%s error=%s", name, ip_text(key), exc)
-                continue
-            if sent:
-                if kind == ev.PROBE_SENT:
-                    self._event(kind, now, name, address=ip_text(key), reason=action.reason)
-                else:
-                    self.counters[kind] += 1
+                self._send(name, action, now)
+            except Exception as exc:  # a malformed action that slipped through: its detector's fault
+                self._detector_failed(name, exc)
+
+    def _send(self, name: str, action, now: float) -> None:
+        dst = action.dst if isinstance(action, Spoof) else action.client
+        key = self._address(dst, name, action, now)
+        if key is None:
+            return
+        if key not in self.lan or not valid_element(key):  # never outward, whatever a detector asks
+            self.counters["send_refused"] += 1
+            self._event(ev.SEND_REFUSED, now, name, address=ip_text(key), reason="not in LAN")
+            return
+        kind = ev.SPOOF_SENT if isinstance(action, Spoof) else ev.PROBE_SENT
+        if self.monitor:
+            self.counters["would_send"] += 1
+            return
+        if self.sender is None:
+            self.counters[kind] += 1
+            return
+        try:
+            sent = self.sender.send(action, key)
+        except OSError as exc:
+            self.counters["send_failed"] += 1
+            ev.emit(log, logging.WARNING, "send_failed", detector=name, address=ip_text(key), error=str(exc))
+            return
+        if sent:
+            if kind == ev.PROBE_SENT:
+                self._event(kind, now, name, address=ip_text(key), reason=action.reason)
             else:
-                self.counters["send_rate_limited"] += 1
+                self.counters[kind] += 1
+        else:
+            self.counters["send_rate_limited"] += 1
 
     # ------------------------------------------------------------------ events
-    def _event(self, kind: str, now: float, detector: str | None, **fields) -> None:
+    def _event(self, kind: str, now: float, detector: str | None, *, skip: str | None = None, **fields) -> None:
         event = ev.Event(kind, now, detector, **fields)
         self.events.record(event)
         for name, observe in self._observers:
+            if name == skip:
+                continue
             try:
                 observe(event)
             except Exception as exc:
-                self._detector_failed(name, exc)
+                self._detector_failed(name, exc, notify=False)
 
-    def _detector_failed(self, name: str, exc: Exception) -> None:
+    def _detector_failed(self, name: str, exc: Exception, kind: str = ev.DETECTOR_ERROR,
+                         notify: bool = True) -> None:
+        """Count a detector's failure; log it at most once per 10 s per detector (with how
+        many were suppressed) and tell observers, except the one that failed."""
         self.counters["detector_errors"] += 1
         self.counters[f"detector_errors.{name}"] += 1
-        now = time.monotonic()
-        last, suppressed = self._error_log.get(name, (0.0, 0))
-        if now - last >= 10.0:
+        now = self.clock()
+        last, suppressed = self._error_log.get(name, (None, 0))
+        if last is None or now - last >= 10.0 or now < last:
             extra = f" (and {suppressed} more since)" if suppressed else ""
-            log.error("event=detector_error detector=%s error=%s: %s%s", name,
-                      type(exc).__name__, exc, extra)
+            ev.emit(log, logging.ERROR, kind, detector=name, error=f"{type(exc).__name__}: {exc}{extra}"[:300])
             self._error_log[name] = (now, 0)
+            if notify:
+                self._event(kind, now, name, skip=name, reason=f"{type(exc).__name__}: {exc}"[:200])
         else:
             self._error_log[name] = (last, suppressed + 1)
 
@@ -422,6 +549,8 @@ class Engine:
         counters = dict(self.counters)
         counters.update(accepted=self.n_accepted, dropped=self.n_dropped,
                         packets=self.n_accepted + self.n_dropped + counters.get("unparsed", 0))
+        if self.kernel is not None:
+            counters.update(self.kernel.counters())
         return counters
 
     def snapshot(self, limit: int = 1000, wall: float | None = None) -> dict:

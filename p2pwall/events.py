@@ -1,24 +1,58 @@
-"""Events: every state change is a structured log line, a counter and a hook call."""
+"""Events: every state change is a structured log line, a counter and a hook call.
+
+Log lines are written through ``emit``: the text form is ``event=<kind> key=value ...``
+with every value quoted when it could be mistaken for more fields or lines, and the
+fields ride on the log record so that ``--log-format json`` builds its object from them
+(never by parsing the text back).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 log = logging.getLogger("p2pwall.events")
 
 PEER_BLOCKED = "peer_blocked"
+PEER_UNBLOCKED = "peer_unblocked"
 CLIENT_LOCKED = "client_locked"
 LOCK_RESTARTED = "lock_restarted"
 LOCK_EXPIRED = "lock_expired"
 PROBE_SENT = "probe_sent"
 PROBE_ANSWERED = "probe_answered"
-SPOOF_SENT = "spoof_sent"
+SPOOF_SENT = "spoof_sent"  # counted, not logged: one per spoofed reply
 DETECTOR_ERROR = "detector_error"
+ACTION_REFUSED = "action_refused"
 SEND_REFUSED = "send_refused"
+
+# what p2pwall_event observers can receive
+KINDS = (PEER_BLOCKED, PEER_UNBLOCKED, CLIENT_LOCKED, LOCK_RESTARTED, LOCK_EXPIRED, PROBE_SENT,
+         PROBE_ANSWERED, SEND_REFUSED, ACTION_REFUSED, DETECTOR_ERROR)
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\[\]-]+")
+
+
+def quote(value) -> str:
+    """A log value that cannot forge fields or lines: plain tokens as they are,
+    anything else as a JSON string (newlines, quotes and '=' escaped or enclosed)."""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (int, bool)) or value is None:
+        return json.dumps(value)
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
+def emit(logger: logging.Logger, level: int, kind: str, **fields) -> None:
+    """Log one event line (``event=kind k=v ...``) with its fields on the record."""
+    if not logger.isEnabledFor(level):
+        return
+    text = " ".join([f"event={kind}"] + [f"{k}={quote(v)}" for k, v in fields.items() if v is not None])
+    logger.log(level, "%s", text, extra={"p2pwall_fields": {"event": kind, **fields}})
 
 
 @dataclass(slots=True)
@@ -30,29 +64,16 @@ class Event:
     peer: str | None = None
     until: float | None = None
     reason: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: v for k, v in d.items() if v not in (None, "", {})}
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
-    def log_line(self) -> str:
-        parts = [f"event={self.kind}"]
-        for key, value in self.to_dict().items():
-            if key not in ("kind", "time"):
-                parts.append(f"{key}={_fmt(value)}")
-        return " ".join(parts)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return json.dumps(text) if (" " in text or not text) else text
+    def fields(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k not in ("kind", "time")}
 
 
 class EventLog:
-    """Counts events, logs them (rate limited per kind) and keeps the recent ones."""
+    """Counts events, logs them (rate limited) and keeps the recent ones."""
 
     def __init__(self, keep: int = 0, log_limit_per_second: float = 50.0):
         self.counters: Counter[str] = Counter()
@@ -69,15 +90,15 @@ class EventLog:
             self.recent.append(event)
             if len(self.recent) > self.keep:
                 del self.recent[: len(self.recent) - self.keep]
-        if not log.isEnabledFor(logging.INFO):
-            return
+        if event.kind in (DETECTOR_ERROR, ACTION_REFUSED) or not log.isEnabledFor(logging.INFO):
+            return  # the engine logs those itself, rate limited per detector
         second = int(time.monotonic())
         if second != self._window:
             if self._suppressed:
-                log.warning("event=log_suppressed count=%d", self._suppressed)
+                emit(log, logging.WARNING, "log_suppressed", count=self._suppressed)
             self._window, self._logged_in_window, self._suppressed = second, 0, 0
         if self._logged_in_window >= self.log_limit:
             self._suppressed += 1
             return
         self._logged_in_window += 1
-        log.info("%s", event.log_line())
+        emit(log, logging.INFO, event.kind, **event.fields())

@@ -6,9 +6,17 @@ arguments, named by an entry point in the ``p2pwall.detectors`` group::
     [project.entry-points."p2pwall.detectors"]
     mydetector = "my_package:MyDetector"
 
-It implements some of the hooks below with ``@p2pwall.hookimpl``.  A detector never
-touches a socket, the queue or iptables: it looks at packets and *returns* the actions
-(:mod:`p2pwall.actions`) it wants; the engine carries them out.
+It implements some of the hooks below with ``@p2pwall.hookimpl``.  Everything a
+detector needs comes from the one contract module, ``p2pwall``::
+
+    from p2pwall import (hookimpl, DetectorInfo, ConfigError, Block, Drop, Lock, Spoof,
+                         Probe, FROM_LAN, TO_LAN, TO_FIREWALL, TCP, UDP)
+
+A detector never touches a socket, the queue or iptables: it looks at packets and
+*returns* the actions it wants; the engine validates them and carries them out (a
+malformed action is refused and counted against the detector, never obeyed).  What a
+detector needs to remember about a client or peer travels with the engine's entry
+(``note``), so it keeps no unbounded tables of its own.
 
 The engine calls each detector's hooks on its own (not as one pluggy multicall) so that
 a detector that raises is logged, treated as having requested nothing, and cannot take
@@ -30,11 +38,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def p2pwall_detector_info():
-    """Describe this detector; called once when detectors are loaded.
+    """Describe this detector: return a :class:`p2pwall.DetectorInfo` (or a dict with
+    its field names; each field is documented there).
 
-    Return a :class:`p2pwall.plugins.DetectorInfo` (or a dict with the same keys):
-    ``name``, ``version``, ``protocols`` (list of protocol names), ``description``
-    (one line) and ``wants``, the packet kinds it must see, any of:
+    Called once per detector object, right after ``p2pwall_configure`` (a SIGHUP reload
+    builds fresh detector objects), so what it returns may depend on the detector's
+    configuration.  ``wants`` lists the packet kinds it must see, any of:
 
     - ``"udp"``: UDP datagrams sent by LAN hosts (forwarded, and to the firewall itself);
     - ``"tcp_syn"``: TCP connection openings from LAN hosts;
@@ -44,30 +53,24 @@ def p2pwall_detector_info():
 
     UDP and payloads are queued for the first packets of each flow only (``[queue]
     udp_packets``, ``payload_packets``): later packets never leave the kernel.
-    ``tcp_strings`` / ``tcp_strings_in`` (optional) narrow ``tcp_payload`` /
-    ``tcp_payload_in`` to packets containing one of these byte strings, so the kernel
-    (iptables ``string`` match) queues only those.  ``tcp_prefixes`` (1-4 bytes each)
-    select LAN payloads that *start* with them (iptables ``u32`` on IPv4; on IPv6 all
-    first payloads are queued when a detector gives prefixes).  ``udp_screen``
-    (optional, a bytes regular expression): only UDP payloads it *matches* (at their
-    start, DOTALL) are passed to this detector's ``p2pwall_inspect``; the engine joins
-    every detector's screen into one regex in front of them all, so ordinary datagrams
-    cost one C-level match instead of a Python call per detector.  ``locks`` (default true): whether a
-    LAN host's TCP SYN to a peer this detector blocked time-locks that host.
-    ``p2pwall rules`` builds the iptables rules from these declarations and the engine
-    dispatches to a detector only the kinds it declared.
+    ``tcp_strings``, ``tcp_strings_in``, ``tcp_prefixes`` and ``udp_screen`` narrow what
+    is queued and dispatched; ``locks`` says whether SYNs to the peers it blocks lock
+    their sender.  ``p2pwall rules`` and the running daemon build the same kernel rules
+    from these declarations (:mod:`p2pwall.policy`), and the engine dispatches to a
+    detector only the kinds it declared.
     """
 
 
 @hookspec
 def p2pwall_configure(table, settings):
-    """Validate and take this detector's own config table; called once at start.
+    """Validate and take this detector's own config table; called once per detector
+    object, before ``p2pwall_detector_info``.
 
     ``table`` is the dict parsed from ``[detectors.<name>]`` (empty when absent);
-    ``settings`` the whole validated :class:`p2pwall.config.Settings` (read only).
-    Raise :class:`p2pwall.config.ConfigError` with a message naming the offending key;
-    p2pwall prints it as a one-line error and exits with status 2.  Unknown keys should
-    be errors.
+    ``settings`` the whole validated :class:`p2pwall.Settings` (read only).
+    Raise :class:`p2pwall.ConfigError` with a message naming the offending key;
+    p2pwall prints it as a one-line error and exits with status 2 (at start), or
+    rejects the reload and keeps running (SIGHUP).  Unknown keys should be errors.
     """
 
 
@@ -89,31 +92,17 @@ def p2pwall_inspect(packet, context):
 
 
 @hookspec
-def p2pwall_make_probe(client, context):
+def p2pwall_make_probe(client, note, context):
     """Build a probe for ``client`` (packed address), a LAN host this detector locked.
 
     Called by the engine's scheduler at half of the client's remaining lock (and once
-    more at three quarters when the first goes unanswered).  Return a
-    :class:`p2pwall.actions.Probe` the client's P2P program would answer, or None when
-    this detector has nothing to ask it.  The answer arrives as a packet with direction
-    ``to_firewall``; a detector that recognises it returns ``Lock(client)`` to restart
-    the lock.
-    """
-
-
-# ---------------------------------------------------------------------------
-# Demonstrating
-# ---------------------------------------------------------------------------
-
-@hookspec
-def p2pwall_lab_scenario():
-    """Offer a demo for ``p2pwall lab``: return a callable, or None.
-
-    The callable is called as ``scenario(net, seconds=..., lock_seconds=..., echo=...)``
-    with a :class:`p2pwall.testbed.Network` already built (LAN hosts, firewall, outside
-    host with many addresses); it starts whatever clients and peers it needs, runs
-    ``p2pwall run`` through ``net.p2pwall(...)``, prints a timeline with ``echo`` and
-    returns True when p2pwall held (nothing got through, ordinary traffic flowed).
+    more at three quarters when the first goes unanswered, ``[probes] per_lock``).
+    ``note`` is what this detector attached to the lock (``Lock(note=...)``) or to the
+    peer whose SYN caused it (``Block(note=...)``), or None: the engine keeps it with
+    the entry, across SIGHUP and restarts, so a detector needs no table of its own.
+    Return a :class:`p2pwall.Probe` the client's P2P program would answer, or None.
+    The answer arrives as a packet with direction ``TO_FIREWALL``; a detector that
+    recognises it returns ``Lock(client)`` to restart the lock.
     """
 
 
@@ -123,7 +112,14 @@ def p2pwall_lab_scenario():
 
 @hookspec
 def p2pwall_event(event):
-    """Observe an event (:class:`p2pwall.events.Event`): peer learned, client locked,
-    lock expired, probe sent, probe answered, detector error.  Return value ignored;
-    exceptions are logged and ignored.  For reporting plugins.
+    """Observe an event (:class:`p2pwall.Event`), for reporting plugins.
+
+    ``event.kind`` is one of :data:`p2pwall.events.KINDS`: ``peer_blocked``,
+    ``peer_unblocked`` (taken out before its time: by a reload that
+    forbids it, or by an operator; plain expiry and eviction are only counted), ``client_locked``,
+    ``lock_restarted``, ``lock_expired``, ``probe_sent``, ``probe_answered``,
+    ``send_refused``, ``action_refused`` and ``detector_error`` (a detector raised or
+    requested something malformed; its name is in ``event.detector``).  Return value
+    ignored; an observer that raises is counted against it, never notified of its own
+    error, and cannot cost a verdict.
     """

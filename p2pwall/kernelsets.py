@@ -2,64 +2,78 @@
 
 The in-process tables stay the source of truth (status, replay, probes); the sets let
 iptables drop every packet to a blocked peer, established flows included, and every
-SYN of a locked client, without a trip to user space.  Updates are batched and written
-with one ``ipset restore`` after the verdicts, never on the verdict path.
+SYN of a locked client, without a trip to user space.  The mirror is exact: every add
+is validated first, every expiry, eviction, unblock and reload purge is a delete, and
+one bad element never cancels the rest of its batch (``ipset restore`` stops at the
+first error: the lines after it are sent again, the bad one is counted).  Updates are
+batched and written with one ``ipset restore`` after the verdicts, never on the verdict
+path.  Which sets exist and how big they are comes from the queue policy.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import subprocess
 
+from .events import emit
 from .packet import ip_text
+from .policy import QueuePolicy, SetSpec
 
 log = logging.getLogger("p2pwall.kernelsets")
 MAX_TIMEOUT = 2147483  # ipset's limit, in seconds
+_LINE = re.compile(r"Error in line (\d+):\s*(.*)")
 
 
 class KernelSetError(Exception):
     pass
 
 
-def set_names(queue: int, family: int) -> dict[str, str]:
-    suffix = "" if family == 4 else "-6"
-    return {"peers": f"p2pwall-peers{queue}{suffix}", "locks": f"p2pwall-locks{queue}{suffix}"}
-
-
-def _ipset(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["ipset", *args], input=stdin, text=True, capture_output=True)
-
-
 def _timeout(seconds: float) -> int:
     return max(1, min(MAX_TIMEOUT, math.ceil(seconds)))
+
+
+def valid_element(addr: bytes) -> bool:
+    """An address ipset can hold and that may ever be enforced: ordinary unicast."""
+    if len(addr) == 4:
+        return 0 < addr[0] < 224 and addr[0] != 127 and addr != b"\xff\xff\xff\xff"
+    if len(addr) == 16:
+        return addr[0] != 0xFF and addr != bytes(15) + b"\x01" and any(addr)
+    return False
 
 
 class KernelSets:
     """The ipset sets of one queue; ``create`` at start, ``destroy`` at stop."""
 
-    def __init__(self, queue: int, peer_max: int, lock_max: int):
-        self.queue = queue
-        self.peer_max, self.lock_max = peer_max, lock_max
+    def __init__(self, policy: QueuePolicy, command: tuple[str, ...] = ("ipset",)):
+        self.policy = policy
+        self.command = tuple(command)  # tests prefix "ip netns exec NS"
         self.pending: list[str] = []
         self.families: list[int] = []
         self.owner = False  # only the process that created the sets destroys them
+        self.failures = 0  # elements the kernel refused
+        self.refused = 0  # elements refused before reaching the kernel
+        self.last_error = ""
 
     @staticmethod
     def available() -> bool:
         return shutil.which("ipset") is not None
 
+    def _ipset(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.command, *args], input=stdin, text=True, capture_output=True)
+
+    def _names(self, family: int) -> dict[str, str]:
+        return self.policy.set_names(family)
+
     def create(self, families=(4, 6)) -> None:
         for family in families:
-            names = set_names(self.queue, family)
-            fam = "inet" if family == 4 else "inet6"
-            for kind, maxelem in (("peers", self.peer_max), ("locks", self.lock_max)):
-                _ipset("destroy", names[kind])  # leftovers of a crashed run
-                done = _ipset("create", names[kind], "hash:ip", "family", fam, "timeout", "0",
-                              "maxelem", str(max(maxelem, 64)), "-exist")
+            for spec in self.policy.sets(family):
+                self._ipset("destroy", spec.name)  # leftovers of a crashed run
+                done = self._ipset(*spec.create_args(), "-exist")
                 if done.returncode != 0:
-                    raise KernelSetError(f"ipset create {names[kind]}: {done.stderr.strip()}")
+                    raise KernelSetError(f"ipset create {spec.name}: {done.stderr.strip()}")
             self.families.append(family)
         self.owner = True
 
@@ -67,32 +81,101 @@ class KernelSets:
         """Use sets another process created (a worker beside the main process)."""
         self.families = list(families)
 
-    def add(self, kind: str, addr: bytes, seconds: float) -> None:
+    def add(self, kind: str, addr: bytes, seconds: float) -> bool:
+        """Queue an add of ``addr`` to the ``kind`` set; False (and counted) when refused."""
         family = 4 if len(addr) == 4 else 6
         if family not in self.families:
-            return
-        name = set_names(self.queue, family)[kind]
+            return False
+        if not valid_element(addr) or not math.isfinite(seconds) or seconds <= 0:
+            self.refused += 1
+            return False
+        name = self._names(family)[kind]
         self.pending.append(f"add {name} {ip_text(addr)} timeout {_timeout(seconds)} -exist")
+        return True
 
     def remove(self, kind: str, addr: bytes) -> None:
         family = 4 if len(addr) == 4 else 6
-        if family in self.families:
-            self.pending.append(f"del {set_names(self.queue, family)[kind]} {ip_text(addr)} -exist")
+        if family in self.families and valid_element(addr):
+            self.pending.append(f"del {self._names(family)[kind]} {ip_text(addr)} -exist")
 
     def flush(self) -> None:
-        if not self.pending:
-            return
+        """Write what is pending; a refused line is counted and the rest still written.
+        (``ipset restore`` stops at its first bad line, and may not have applied the
+        lines before it either: the batch is sent again without that line; adds and
+        deletes are idempotent with ``-exist``.)"""
         batch, self.pending = self.pending, []
-        done = _ipset("restore", "-exist", stdin="\n".join(batch) + "\n")
+        for _ in range(len(batch) + 1):
+            if not batch:
+                return
+            done = self._ipset("restore", "-exist", stdin="\n".join(batch) + "\n")
+            if done.returncode == 0:
+                return
+            m = _LINE.search(done.stderr)
+            self.failures += 1
+            self.last_error = (m.group(2) if m else done.stderr.strip())[:200]
+            emit(log, logging.WARNING, "kernel_set_error", error=self.last_error,
+                 line=batch[int(m.group(1)) - 1] if m and 0 < int(m.group(1)) <= len(batch) else None)
+            if m is None:
+                return  # not a per-line error (ipset gone?): nothing to retry
+            bad = int(m.group(1))
+            if not 0 < bad <= len(batch):
+                return
+            batch = batch[:bad - 1] + batch[bad:]
+
+    def resize(self, policy: QueuePolicy, live: dict[str, list[tuple[bytes, float]]]) -> None:
+        """Take a new policy; sets whose size changed are rebuilt beside the old ones with
+        ``live`` (kind -> [(address, seconds left)]) and swapped in atomically."""
+        old = {(s.kind, s.family): s for s in self.policy.sets()}
+        self.policy = policy
+        if not self.owner:
+            return
+        for spec in policy.sets():
+            before = old.get((spec.kind, spec.family))
+            if before is not None and before.maxelem == spec.maxelem:
+                continue
+            if spec.family not in self.families:
+                continue
+            self._rebuild(spec, [(a, left) for a, left in live.get(spec.kind, [])
+                                 if (len(a) == 4) == (spec.family == 4)])
+
+    def _rebuild(self, spec: SetSpec, entries) -> None:
+        tmp = SetSpec(spec.kind, spec.family, spec.name[:28] + "-r", spec.maxelem)
+        self._ipset("destroy", tmp.name)
+        lines = [" ".join(tmp.create_args())]
+        lines += [f"add {tmp.name} {ip_text(a)} timeout {_timeout(left)} -exist"
+                  for a, left in entries[:spec.maxelem] if valid_element(a)]
+        lines.append(f"swap {tmp.name} {spec.name}")
+        done = self._ipset("restore", "-exist", stdin="\n".join(lines) + "\n")
         if done.returncode != 0:
-            log.warning("event=kernel_set_error error=%s", done.stderr.strip().splitlines()[:1])
+            self.failures += 1
+            self.last_error = done.stderr.strip()[:200]
+            emit(log, logging.WARNING, "kernel_set_error", set=spec.name, error=self.last_error)
+        self._ipset("destroy", tmp.name)
+        emit(log, logging.INFO, "kernel_set_resized", set=spec.name, maxelem=spec.maxelem, entries=len(entries))
+
+    def members(self, kind: str, family: int = 4) -> dict[str, int]:
+        """What the kernel holds now: address -> seconds left (for tests and checks)."""
+        done = self._ipset("list", self._names(family)[kind])
+        out = {}
+        members = False
+        for line in done.stdout.splitlines():
+            if line.startswith("Members:"):
+                members = True
+            elif members and line.strip():
+                parts = line.split()
+                out[parts[0]] = int(parts[2]) if len(parts) > 2 else 0
+        return out
+
+    def counters(self) -> dict:
+        return {"kernel_set_failures": self.failures, "kernel_set_refused": self.refused}
 
     def destroy(self) -> None:
         if not self.owner:
             return
         for family in self.families:
-            for name in set_names(self.queue, family).values():
+            for name in self._names(family).values():
                 for _ in range(20):  # the rules referencing it may take a moment to go
-                    if _ipset("destroy", name).returncode == 0 or "does not exist" in _ipset("list", "-n", name).stderr:
+                    if (self._ipset("destroy", name).returncode == 0
+                            or "does not exist" in self._ipset("list", "-n", name).stderr):
                         break
         self.families.clear()

@@ -1,9 +1,19 @@
-"""``p2pwall lab``: a throw-away namespace network, the detectors' demo scenarios, cleanup."""
+"""``p2pwall lab``: a throw-away namespace network, the demo scenarios, cleanup.
+
+Scenarios are not part of the detector contract: a package offers one through the
+``p2pwall.lab_scenarios`` entry-point group, as a callable
+``scenario(net, seconds=..., lock_seconds=..., echo=...)`` that gets a built
+:class:`p2pwall.testbed.Network`, runs ``p2pwall run`` through ``net.p2pwall(...)``,
+prints a timeline with ``echo`` and returns True when p2pwall held.
+"""
 
 from __future__ import annotations
 
-from .plugins import load
+from importlib.metadata import entry_points
+
 from .testbed import Network, TestbedError
+
+GROUP = "p2pwall.lab_scenarios"
 
 
 class LabError(Exception):
@@ -15,17 +25,11 @@ def ordinary_traffic(net, lock_seconds: float, echo) -> bool:
     streams: nothing may be dropped."""
     import json
     import sys
-    import time
 
     echo("== ordinary traffic with every installed detector running ==")
     web = net.outside[-1]
-    proc = net.spawn(net.out, sys.executable, "-m", "p2pwall.testbed.ordinary", "serve", "--bind", web,
-                     "--dir", str(net.dir), log="lab-ordinary.out")
-    deadline = time.monotonic() + 20
-    while '"ready"' not in (net.dir / "lab-ordinary.out").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError("the ordinary-traffic server did not start")
-        time.sleep(0.1)
+    proc = net.start(net.out, sys.executable, "-m", "p2pwall.testbed.ordinary", "serve", "--bind", web,
+                     "--dir", str(net.dir), log="lab-ordinary.out", timeout=20)
     daemon = net.p2pwall(net.base_config(lock_seconds=lock_seconds), name="lab-all")
     try:
         ok = True
@@ -54,11 +58,14 @@ def _word(value) -> str:
 
 
 def run_lab(seconds: float, lock_seconds: float, echo) -> int:
-    detectors = load()
-    scenarios = [(name, fn()) for name, fn in detectors.impls("p2pwall_lab_scenario")]
-    scenarios = [(name, s) for name, s in scenarios if s is not None]
+    scenarios = []
+    for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
+        try:
+            scenarios.append((ep.name, ep.load()))
+        except Exception as exc:
+            raise LabError(f"lab scenario {ep.name}: cannot load {ep.value}: {exc}") from None
     if not scenarios:
-        raise LabError("no installed detector offers a lab scenario")
+        raise LabError(f"no lab scenario installed (entry-point group {GROUP})")
     echo("building the lab: LAN hosts 192.0.2.10-11 behind a firewall (192.0.2.1 | 198.51.100.1),")
     echo("outside peers on 203.0.113.1-200, a web server on 203.0.113.201")
     try:

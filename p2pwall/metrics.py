@@ -54,6 +54,12 @@ def render(snap: dict, queue: int) -> str:
               "# HELP p2pwall_queue_user_dropped_total Packets lost between kernel and p2pwall (socket full).",
               "# TYPE p2pwall_queue_user_dropped_total counter",
               f"p2pwall_queue_user_dropped_total {q.get('user_dropped', 0)}",
+              "# HELP p2pwall_kernel_set_failures_total Set elements the kernel refused (each counted, the rest still written).",
+              "# TYPE p2pwall_kernel_set_failures_total counter",
+              f"p2pwall_kernel_set_failures_total {c.get('kernel_set_failures', 0)}",
+              "# HELP p2pwall_actions_refused_total Malformed actions detectors requested (never carried out).",
+              "# TYPE p2pwall_actions_refused_total counter",
+              f"p2pwall_actions_refused_total {c.get('actions_refused', 0)}",
               "# HELP p2pwall_uptime_seconds Seconds since start.", "# TYPE p2pwall_uptime_seconds gauge",
               f"p2pwall_uptime_seconds {snap['uptime']}"]
     return "\n".join(lines) + "\n"

@@ -22,11 +22,12 @@ UDP = 17
 # TCP flag bits
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
-# IPv6 extension headers that we skip; anything else ends the chain.
-_V6_SKIP = {0, 43, 60}  # hop-by-hop, routing, destination options
+# IPv6 extension headers that we skip; anything else ends the chain.  The whole chain is
+# walked, however long (each header is at least 8 bytes, so the walk ends within the
+# packet): a long chain is no way around the detectors.
+_V6_SKIP = {0, 43, 60, 135, 139, 140}  # hop-by-hop, routing, destination options, mobility, HIP, shim6
 _V6_FRAGMENT = 44
 _V6_AH = 51
-_MAX_V6_EXT = 8
 
 
 # ver/ihl, total length, flags/fragment offset, protocol, source, destination
@@ -90,10 +91,6 @@ class Packet:
             return view
 
     @property
-    def payload_len(self) -> int:
-        return self.end - self.off
-
-    @property
     def data(self) -> bytes:
         try:
             return self._data
@@ -116,14 +113,6 @@ class Packet:
         except AttributeError:
             self._dst_ip = text = ip_text(self.dst)
             return text
-
-    @property
-    def is_udp(self) -> bool:
-        return self.proto == UDP
-
-    @property
-    def is_tcp(self) -> bool:
-        return self.proto == TCP
 
     @property
     def is_syn(self) -> bool:
@@ -165,7 +154,7 @@ def parse(raw: bytes) -> Packet | None:
         src = raw[8:24]
         dst = raw[24:40]
         l4 = 40
-        for _ in range(_MAX_V6_EXT):
+        while True:
             if proto in _V6_SKIP:
                 if l4 + 8 > end:
                     return None
@@ -185,8 +174,8 @@ def parse(raw: bytes) -> Packet | None:
             else:
                 break
             l4 += hlen
-        else:
-            return None  # absurdly long chain: not worth trusting
+            if l4 > end:
+                return None
         if l4 > end:
             return None
     else:

@@ -1,7 +1,8 @@
 """Finding, loading and describing detectors (the pluggy plugin manager).
 
 Every detector, built in or not, comes from the ``p2pwall.detectors`` entry-point group,
-so the core has no way to favour its own.
+so the core has no way to favour its own.  Loading (``load``) and the test harness
+(:mod:`p2pwall.testing`) register detectors through the same function, ``register``.
 """
 
 from __future__ import annotations
@@ -27,17 +28,39 @@ class PluginError(Exception):
 
 @dataclass
 class DetectorInfo:
-    name: str
+    """What a detector says about itself (``p2pwall_detector_info``).
+
+    p2pwall builds its kernel rules (what is queued at all) and its dispatch (which
+    detector sees which packet) from these declarations alone.
+    """
+
+    name: str = ""
+    """Ignored for dispatch: the entry-point name is the detector's name everywhere
+    (``--plugin``, ``[detectors.<name>]``, logs).  Kept so an info can name itself."""
     version: str = "0"
+    """The detector's own version, shown by ``p2pwall detectors``."""
     protocols: list[str] = field(default_factory=list)
+    """Protocol names it recognises, for people (``["MyProtocol"]``)."""
     description: str = ""
+    """One line for ``p2pwall detectors``."""
     wants: list[str] = field(default_factory=list)
+    """The packet kinds it must see, any of ``KINDS``: ``udp``, ``tcp_syn``, ``tcp_payload``,
+    ``udp_in``, ``tcp_payload_in`` (see ``p2pwall_detector_info``)."""
     tcp_strings: list[bytes] = field(default_factory=list)
+    """Narrow ``tcp_payload`` to payloads containing one of these (iptables ``string``).
+    Empty: every first payload of a connection is queued for it."""
     tcp_strings_in: list[bytes] = field(default_factory=list)
+    """The same for ``tcp_payload_in`` (payloads coming back towards the LAN)."""
     tcp_prefixes: list[bytes] = field(default_factory=list)
+    """1-4 leading bytes that also select LAN payloads (iptables ``u32``, IPv4 only)."""
     udp_screen: bytes | None = None
+    """A bytes regular expression; only UDP payloads it matches at their start reach this
+    detector.  It must run in linear time (no nested repetition)."""
     locks: bool = True
+    """Whether a LAN host's TCP SYN to a peer this detector blocked time-locks that host,
+    in the engine and in the kernel (``[detectors.<name>] lock`` for the built-in ones)."""
     origin: str = ""
+    """Set by p2pwall: "built in" or the distribution the detector came from."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,6 +95,14 @@ def _origin(ep) -> str:
     return f"{name} {version}".strip()
 
 
+def _as_bytes(name: str, field_name: str, value) -> bytes:
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise PluginError(f"detector {name}: {field_name} must hold bytes or str, got {value!r}")
+
+
 def _coerce_info(name: str, raw) -> DetectorInfo:
     if isinstance(raw, DetectorInfo):
         info = raw
@@ -83,16 +114,20 @@ def _coerce_info(name: str, raw) -> DetectorInfo:
     else:
         raise PluginError(f"detector {name}: p2pwall_detector_info must return DetectorInfo or dict")
     info.name = name  # the entry-point name is the one users type
-    bad = [k for k in info.wants if k not in KINDS]
-    if bad:
-        raise PluginError(f"detector {name}: unknown packet kind(s) {bad}; known: {', '.join(KINDS)}")
-    info.tcp_strings = [s.encode() if isinstance(s, str) else bytes(s) for s in info.tcp_strings]
-    info.tcp_strings_in = [s.encode() if isinstance(s, str) else bytes(s) for s in info.tcp_strings_in]
-    info.tcp_prefixes = [bytes(s) for s in info.tcp_prefixes]
+    if not isinstance(info.wants, (list, tuple)) or any(k not in KINDS for k in info.wants):
+        raise PluginError(f"detector {name}: unknown packet kind(s) in {info.wants!r}; known: {', '.join(KINDS)}")
+    info.wants = list(info.wants)
+    for attr in ("tcp_strings", "tcp_strings_in", "tcp_prefixes"):
+        values = [_as_bytes(name, attr, s) for s in getattr(info, attr)]
+        if any(not s or len(s) > 128 or b"\n" in s for s in values):
+            raise PluginError(f"detector {name}: {attr} entries must be 1-128 bytes without newlines")
+        setattr(info, attr, values)
     if any(not 1 <= len(s) <= 4 for s in info.tcp_prefixes):
         raise PluginError(f"detector {name}: tcp_prefixes must be 1 to 4 bytes long")
+    if not isinstance(info.locks, bool):
+        raise PluginError(f"detector {name}: locks must be true or false, got {info.locks!r}")
     if info.udp_screen is not None:
-        info.udp_screen = info.udp_screen.encode("latin-1") if isinstance(info.udp_screen, str) else bytes(info.udp_screen)
+        info.udp_screen = _as_bytes(name, "udp_screen", info.udp_screen)
         try:
             _screen([info.udp_screen])
         except re.error as exc:
@@ -128,7 +163,9 @@ class DetectorSet:
         return result
 
     def configure(self, settings: Settings) -> None:
-        """Give each detector its own table; unknown detector tables are errors."""
+        """Give each detector its own table (unknown detector tables are errors), then ask
+        each what it wants in that configuration: ``p2pwall_detector_info`` is called
+        here, once per detector object."""
         for table_name in settings.detectors:
             if table_name not in self.by_name and table_name not in installed():
                 raise ConfigError(f"[detectors.{table_name}]: no such detector installed")
@@ -140,13 +177,16 @@ class DetectorSet:
                 raise ConfigError(f"[detectors.{name}] {exc}") from None
             except Exception as exc:  # a detector's bug is still a failed start
                 raise ConfigError(f"[detectors.{name}]: detector failed to configure: {exc}") from None
-        # what a detector wants may depend on its configuration: ask again
+        describe = dict(self.impls("p2pwall_detector_info"))
         for d in self.detectors:
-            for impl in self.pm.hook.p2pwall_detector_info.get_hookimpls():
-                if impl.plugin_name == d.name:
-                    origin = d.info.origin
-                    d.info = _coerce_info(d.name, impl.function())
-                    d.info.origin = origin
+            try:
+                info = _coerce_info(d.name, describe[d.name]())
+            except PluginError as exc:
+                raise ConfigError(str(exc)) from None
+            except Exception as exc:
+                raise ConfigError(f"detector {d.name}: p2pwall_detector_info failed: {exc}") from None
+            info.origin = d.info.origin
+            d.info = info
 
     def wants(self) -> set[str]:
         return {k for d in self.detectors for k in d.info.wants}
@@ -203,8 +243,43 @@ def _positional(fn, names: tuple, spec_args: tuple):
     return lambda *args: fn(*[args[i] for i in pick])
 
 
-def load(names: list[str] | tuple[str, ...] | None = None) -> DetectorSet:
-    """Load the named detectors (default: every installed one)."""
+def manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def register(entries) -> DetectorSet:
+    """Register ``(name, plugin object, origin)`` triples: the one way a detector joins a
+    run, for ``load`` and the test harness alike.  Hook names are checked (a misspelt
+    ``p2pwall_*`` hook is an error here, not silently ignored); ``configure`` follows."""
+    pm = manager()
+    detectors = []
+    for name, plugin, origin in entries:
+        if pm.has_plugin(name):
+            raise PluginError(f"detector {name}: registered twice")
+        try:
+            pm.register(plugin, name=name)
+        except Exception as exc:
+            raise PluginError(f"detector {name}: not a valid plugin: {exc}") from None
+        if not any(i.plugin_name == name for i in pm.hook.p2pwall_detector_info.get_hookimpls()):
+            raise PluginError(f"detector {name}: does not implement p2pwall_detector_info")
+        detectors.append(Detector(name, plugin, DetectorInfo(name=name, origin=origin)))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"detector {getattr(exc, 'plugin', '?')!s}: {exc}") from None
+    for plugin_name, plugin in pm.list_name_plugin():
+        unknown = [a for a in dir(plugin) if a.startswith("p2pwall_") and callable(getattr(plugin, a, None))
+                   and not hasattr(pm.hook, a)]
+        if unknown:
+            raise PluginError(f"detector {plugin_name}: unknown hook {unknown[0]} (see p2pwall.hookspecs)")
+    return DetectorSet(detectors, pm)
+
+
+def load(names: list[str] | tuple[str, ...] | None = None, settings: Settings | None = None) -> DetectorSet:
+    """Load the named detectors (default: every installed one) and configure them with
+    ``settings`` (default: the built-in defaults).  Raises PluginError or ConfigError."""
     available = installed()
     if names:
         missing = [n for n in names if n not in available]
@@ -214,9 +289,7 @@ def load(names: list[str] | tuple[str, ...] | None = None) -> DetectorSet:
         chosen = list(dict.fromkeys(names))
     else:
         chosen = sorted(available)
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    detectors = []
+    entries = []
     for name in chosen:
         ep = available[name]
         try:
@@ -224,20 +297,17 @@ def load(names: list[str] | tuple[str, ...] | None = None) -> DetectorSet:
             plugin = obj() if inspect.isclass(obj) else obj
         except Exception as exc:
             raise PluginError(f"detector {name}: cannot load {ep.value}: {exc}") from None
-        try:
-            pm.register(plugin, name=name)
-        except Exception as exc:
-            raise PluginError(f"detector {name}: not a valid plugin: {exc}") from None
-        impl = [i for i in pm.hook.p2pwall_detector_info.get_hookimpls() if i.plugin_name == name]
-        if not impl:
-            raise PluginError(f"detector {name}: does not implement p2pwall_detector_info")
-        describe = impl[0].function
-        try:
-            info = _coerce_info(name, describe())
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"detector {name}: p2pwall_detector_info failed: {exc}") from None
-        info.origin = _origin(ep)
-        detectors.append(Detector(name, plugin, info))
-    return DetectorSet(detectors, pm)
+        entries.append((name, plugin, _origin(ep)))
+    found = register(entries)
+    found.configure(settings if settings is not None else Settings())
+    return found
+
+
+def entry_point_name(plugin) -> str | None:
+    """The installed entry-point name that names ``plugin``'s class, if any."""
+    cls = plugin if inspect.isclass(plugin) else type(plugin)
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for name, ep in installed().items():
+        if ep.value.replace(" ", "") == target:
+            return name
+    return None

@@ -60,13 +60,3 @@ def drop_privileges(user: str, keep_paths: list[str] = ()) -> None:
         if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
             raise PrivilegeError(f"ambient capability {cap} refused: {os.strerror(ctypes.get_errno())}")
 
-
-def capabilities() -> dict[str, str]:
-    """This process's capability sets, as /proc shows them (for tests and status)."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("Cap", "Uid")):
-                key, _, value = line.partition(":")
-                out[key] = value.strip()
-    return out

@@ -1,8 +1,10 @@
 """Replaying captures through the same engine the daemon runs, with capture time as clock.
 
-Only what the live rules would queue reaches the engine (LAN-sent UDP, TCP SYNs, the first
-payload packets of a connection, narrowed by the detectors' strings), so the report says
-what the daemon would have done.
+Each packet first meets replay's model of the kernel, taken from the same queue policy
+the live rules are rendered from (:meth:`p2pwall.policy.QueuePolicy.kernel_verdict`):
+what the rules would queue goes through the engine; what the kernel sets would drop, or
+the rules let pass unseen, is counted as such.  So the report says what the daemon would
+have done.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from .config import Settings
 from .engine import Engine
 from .packet import FROM_LAN, TCP, TO_LAN, UDP, parse
 from .plugins import DetectorSet
+from .policy import KERNEL_DROP, QUEUE, QueuePolicy
 
 
 @dataclass(slots=True)
@@ -57,12 +60,8 @@ class Replay:
         self.flows: dict[tuple, Flow] = {}
         self.packets = 0
         self.verdicts = {"accept": 0, "drop": 0}
-        self.wants = detectors.wants()
-        self.strings = detectors.tcp_strings()
-        self.strings_in = detectors.tcp_strings("tcp_payload_in")
-        self.prefixes = detectors.tcp_prefixes()
-        self.payload_packets = settings.payload_packets
-        self.udp_packets = settings.udp_packets
+        self.kernel = {"queued": 0, "kernel_drop": 0, "pass": 0}
+        self.policy = QueuePolicy.build(settings, detectors)
         self.lan = self.engine.lan
 
     def feed_file(self, path: str, progress=None) -> None:
@@ -96,57 +95,48 @@ class Replay:
             self.flows[key] = flow
         flow.packets += 1
         outgoing = src == flow.client and sp == flow.client_port
+        if outgoing:
+            flow.sent += 1  # like connbytes, this packet counts
+        else:
+            flow.received += 1
         packet.direction = FROM_LAN if outgoing else TO_LAN
         packet.ts = ts
-        if not self._queued(packet, flow, outgoing):
-            return False
-        drop, detector, reason = self.engine.handle(packet)
-        self.engine.outbox.clear()
-        if detector and flow.detector is None:
-            flow.detector, flow.reason = detector, reason
-        if drop:
-            flow.dropped += 1
-        return drop
-
-    def _queued(self, packet, flow, outgoing: bool) -> bool:
-        """Would the live rules (and kernel sets) have handed this packet to the engine?
-        Packets the kernel sets drop are judged by the engine too: same verdict."""
         engine = self.engine
+        peer_set = None
+        locked = False
         if outgoing:
-            flow.sent += 1  # like connbytes, the SYN counts
-            if engine.peers.live(packet.dst, self.clock.now):
-                return True
-            if packet.is_syn:
-                return True  # the core always sees SYNs (peer table, time lock)
-            if packet.proto == UDP:
-                return "udp" in self.wants and (not self.udp_packets or flow.sent <= self.udp_packets)
-            return ("tcp_payload" in self.wants and packet.end > packet.off
-                    and flow.sent <= self.payload_packets + 2
-                    and (_has(packet, self.strings) or _starts(packet, self.prefixes)))
-        flow.received += 1
-        if packet.proto == UDP:
-            return "udp_in" in self.wants and (not self.udp_packets or flow.received <= self.udp_packets)
-        return ("tcp_payload_in" in self.wants and packet.end > packet.off and not packet.is_syn
-                and flow.received <= self.payload_packets + 2 and _has(packet, self.strings_in))
+            peer = engine.peers.get(packet.dst, ts)
+            if peer is not None:
+                peer_set = engine.set_kind(peer.detector)
+            locked = engine.locks.live(packet.src, ts)
+        where = self.policy.kernel_verdict(packet, outgoing, flow.sent, flow.received, peer_set, locked)
+        if where == KERNEL_DROP:
+            self.kernel["kernel_drop"] += 1
+            flow.dropped += 1
+            if flow.detector is None:
+                flow.detector = peer.detector if peer is not None else engine.locks.get(packet.src, ts).detector
+                flow.reason = "peer blocked" if peer is not None else "client locked"
+            return True
+        if where != QUEUE:
+            self.kernel["pass"] += 1
+            return False
+        self.kernel["queued"] += 1
+        verdict = engine.handle(packet)
+        engine.outbox.clear()
+        if verdict.detector and flow.detector is None:
+            flow.detector, flow.reason = verdict.detector, verdict.reason
+        if verdict.drop:
+            flow.dropped += 1
+        return verdict.drop
 
     def report(self) -> dict:
         return {
             "packets": self.packets,
             "verdicts": dict(self.verdicts),
+            "kernel": dict(self.kernel),
             "flows": [f.to_dict() for f in self.flows.values()],
             "events": [e.to_dict() for e in self.engine.events.recent],
         }
 
 
 _PROTO = {TCP: "tcp", UDP: "udp"}
-
-
-def _starts(packet, prefixes) -> bool:
-    return bool(prefixes) and packet.data.startswith(tuple(prefixes))
-
-
-def _has(packet, strings) -> bool:
-    if strings is None:
-        return True
-    data = packet.data
-    return any(s in data for s in strings)

@@ -1,4 +1,4 @@
-"""The iptables rules a run needs: built from what the loaded detectors want.
+"""The iptables rules a run needs, rendered from the queue policy (:mod:`p2pwall.policy`).
 
 They live in chains of p2pwall's own (``P2PWALL-F<queue>`` for FORWARD, ``P2PWALL-I<queue>``
 for INPUT), entered by one jump at the top of FORWARD and INPUT, so that installing and
@@ -7,14 +7,11 @@ removing them never disturbs the administrator's rules.
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from .config import Settings
-from .kernelsets import set_names
+from .policy import QueuePolicy
 
 
 class RulesError(Exception):
@@ -43,15 +40,6 @@ def chain_names(queue: int) -> dict[str, str]:
             "early": f"P2PWALL-E{queue}"}  # the one chain in the raw table
 
 
-def _sources(settings: Settings, family: int, towards: bool = False) -> list[str]:
-    """Match clauses that select packets from the LAN (or, ``towards``, to it)."""
-    if settings.lan_interfaces:
-        flag = "-o" if towards else "-i"
-        return [f"{flag} {name}" for name in settings.lan_interfaces]
-    nets = [n for n in settings.lan_networks if ipaddress.ip_network(n, strict=False).version == family]
-    return [f"{'-d' if towards else '-s'} {n}" for n in nets]
-
-
 def _first(count: int, direction: str) -> str:
     return f"-m connbytes --connbytes 0:{count} --connbytes-dir {direction} --connbytes-mode packets"
 
@@ -69,7 +57,7 @@ def _first_after(count: int) -> str:
     return f"-m connbytes --connbytes {count}: --connbytes-dir original --connbytes-mode packets"
 
 
-def _payload_rules(strings: list[bytes] | None, family: int, target: str) -> list[str]:
+def _payload_rules(strings, family: int, target: str) -> list[str]:
     if strings is None:
         return [f"-m length ! --length 0:{52 if family == 4 else 72} {target}"]
     return [f"-m string --algo bm {_quote(s)} {target}" for s in strings]
@@ -77,91 +65,96 @@ def _payload_rules(strings: list[bytes] | None, family: int, target: str) -> lis
 
 def _quote(s: bytes) -> str:
     text = s.decode("latin-1")
-    if any(c in text for c in '"\\\n') or not text.isprintable():
+    if any(c in text for c in '"\\\n\'') or not text.isprintable():
         return '--hex-string "|' + s.hex() + '|"'
     return f'--string "{text}"'
 
 
-def build(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None, family: int = 4,
-          tcp_strings_in: list[bytes] | None = None, tcp_prefixes: list[bytes] | None = None) -> RuleSet:
-    """The rules for one address family.  ``tcp_strings`` None means all payloads.
+def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
+    """The rules of one address family, rendered from the queue policy.
 
     TCP SYNs from the LAN are always queued: the core's peer table and time lock act on
     them whatever the detectors want.
     """
-    names = chain_names(settings.queue_number)
-    if settings.workers > 1:
-        last = settings.queue_number + settings.workers - 1
-        target = f"-j NFQUEUE --queue-balance {settings.queue_number}:{last}"
+    names = chain_names(policy.queue)
+    if policy.workers > 1:
+        last = policy.queue + policy.workers - 1
+        target = f"-j NFQUEUE --queue-balance {policy.queue}:{last}"
     else:
-        target = f"-j NFQUEUE --queue-num {settings.queue_number}"
-    if not settings.fail_closed:
+        target = f"-j NFQUEUE --queue-num {policy.queue}"
+    if not policy.fail_closed:
         target += " --queue-bypass"  # if p2pwall is gone, traffic flows
-    sources = _sources(settings, family)
+    sources = policy.lan_sources(family)
     chains = {name: [] for key, name in names.items() if key != "early"}
     if not sources:
-        return RuleSet(settings.queue_number, family, chains, [])
+        return RuleSet(policy.queue, family, chains, [])
+    wants = policy.wants
     early: list[str] = []
     lan, payload = chains[names["lan"]], chains[names["payload"]]
     reply, reply_payload = chains[names["reply"]], chains[names["reply_payload"]]
     # A connection past its first packets, sent to no blocked peer, is marked clean in
     # conntrack once; from then on each of its packets costs one connmark test here.
-    clean = f"0x{settings.clean_mark:x}/0x{settings.clean_mark:x}"
-    if settings.kernel_sets:
+    clean = f"0x{policy.clean_mark:x}/0x{policy.clean_mark:x}"
+    if policy.kernel_sets:
         # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
-        # peer (re)locks its sender there and is still queued so the engine keeps step;
-        # anything else to a peer is dropped before any other test (floods stay cheap)
-        sets = set_names(settings.queue_number, family)
-        lock = max(1, math.ceil(settings.lock_seconds))
+        # locking peer (re)locks its sender there and is still queued so the engine keeps
+        # step; a peer of a detector with lock = false is only dropped; anything else to
+        # a peer is dropped before any other test (floods stay cheap)
+        sets = policy.set_names(family)
         to_peer = f"-m set --match-set {sets['peers']} dst"
-        lan.append(f"-p tcp --syn {to_peer} -j SET --add-set {sets['locks']} src --exist --timeout {lock}")
+        to_quiet = f"-m set --match-set {sets['nolock']} dst"
+        lan.append(f"-p tcp --syn {to_peer} -j SET --add-set {sets['locks']} src --exist "
+                   f"--timeout {policy.lock_timeout}")
         lan.append(f"-p tcp --syn {to_peer} {target}")
         lan.append(f"{to_peer} -j DROP")
+        lan.append(f"{to_quiet} -j DROP")
         # UDP to a learned peer goes in the raw table, before conntrack sees it: a flood
         # towards peers costs less than forwarding. (TCP waits for the filter table, where
         # clean connections skip the set lookup.)
         for src in sources:
             early.append(f"{src} -p udp {to_peer} -j DROP")
+            early.append(f"{src} -p udp {to_quiet} -j DROP")
     lan.append(f"-m connmark --mark {clean} -j RETURN")
     reply.append(f"-m connmark --mark {clean} -j RETURN")
-    if settings.kernel_sets:
+    if policy.kernel_sets:
         lan.append(f"-p tcp --syn -m set --match-set {sets['locks']} src -j DROP")
     for src in sources:
         chains[names["forward"]].append(f"{src} -j {names['lan']}")
         if "udp" in wants:
             chains[names["input"]].append(f"{src} -p udp {target}")
     if "udp_in" in wants or "tcp_payload_in" in wants:
-        for dst in _sources(settings, family, towards=True):
+        for dst in policy.lan_sources(family, towards=True):
             chains[names["forward"]].append(f"{dst} -j {names['reply']}")
-    tcp_done = settings.payload_packets + 3
-    lan.append(f"-p tcp {_first_after(tcp_done)} -j CONNMARK --or-mark 0x{settings.clean_mark:x}")
+    tcp_done = policy.payload_packets + 3
+    lan.append(f"-p tcp {_first_after(tcp_done)} -j CONNMARK --or-mark 0x{policy.clean_mark:x}")
     # without kernel sets, every UDP packet must be queued so learned peers stay blocked
-    limit_udp = settings.udp_packets and settings.kernel_sets
+    limit_udp = policy.udp_packets and policy.kernel_sets
     if limit_udp:
-        lan.append(f"-p udp {_first_after(settings.udp_packets + 1)} -j CONNMARK --or-mark 0x{settings.clean_mark:x}")
-    udp_limit = f" {_first(settings.udp_packets, 'original')}" if limit_udp else ""
+        lan.append(f"-p udp {_first_after(policy.udp_packets + 1)} -j CONNMARK --or-mark 0x{policy.clean_mark:x}")
+    udp_limit = f" {_first(policy.udp_packets, 'original')}" if limit_udp else ""
     if "udp" in wants:
         lan.append(f"-p udp{udp_limit} {target}")
     lan.append(f"-p tcp --syn {target}")
     # payloads: only the first packets of a connection, so established flows never visit
     # user space and the kernel's string search never runs over bulk data
     if "tcp_payload" in wants:
-        lan.append(f"-p tcp ! --syn {_first(settings.payload_packets + 2, 'original')} -j {names['payload']}")
-        if tcp_prefixes and family == 6:
+        tcp_strings = policy.tcp_strings
+        lan.append(f"-p tcp ! --syn {_first(policy.payload_packets + 2, 'original')} -j {names['payload']}")
+        if policy.tcp_prefixes and family == 6:
             tcp_strings = None  # u32 reads IPv4 headers only: queue every first payload
         payload.extend(_payload_rules(tcp_strings, family, target))
         if tcp_strings is not None:
-            payload.extend(f"-m u32 --u32 {_u32_prefix(p)} {target}" for p in tcp_prefixes or [])
+            payload.extend(f"-m u32 --u32 {_u32_prefix(p)} {target}" for p in policy.tcp_prefixes)
     if "udp_in" in wants:
-        reply_limit = f" {_first(settings.udp_packets, 'reply')}" if settings.udp_packets else ""
+        reply_limit = f" {_first(policy.udp_packets, 'reply')}" if policy.udp_packets else ""
         reply.append(f"-p udp{reply_limit} {target}")
     if "tcp_payload_in" in wants:
-        reply.append(f"-p tcp ! --syn {_first(settings.payload_packets + 2, 'reply')} -j {names['reply_payload']}")
-        reply_payload.extend(_payload_rules(tcp_strings_in, family, target))
+        reply.append(f"-p tcp ! --syn {_first(policy.payload_packets + 2, 'reply')} -j {names['reply_payload']}")
+        reply_payload.extend(_payload_rules(policy.tcp_strings_in, family, target))
     jumps = [("FORWARD", names["forward"])]
     if chains[names["input"]]:
         jumps.append(("INPUT", names["input"]))
-    return RuleSet(settings.queue_number, family, chains, jumps, early)
+    return RuleSet(policy.queue, family, chains, jumps, early)
 
 
 def restore_script(rules: RuleSet) -> str:
@@ -180,21 +173,24 @@ def restore_script(rules: RuleSet) -> str:
     return "\n".join(lines)
 
 
-def nft_script(settings: Settings, wants: set[str], tcp_strings: list[bytes] | None) -> str:
+def nft_script(policy: QueuePolicy) -> str:
     """An nftables equivalent, printed for reference (this kernel has no nft queue).
     nft has no string match: payload rules queue the first packets of every TCP
     connection instead, and the detectors do the matching.  Kernel sets are left out."""
-    q = f"queue num {settings.queue_number}" + ("" if settings.fail_closed else " bypass")
-    if settings.lan_interfaces:
-        names = ", ".join(f'"{n}"' for n in settings.lan_interfaces)
+    q = f"queue num {policy.queue}" + ("" if policy.fail_closed else " bypass")
+    if policy.workers > 1:
+        q = f"queue num {policy.queue}-{policy.queue + policy.workers - 1}" + ("" if policy.fail_closed else " bypass")
+    if policy.lan_interfaces:
+        names = ", ".join(f'"{n}"' for n in policy.lan_interfaces)
         srcs, dsts = [f"iifname {{ {names} }}"], [f"oifname {{ {names} }}"]
     else:
-        v4 = ", ".join(n for n in settings.lan_networks if ":" not in n)
-        v6 = ", ".join(n for n in settings.lan_networks if ":" in n)
+        v4 = ", ".join(s.split()[1] for s in policy.lan_sources(4))
+        v6 = ", ".join(s.split()[1] for s in policy.lan_sources(6))
         srcs = ([f"ip saddr {{ {v4} }}"] if v4 else []) + ([f"ip6 saddr {{ {v6} }}"] if v6 else [])
         dsts = ([f"ip daddr {{ {v4} }}"] if v4 else []) + ([f"ip6 daddr {{ {v6} }}"] if v6 else [])
-    first = f"1-{settings.payload_packets + 2}"
-    udp_first = f" ct original packets 1-{settings.udp_packets}" if settings.udp_packets else ""
+    wants = policy.wants
+    first = f"1-{policy.payload_packets + 2}"
+    udp_first = f" ct original packets 1-{policy.udp_packets}" if policy.udp_packets and policy.kernel_sets else ""
     fwd, inp = [], []
     for src in srcs:
         if "udp" in wants:
@@ -205,7 +201,7 @@ def nft_script(settings: Settings, wants: set[str], tcp_strings: list[bytes] | N
             fwd.append(f"{src} tcp flags & syn == 0 ct original packets {first} meta length > 60 {q}")
     for dst in dsts:
         if "udp_in" in wants:
-            reply = f" ct reply packets 1-{settings.udp_packets}" if settings.udp_packets else ""
+            reply = f" ct reply packets 1-{policy.udp_packets}" if policy.udp_packets else ""
             fwd.append(f"{dst} meta l4proto udp{reply} {q}")
         if "tcp_payload_in" in wants:
             fwd.append(f"{dst} tcp flags & syn == 0 ct reply packets {first} meta length > 60 {q}")

@@ -26,10 +26,10 @@ _BUCKET_MS = 250
 class Entry:
     """One address in a table, as lookups return it: until when, who and why."""
 
-    __slots__ = ("until", "detector", "reason")
+    __slots__ = ("until", "detector", "reason", "note")
 
-    def __init__(self, until: float, detector: str, reason: str):
-        self.until, self.detector, self.reason = until, detector, reason
+    def __init__(self, until: float, detector: str, reason: str, note: bytes | None = None):
+        self.until, self.detector, self.reason, self.note = until, detector, reason, note
 
     def __repr__(self) -> str:
         return f"Entry(until={self.until}, detector={self.detector!r}, reason={self.reason!r})"
@@ -51,7 +51,9 @@ class ExpiringTable:
         self._meta_ids: dict[tuple[str, str], int] = {("", ""): 0}
         self._buckets: dict[int, list[bytes]] = {}
         self._bucket_heap: list[int] = []
+        self._notes: dict[bytes, bytes] = {}  # what a detector keeps with an entry (few have one)
         self.evicted = 0
+        self.on_evict = None  # called with each evicted key (the kernel mirror deletes it)
 
     def __len__(self) -> int:
         return len(self._values)
@@ -70,24 +72,29 @@ class ExpiringTable:
             self._meta_ids[pair] = found
         return found
 
-    def _entry(self, value: int) -> Entry:
+    def _entry(self, value: int, key: bytes) -> Entry:
         detector, reason = self._metas[value & _META_MASK]
-        return Entry((value >> _META_BITS) / 1000.0, detector, reason)
+        return Entry((value >> _META_BITS) / 1000.0, detector, reason, self._notes.get(key))
 
     def get(self, key: bytes, now: float) -> Entry | None:
         """The live entry for ``key``, or None if absent or past its expiry."""
         value = self._values.get(key)
         if value is None or (value >> _META_BITS) <= now * 1000.0:
             return None
-        return self._entry(value)
+        return self._entry(value, key)
+
+    def note(self, key: bytes) -> bytes | None:
+        return self._notes.get(key)
 
     def live(self, key: bytes, now: float) -> bool:
         """Whether ``key`` has a live entry (get() without building the entry)."""
         value = self._values.get(key)
         return value is not None and (value >> _META_BITS) > now * 1000.0
 
-    def put(self, key: bytes, now: float, seconds: float, detector: str, reason: str) -> tuple[Entry, bool]:
-        """Add or restart ``key`` for ``seconds``; returns (entry, is_new)."""
+    def put(self, key: bytes, now: float, seconds: float, detector: str, reason: str,
+            note: bytes | None = None) -> tuple[Entry, bool]:
+        """Add or restart ``key`` for ``seconds``; returns (entry, is_new).  A restart
+        keeps the entry's note unless a new one is given."""
         until_ms = int((now + seconds) * 1000.0)
         old = self._values.get(key)
         new = old is None or (old >> _META_BITS) <= now * 1000.0
@@ -96,9 +103,13 @@ class ExpiringTable:
             if not reason:
                 reason = self._metas[old & _META_MASK][1]
         elif old is None and len(self._values) >= self.max_entries:
-            self._evict()
+            self.evict_one()
         value = until_ms << _META_BITS | self._meta(detector, reason)
         self._values[key] = value
+        if note is not None:
+            self._notes[key] = note
+        elif new and self._notes:
+            self._notes.pop(key, None)
         bucket = _bucket(until_ms)
         if old is None or _bucket(old >> _META_BITS) != bucket:
             members = self._buckets.get(bucket)
@@ -107,9 +118,9 @@ class ExpiringTable:
                 heapq.heappush(self._bucket_heap, bucket)
             else:
                 members.append(key)
-        return self._entry(value), new
+        return self._entry(value, key), new
 
-    def _evict(self) -> None:
+    def evict_one(self) -> None:
         """Drop the entry due to expire first (stale bucket members are skipped)."""
         while self._bucket_heap:
             bucket = self._bucket_heap[0]
@@ -119,9 +130,12 @@ class ExpiringTable:
                 value = self._values.get(key)
                 if value is not None and _bucket(value >> _META_BITS) == bucket:
                     del self._values[key]
+                    self._notes.pop(key, None)
                     self.evicted += 1
                     if not members:
                         self._drop_bucket()
+                    if self.on_evict is not None:
+                        self.on_evict(key)
                     return
             self._drop_bucket()
 
@@ -129,8 +143,12 @@ class ExpiringTable:
         del self._buckets[heapq.heappop(self._bucket_heap)]
 
     def remove(self, key: bytes) -> Entry | None:
-        value = self._values.pop(key, None)
-        return None if value is None else self._entry(value)
+        """Take ``key`` out now (its bucket member goes stale and is skipped later)."""
+        if key not in self._values:
+            return None
+        entry = self._entry(self._values.pop(key), key)
+        self._notes.pop(key, None)
+        return entry
 
     def expire(self, now: float) -> list[tuple[bytes, Entry]]:
         """Remove and return every entry whose time has come."""
@@ -142,8 +160,9 @@ class ExpiringTable:
             for key in self._buckets[bucket]:
                 value = values.get(key)
                 if value is not None and _bucket(value >> _META_BITS) == bucket:
+                    gone.append((key, self._entry(value, key)))
                     del values[key]
-                    gone.append((key, self._entry(value)))
+                    self._notes.pop(key, None)
             self._drop_bucket()
         return gone
 

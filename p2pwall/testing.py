@@ -3,7 +3,8 @@
     from p2pwall.testing import udp, tcp, DetectorHarness
 
     h = DetectorHarness(MyDetector())
-    drop, detector, reason = h.feed(udp("192.168.1.5", "203.0.113.9", 4000, 1214, b"..."))
+    verdict = h.feed(udp("192.168.1.5", "203.0.113.9", 4000, 1214, b"..."))
+    assert verdict.drop and h.blocked("203.0.113.9")
 
 p2pwall's own detector tests use exactly these, so a third-party detector is tested the
 way the built-in ones are.
@@ -14,10 +15,9 @@ from __future__ import annotations
 import struct
 
 from .config import Settings, from_dict
-from .engine import Engine
-from .packet import FROM_LAN, SYN, ACK, PSH, ip_bytes, parse
-from .plugins import Detector, DetectorInfo, DetectorSet, _coerce_info
-from . import hookspecs
+from .engine import Engine, Verdict
+from .packet import ACK, FROM_LAN, PSH, SYN, ip_bytes, parse
+from .plugins import DetectorSet, register
 
 
 def _ipv4(src: str, dst: str, proto: int, l4: bytes) -> bytes:
@@ -58,53 +58,78 @@ class Clock:
         self.now += seconds
 
 
-def detector_set(*plugins, settings: Settings | None = None) -> DetectorSet:
-    """Register plugin objects the way entry points would, and configure them."""
-    import pluggy
+def _name(plugin) -> str:
+    """The name a plugin object runs under: its installed entry point's, else its own
+    ``name`` attribute, else its class name in lower case."""
+    from .plugins import entry_point_name
 
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    detectors = []
-    for plugin in plugins:
-        raw = plugin.p2pwall_detector_info()
-        name = raw.name if isinstance(raw, DetectorInfo) else raw["name"]
-        pm.register(plugin, name=name)
-        info = _coerce_info(name, raw)
-        info.origin = "test"
-        detectors.append(Detector(name, plugin, info))
-    found = DetectorSet(detectors, pm)
+    found = entry_point_name(plugin)
+    if found:
+        return found
+    own = getattr(plugin, "name", None)
+    return own if isinstance(own, str) and own else type(plugin).__name__.lower()
+
+
+def detector_set(*plugins, settings: Settings | None = None, names=None) -> DetectorSet:
+    """Register plugin objects exactly as ``p2pwall run`` registers installed ones
+    (:func:`p2pwall.plugins.register`), and configure them."""
+    names = list(names) if names else [_name(p) for p in plugins]
+    found = register([(name, plugin, "test") for name, plugin in zip(names, plugins)])
     found.configure(settings or Settings())
     return found
 
 
 class DetectorHarness:
-    """An engine around some detectors, with an injected clock and a recording outbox."""
+    """An engine around some detectors, with an injected clock and a recording outbox.
 
-    def __init__(self, *plugins, config: dict | None = None, lan=("192.168.0.0/16",)):
+    ``feed`` returns a :class:`p2pwall.Verdict` (``drop``, ``detector``, ``reason``);
+    ``blocked(addr)`` and ``locked(addr)`` tell what the engine's tables hold now."""
+
+    def __init__(self, *plugins, config: dict | None = None, lan=("192.168.0.0/16",), names=None):
         data = dict(config or {})
         data.setdefault("network", {}).setdefault("lan_networks", list(lan))
         self.settings = from_dict(data)
         self.clock = Clock()
-        self.detectors = detector_set(*plugins, settings=self.settings)
+        self.detectors = detector_set(*plugins, settings=self.settings, names=names)
         self.engine = Engine(self.settings, self.detectors, clock=self.clock, keep_events=10000)
         self.sent: list = []
 
-    def feed(self, raw: bytes, direction: str = FROM_LAN):
-        """Judge one raw packet; returns (drop, detector, reason)."""
+    def feed(self, raw: bytes, direction: str = FROM_LAN) -> Verdict:
+        """Judge one raw packet."""
         packet = parse(raw)
         if packet is None:
             raise ValueError("not a parseable packet")
         packet.direction = direction
         result = self.engine.handle(packet)
-        self.sent.extend(a for _, a in self.engine.outbox)
-        self.engine.outbox.clear()
+        self._collect()
         return result
 
-    def advance(self, seconds: float):
+    def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.engine.tick()
+        self._collect()
+
+    def _collect(self) -> None:
         self.sent.extend(a for _, a in self.engine.outbox)
-        self.engine.outbox.clear()
+        self.engine.flush()  # the checks a real send passes (LAN only), without a sender
+
+    def blocked(self, addr) -> bool:
+        """Whether ``addr`` (text or packed) is a blocked peer now."""
+        return self.engine.peers.live(ip_bytes(addr), self.clock.now)
+
+    def locked(self, addr) -> bool:
+        """Whether LAN host ``addr`` is time-locked now."""
+        return self.engine.locks.live(ip_bytes(addr), self.clock.now)
+
+    def peer(self, addr):
+        """The peer table's entry for ``addr`` (``until``, ``detector``, ``reason``, ``note``) or None."""
+        return self.engine.peers.get(ip_bytes(addr), self.clock.now)
+
+    def lock(self, addr):
+        return self.engine.locks.get(ip_bytes(addr), self.clock.now)
+
+    def counter(self, name: str) -> int:
+        return self.engine.all_counters().get(name, 0)
 
     def events(self, kind: str | None = None):
         return [e for e in self.engine.events.recent if kind is None or e.kind == kind]

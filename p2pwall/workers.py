@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from .status import StatusError, query
 
 
+class WorkerError(Exception):
+    """A worker could not start (the daemon reports it as a runtime failure)."""
+
+
 @dataclass
 class Child:
     index: int
@@ -32,9 +36,9 @@ class Child:
             pass
 
 
-def spawn(daemon, indexes) -> list[Child]:
-    from .daemon import Daemon
-
+def spawn(make_worker, indexes, status_socket: str) -> list[Child]:
+    """Fork one worker per index; ``make_worker(index)`` builds, in the child, the object
+    whose ``run()`` the worker runs (it reports readiness on its ``ready`` pipe)."""
     children = []
     for index in indexes:
         r, w = os.pipe()
@@ -43,8 +47,7 @@ def spawn(daemon, indexes) -> list[Child]:
             code = 1
             try:
                 os.close(r)
-                worker = Daemon(daemon.settings, daemon.detectors, monitor=daemon.monitor,
-                                install_rules=False, reload=daemon.reload, worker=index)
+                worker = make_worker(index)
                 worker.ready = w
                 code = worker.run()
             except BaseException as exc:  # report why, then leave without cleanup handlers
@@ -55,13 +58,11 @@ def spawn(daemon, indexes) -> list[Child]:
             finally:
                 os._exit(code)
         os.close(w)
-        children.append(Child(index, pid, r, f"{daemon.settings.status_socket}.{index}"))
+        children.append(Child(index, pid, r, f"{status_socket}.{index}"))
     return children
 
 
 def wait_ready(children: list[Child], timeout: float = 15.0) -> None:
-    from .daemon import DaemonError
-
     deadline = time.monotonic() + timeout
     for child in children:
         left = max(0.0, deadline - time.monotonic())
@@ -69,7 +70,7 @@ def wait_ready(children: list[Child], timeout: float = 15.0) -> None:
         message = os.read(child.ready, 4096).decode(errors="replace").strip() if ready else "no answer"
         os.close(child.ready)
         if message != "ok":
-            raise DaemonError(f"worker {child.index}: {message.removeprefix('error ')}")
+            raise WorkerError(f"worker {child.index}: {message.removeprefix('error ')}")
 
 
 def stop_all(children: list[Child], timeout: float = 10.0) -> None:

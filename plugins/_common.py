@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2pwall.config import ConfigError
+from p2pwall import ConfigError
 
 
 def switches(table: dict, defaults: dict[str, bool]) -> dict[str, bool]:

@@ -38,6 +38,24 @@ def _sh(*args: str, check: bool = True, input: str | None = None) -> subprocess.
     return done
 
 
+def wait_for_log(path: Path, proc: subprocess.Popen | None, markers, timeout: float = 10.0) -> str:
+    """Poll the log ``path`` of ``proc`` until one of ``markers`` appears; returns the log.
+    Raises TestbedError when the process dies first or the time runs out: the one way
+    the test bed, the lab and the benches wait for a process to be ready."""
+    markers = (markers,) if isinstance(markers, str) else tuple(markers)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if any(m in text for m in markers):
+            return text
+        if proc is not None and proc.poll() is not None:
+            raise TestbedError(f"{proc.args[3:5] if len(proc.args) > 4 else proc.args} exited with "
+                               f"{proc.returncode}: {text[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TestbedError(f"not ready in {timeout:g} s: {text[-2000:]}")
+        time.sleep(0.05)
+
+
 def outside_address(i: int) -> str:
     if not 1 <= i <= 250:
         raise ValueError("outside hosts are 203.0.113.1 to 203.0.113.250")
@@ -117,6 +135,13 @@ class Network:
         self._procs.append(proc)
         return proc
 
+    def start(self, ns: str, *args: str, log: str, ready="\"ready\"", timeout: float = 10.0,
+              env: dict | None = None) -> subprocess.Popen:
+        """``spawn``, then wait until its log shows ``ready``."""
+        proc = self.spawn(ns, *args, log=log, env=env)
+        wait_for_log(self.dir / log, proc, ready, timeout)
+        return proc
+
     def python(self, ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
         return self.exec(ns, sys.executable, *args, **kw)
 
@@ -184,14 +209,7 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "event=started" in self.output():
-                return
-            if self.proc.poll() is not None:
-                raise TestbedError(f"p2pwall exited with {self.proc.returncode}: {self.output()[-2000:]}")
-            time.sleep(0.05)
-        raise TestbedError(f"p2pwall not ready in {timeout} s: {self.output()[-2000:]}")
+        wait_for_log(self.log, self.proc, ("event=started", '"event": "started"'), timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.proc.poll() is None:

@@ -22,10 +22,7 @@ from __future__ import annotations
 import re
 from struct import unpack_from
 
-from p2pwall import hookimpl
-from p2pwall.actions import Block, Drop, Lock
-from p2pwall.packet import FROM_LAN, TO_LAN
-from p2pwall.plugins import DetectorInfo
+from p2pwall import FROM_LAN, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, hookimpl
 from p2pwall_plugins._common import switches
 
 __version__ = "1.0.0"
@@ -35,10 +32,22 @@ TRACKER_PROTOCOL_ID = bytes.fromhex("0000041727101980")
 LSD = b"BT-SEARCH * HTTP/1.1"
 MAX_LEARNED = 200  # peers taken from one reply
 
-_TRACKER = re.compile(rb"^GET /[^ ?]*(?:announce|scrape)[^ ?]*\?[^ ]*info_hash=", re.IGNORECASE)
 _PEERS = re.compile(rb"5:peers([0-9]{1,5}):")
 _VALUES = re.compile(rb"6:valuesl")
 _NODES = re.compile(rb"5:nodes([0-9]{1,4}):")
+
+
+def is_tracker_request(data: bytes) -> bool:
+    """``GET /...announce...?...info_hash=`` (or scrape): checked by slicing the request
+    line, linear in its length whatever the input (a regex here backtracked)."""
+    if not data.startswith(b"GET /"):
+        return False
+    end = data.find(b" ", 5, 4096)
+    if end < 0:
+        return False  # no complete request line in the first segment
+    target = data[4:end].lower()
+    path, sep, query = target.partition(b"?")
+    return bool(sep) and (b"announce" in path or b"scrape" in path) and b"info_hash=" in query
 
 
 def is_krpc(data: bytes) -> bool:
@@ -135,7 +144,7 @@ class BitTorrentDetector:
         if packet.direction != FROM_LAN or context.in_lan(packet.dst):
             return None
         c = self.conf
-        if packet.proto == 17:
+        if packet.proto == UDP:
             p = packet.payload
             if c["lsd"] and packet.dport == 6771 and packet.data.startswith(LSD):
                 return Drop("BitTorrent local service discovery")
@@ -152,7 +161,7 @@ class BitTorrentDetector:
         if c["peer_wire"] and data.startswith(HANDSHAKE):
             reason = "BitTorrent handshake"
             return [Block(packet.dst, reason=reason), Drop(reason)]
-        if c["trackers"] and _TRACKER.match(data):
+        if c["trackers"] and is_tracker_request(data):
             reason = "BitTorrent tracker announce"
             return [Block(packet.dst, reason=reason), Drop(reason), Lock(packet.src, reason=reason)]
         return None
@@ -162,7 +171,7 @@ class BitTorrentDetector:
         if context.in_lan(packet.src):
             return None
         data = packet.data
-        if packet.proto == 17:
+        if packet.proto == UDP:
             if not is_krpc(data):
                 return None
             learned = peers_in_dht(data)

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 from struct import unpack_from
 
-from p2pwall import hookimpl
-from p2pwall.actions import Block, Drop
-from p2pwall.packet import FROM_LAN
-from p2pwall.plugins import DetectorInfo
+from p2pwall import FROM_LAN, UDP, Block, DetectorInfo, Drop, hookimpl
 from p2pwall_plugins._common import switches
 
 __version__ = "1.0.0"
@@ -111,7 +108,7 @@ class EDonkeyDetector:
         if packet.direction != FROM_LAN or context.in_lan(packet.dst):
             return None
         p = packet.payload
-        reason = udp_message(p) if packet.proto == 17 else tcp_message(p)
+        reason = udp_message(p) if packet.proto == UDP else tcp_message(p)
         if reason is None:
             return None
         return [Block(packet.dst, reason=reason), Drop(reason)]

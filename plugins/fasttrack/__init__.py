@@ -10,7 +10,8 @@ What it recognises (``shared/protocols.md``; giFT-FastTrack, ipp2p, l7-filter, n
 What it asks for: a ping to a peer blocks the peer, drops the ping and spoofs a pong
 from the peer so the client keeps to its UDP mode.  The core then drops the client's
 follow-ups to the peer and time-locks a client that sends a TCP SYN to it.  While a
-client is locked this detector supplies a probe (a copy of the client's own ping); a
+client is locked this detector supplies a probe (a copy of the client's own ping, kept
+as the note of the peer entry it blocked, which the engine hands over with the lock); a
 pong from the client to the firewall restarts the lock.  A transfer request blocks its
 target and the supernode named in ``X-Kazaa-SupernodeIP`` and locks the client.
 """
@@ -19,13 +20,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections import OrderedDict
+import struct
 
-from p2pwall import hookimpl
-from p2pwall.actions import Block, Drop, Lock, Probe, Spoof
-from p2pwall.config import ConfigError
-from p2pwall.packet import FROM_LAN, TO_FIREWALL
-from p2pwall.plugins import DetectorInfo
+from p2pwall import FROM_LAN, TO_FIREWALL, UDP, Block, ConfigError, DetectorInfo, Drop, Lock, Probe, Spoof, hookimpl
 
 __version__ = "1.0.0"
 
@@ -123,8 +120,6 @@ class FastTrackDetector:
         self.http = True
         self.spoof = True
         self.networks: set[bytes] | None = None
-        self.max_clients = 65536
-        self._pings: OrderedDict[bytes, tuple[int, int, bytes]] = OrderedDict()
 
     @hookimpl
     def p2pwall_detector_info(self):
@@ -155,7 +150,7 @@ class FastTrackDetector:
 
     @hookimpl
     def p2pwall_inspect(self, packet, context):
-        if packet.proto == 17:
+        if packet.proto == UDP:
             return self._udp(packet, context)
         if self.http and packet.direction == FROM_LAN:
             return self._tcp(packet)
@@ -174,8 +169,8 @@ class FastTrackDetector:
             return None  # clients inside may talk to each other; only outside peers matter
         name = parse_ping(payload)
         if name is not None and (self.networks is None or name in self.networks):
-            self._remember(packet)
-            actions = [Block(packet.dst, reason="FastTrack UDP ping"), Drop("FastTrack UDP ping")]
+            actions = [Block(packet.dst, reason="FastTrack UDP ping", note=probe_note(packet)),
+                       Drop("FastTrack UDP ping")]
             if self.spoof:
                 actions.append(Spoof(packet.dst, packet.dport, packet.src, packet.sport,
                                      make_pong(name), reason="FastTrack pong"))
@@ -194,25 +189,27 @@ class FastTrackDetector:
             actions.append(Block(supernode[0], reason="FastTrack supernode (X-Kazaa-SupernodeIP)"))
         return actions
 
-    def _remember(self, packet) -> None:
-        pings = self._pings
-        pings[packet.src] = (packet.sport, packet.dport, packet.data)
-        pings.move_to_end(packet.src)
-        if len(pings) > self.max_clients:
-            pings.popitem(last=False)
-
     @hookimpl
-    def p2pwall_lab_scenario(self):
-        from .scenario import lab
-
-        return lab
-
-    @hookimpl
-    def p2pwall_make_probe(self, client, context):
-        if not self.probes:
+    def p2pwall_make_probe(self, client, note, context):
+        if not self.probes or note is None:
             return None
-        known = self._pings.get(client)
-        if known is None:
+        found = parse_note(note)
+        if found is None:
             return None
-        sport, dport, payload = known
-        return Probe(client, dport=sport, payload=payload, sport=dport, reason="FastTrack probe")
+        client_port, peer_port, ping = found
+        return Probe(client, dport=client_port, payload=ping, sport=peer_port, reason="FastTrack probe")
+
+
+def probe_note(packet) -> bytes:
+    """What a probe needs later: the client's port, the peer's port and its own ping."""
+    return struct.pack("!HH", packet.sport, packet.dport) + packet.data
+
+
+def parse_note(note: bytes) -> tuple[int, int, bytes] | None:
+    if len(note) < 12:
+        return None
+    client_port, peer_port = struct.unpack_from("!HH", note)
+    ping = note[4:]
+    if not client_port or parse_ping(ping) is None:
+        return None
+    return client_port, peer_port, ping

@@ -21,10 +21,7 @@ from __future__ import annotations
 import re
 from struct import unpack_from
 
-from p2pwall import hookimpl
-from p2pwall.actions import Block, Drop
-from p2pwall.packet import FROM_LAN
-from p2pwall.plugins import DetectorInfo
+from p2pwall import FROM_LAN, UDP, Block, DetectorInfo, Drop, hookimpl
 from p2pwall_plugins._common import switches
 
 __version__ = "1.0.0"
@@ -94,7 +91,7 @@ class GnutellaDetector:
     def p2pwall_inspect(self, packet, context):
         if packet.direction != FROM_LAN or context.in_lan(packet.dst):
             return None
-        if packet.proto == 17:
+        if packet.proto == UDP:
             p = packet.payload
             if is_g2(p):
                 reason = "Gnutella2 UDP"

@@ -8,7 +8,7 @@ import pwd
 import subprocess
 import time
 
-from p2pwall.testbed.bencode import info_hash
+from .bencode import info_hash
 
 PIECE = 256 * 1024
 

@@ -7,7 +7,6 @@ import json
 import shutil
 import sys
 import threading
-import time
 
 import pytest
 
@@ -20,12 +19,8 @@ LOCK = 5
 @pytest.fixture(scope="module")
 def ordinary(net):
     web = net.outside[-1]
-    proc = net.spawn(net.out, sys.executable, "-m", "p2pwall.testbed.ordinary", "serve", "--bind", web,
-                     "--dir", str(net.dir), log="ordinary.out")
-    deadline = time.monotonic() + 20
-    while '"ready"' not in (net.dir / "ordinary.out").read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, (net.dir / "ordinary.out").read_text()
-        time.sleep(0.1)
+    net.start(net.out, sys.executable, "-m", "p2pwall.testbed.ordinary", "serve", "--bind", web,
+              "--dir", str(net.dir), log="ordinary.out", timeout=20)
     return web
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from p2pwall_plugins.fasttrack import scenario
+from p2pwall_plugins.fasttrack import lab as scenario
 
 pytestmark = pytest.mark.e2e
 LOCK = 4.0

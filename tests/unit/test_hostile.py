@@ -40,15 +40,16 @@ def test_a_spoofed_flood_cannot_grow_the_tables_past_their_bounds():
     assert len(e.events.recent) <= e.events.keep
 
 
-def test_fasttrack_memory_of_pings_is_bounded():
+def test_fasttrack_probe_material_lives_in_the_bounded_peer_table():
     from p2pwall_plugins.fasttrack import FastTrackDetector, make_ping
 
     det = FastTrackDetector()
-    det.max_clients = 50
-    h = DetectorHarness(det, lan=("10.0.0.0/8",))
+    h = DetectorHarness(det, config={"peers": {"max": 50}}, lan=("10.0.0.0/8",))
     for i in range(500):
-        h.feed(udp("10.0.%d.%d" % (i // 250, i % 250 + 1), "198.51.100.%d" % (i % 250 + 1), 1214, 1214, make_ping()))
-    assert len(det._pings) == 50
+        h.feed(udp("10.0.%d.%d" % (i // 250, i % 250 + 1), "198.51.%d.%d" % (i // 250, i % 250 + 1),
+                   1214, 1214, make_ping()))
+    assert len(h.engine.peers) == 50 and len(h.engine.peers._notes) == 50
+    assert not [k for k in vars(det) if k.startswith("_")], "the detector keeps no tables of its own"
 
 
 def test_rate_limiter_state_is_bounded():

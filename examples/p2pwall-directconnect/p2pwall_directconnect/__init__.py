@@ -5,9 +5,7 @@ Recognises the NMDC hub/client handshake commands over TCP (``$MyNick``, ``$Lock
 Requests: block the remote peer and drop the packet.
 """
 
-from p2pwall import hookimpl
-from p2pwall.actions import Block, Drop
-from p2pwall.config import ConfigError
+from p2pwall import TCP, Block, ConfigError, Drop, hookimpl
 
 __version__ = "0.1.0"
 TCP_COMMANDS = (b"$MyNick ", b"$Lock ", b"$Key ")
@@ -37,7 +35,7 @@ class DirectConnectDetector:
     @hookimpl
     def p2pwall_inspect(self, packet, context):
         data = packet.data
-        if packet.is_tcp:
+        if packet.proto == TCP:
             if data.startswith(TCP_COMMANDS) and b"|" in data:
                 return [Block(packet.dst, reason="DirectConnect handshake"), Drop("DirectConnect")]
         elif self.udp and data.startswith(UDP_COMMANDS) and data.endswith(b"|"):

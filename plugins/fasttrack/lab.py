@@ -1,4 +1,6 @@
-"""The FastTrack scenario on a test network: used by the e2e tests and ``p2pwall lab``.
+"""The FastTrack lab scenario on a test network: used by the e2e tests and ``p2pwall lab``
+(registered in the ``p2pwall.lab_scenarios`` entry-point group; the detector itself
+never imports it).
 
 An emulated client on LAN host 1 goes through the article's three modes (or, with
 ``no_udp``, straight to HTTP downloads) against emulated peers outside, while LAN host 2
@@ -8,7 +10,6 @@ fetches a web page every second.  The result says what crossed the firewall.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -48,17 +49,6 @@ def _lines(path) -> list[dict]:
         return []
 
 
-def _wait_ready(path, proc, timeout=10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and '"ready"' in path.read_text():
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"process died: {path.read_text() if path.exists() else ''}")
-        time.sleep(0.05)
-    raise RuntimeError("process not ready")
-
-
 def _http_get(net, ns: str, url: str, timeout: float = 2.0) -> bool:
     done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url", url,
                     "--timeout", str(timeout), check=False, timeout=timeout + 10)
@@ -77,30 +67,24 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
     peers_at = net.outside[:-1]
     supernode = f"{peers_at[0]}:1214"
     peer_log = net.dir / f"{tag}-peers.jsonl"
-    peers_proc = net.spawn(net.out, sys.executable, *EMULATOR, "peers", "--log", str(peer_log), "--ports", PORTS,
-                           "--seconds", str(seconds + 120), log=f"{tag}-peers.out")
-    web_proc = net.spawn(net.out, sys.executable, "-m", "http.server", "80", "--bind", web,
-                         "--directory", str(net.dir), log=f"{tag}-web.out")
-    daemon = dump = None
+    daemon = dump = peers_proc = web_proc = None
     result = Result({}, [], [])
     try:
-        _wait_ready(net.dir / f"{tag}-peers.out", peers_proc)
+        peers_proc = net.start(net.out, sys.executable, *EMULATOR, "peers", "--log", str(peer_log),
+                               "--ports", PORTS, "--seconds", str(seconds + 120), log=f"{tag}-peers.out")
+        web_proc = net.spawn(net.out, sys.executable, "-m", "http.server", "80", "--bind", web,
+                             "--directory", str(net.dir), log=f"{tag}-web.out")
         deadline = time.monotonic() + 10
         while not _http_get(net, net.lans[1], f"http://{web}/", timeout=1):
             if time.monotonic() > deadline:
                 raise RuntimeError("the web server did not come up")
             time.sleep(0.2)
         if capture is not None:  # what the LAN sent, as the firewall received it
-            dump = net.spawn(net.fw, "tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-w", str(capture),
-                             "udp or tcp", log=f"{tag}-tcpdump.out")
-            deadline = time.monotonic() + 10
-            while "listening on" not in (net.dir / f"{tag}-tcpdump.out").read_text():
-                if time.monotonic() > deadline or dump.poll() is not None:
-                    raise RuntimeError("tcpdump did not start")
-                time.sleep(0.05)
+            dump = net.start(net.fw, "tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-w", str(capture),
+                             "udp or tcp", log=f"{tag}-tcpdump.out", ready="listening on")
         if p2pwall:
             config = net.base_config(lock_seconds=lock, extra=config_extra)
-            daemon = net.p2pwall(config, "--plugin", "fasttrack", name=f"{tag}-p2pwall")
+            daemon = net.p2pwall(config, "--plugin", "fasttrack", "--log-format", "json", name=f"{tag}-p2pwall")
             say(f"p2pwall running on the firewall: lock {lock:g} s, probes at half the lock")
         else:
             say("no p2pwall: the firewall only forwards")
@@ -163,7 +147,6 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
                     proc.kill()
 
 
-_EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \S+ INFO event=(\w+)(.*)$")
 _SAY = {"peer_blocked": "p2pwall blocks peer {peer} ({reason})",
         "client_locked": "p2pwall locks {address} ({reason})",
         "probe_sent": "p2pwall probes {address}",
@@ -172,17 +155,19 @@ _SAY = {"peer_blocked": "p2pwall blocks peer {peer} ({reason})",
 
 
 def daemon_events(log: str, since: float) -> list[tuple[float, str]]:
-    """The daemon's state changes, seconds after ``since`` (wall clock)."""
+    """The daemon's state changes (its ``--log-format json`` lines), seconds after
+    ``since`` (wall clock)."""
     out = []
     for line in log.splitlines():
-        m = _EVENT.match(line)
-        if not m or m.group(3) not in _SAY:
-            continue
-        stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-        fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', m.group(4)))
-        fields = {k: v.strip('"') for k, v in fields.items()}
         try:
-            out.append((stamp - since, _SAY[m.group(3)].format(**fields)))
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or doc.get("event") not in _SAY:
+            continue
+        fields = {k: v for k, v in doc.items() if isinstance(v, str)}
+        try:
+            out.append((doc["time"] - since, _SAY[doc["event"]].format(**fields)))
         except KeyError:
             continue
     return out

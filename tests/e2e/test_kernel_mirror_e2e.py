@@ -1,0 +1,137 @@
+"""The kernel sets mirror the engine's tables exactly, on the real kernel: after learning,
+expiry, eviction, unblock, a reload that widens the allowlist and the LAN, and a reload
+that resizes the tables; and one bad element never cancels the rest of its batch."""
+
+import secrets
+import subprocess
+
+import pytest
+
+from p2pwall import Block, Lock, hookimpl
+from p2pwall.config import from_dict
+from p2pwall.engine import Engine
+from p2pwall.kernelsets import KernelSets
+from p2pwall.packet import FROM_LAN, ip_text, parse
+from p2pwall.plugins import register
+from p2pwall.policy import QueuePolicy
+from p2pwall.testing import Clock, udp
+
+from .conftest import _need_root
+
+pytestmark = pytest.mark.e2e
+
+
+class Teacher:
+    """Blocks the destination of every datagram and locks its sender."""
+
+    @hookimpl
+    def p2pwall_detector_info(self):
+        return {"wants": ["udp"]}
+
+    @hookimpl
+    def p2pwall_inspect(self, packet, context):
+        return [Block(packet.dst, seconds=30), Lock(packet.src, seconds=20)]
+
+
+@pytest.fixture
+def ns():
+    _need_root()
+    name = f"p2pw{secrets.token_hex(3)}-sets"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def build(ns, config, clock):
+    settings = from_dict(config)
+    detectors = register([("teacher", Teacher(), "test")])
+    detectors.configure(settings)
+    policy = QueuePolicy.build(settings, detectors)
+    kernel = KernelSets(policy, command=("ip", "netns", "exec", ns, "ipset"))
+    kernel.create()
+    engine = Engine(settings, detectors, clock=clock, kernel=kernel)
+    return engine, kernel, detectors
+
+
+def feed(engine, src, dst):
+    p = parse(udp(src, dst, 1, 2, b"x"))
+    p.direction = FROM_LAN
+    engine.handle(p)
+    engine.flush()
+
+
+def assert_mirror(engine, kernel, clock):
+    peers = {ip_text(k) for k, *_ in engine.peers.entries(clock.now)}
+    locks = {ip_text(k) for k, *_ in engine.locks.entries(clock.now)}
+    assert set(kernel.members("peers")) == peers
+    assert set(kernel.members("locks")) == locks
+    assert kernel.members("nolock") == {}
+
+
+CONFIG = {"network": {"lan_networks": ["192.0.2.0/24"]}, "peers": {"max": 100}, "lock": {"max": 10}}
+
+
+def test_the_kernel_follows_every_change_of_the_tables(ns):
+    clock = Clock()
+    engine, kernel, detectors = build(ns, CONFIG, clock)
+    try:
+        for i in range(1, 11):
+            feed(engine, f"192.0.2.{i}", f"203.0.113.{i}")
+        assert_mirror(engine, kernel, clock)
+        assert len(kernel.members("peers")) == 10
+        # eviction: 5 more clients than the lock table holds
+        for i in range(11, 16):
+            feed(engine, f"192.0.2.{i}", "203.0.113.200")
+        assert len(engine.locks) == 10
+        assert_mirror(engine, kernel, clock)
+        # unblock
+        assert engine.unblock(bytes([203, 0, 113, 1]))
+        engine.flush()
+        assert_mirror(engine, kernel, clock)
+        # expiry: locks (20 s) go, peers (30 s) stay
+        clock.advance(21)
+        engine.tick()
+        engine.flush()
+        assert len(engine.locks) == 0 and len(engine.peers) == 10
+        assert_mirror(engine, kernel, clock)
+        # reload: 203.0.113.2 is now allowlisted, 203.0.113.3 now inside the LAN
+        wider = dict(CONFIG, network={"lan_networks": ["192.0.2.0/24", "203.0.113.3/32"],
+                                      "allow": ["203.0.113.2"]})
+        settings = from_dict(wider)
+        engine.reconfigure(settings, detectors)
+        engine.flush()
+        assert not engine.peers.live(bytes([203, 0, 113, 2]), clock.now)
+        assert not engine.peers.live(bytes([203, 0, 113, 3]), clock.now)
+        assert_mirror(engine, kernel, clock)
+        # reload with bigger tables: the sets are rebuilt with the new size, entries kept
+        bigger = from_dict(dict(wider, peers={"max": 5000}))
+        engine.reconfigure(bigger, detectors)
+        kernel.resize(QueuePolicy.build(bigger, detectors), engine.live_entries())
+        listing = subprocess.run(["ip", "netns", "exec", ns, "ipset", "list", kernel.policy.set_names(4)["peers"]],
+                                 capture_output=True, text=True).stdout
+        assert "maxelem 5000" in listing
+        assert_mirror(engine, kernel, clock)
+        assert kernel.failures == 0
+    finally:
+        kernel.destroy()
+
+
+def test_one_bad_element_does_not_cancel_its_batch(ns):
+    clock = Clock()
+    engine, kernel, _ = build(ns, CONFIG, clock)
+    try:
+        name = kernel.policy.set_names(4)["peers"]
+        kernel.pending += [f"add {name} 203.0.113.7 timeout 60 -exist",
+                           f"add {name} 0.0.0.0 timeout 60 -exist",  # refused by the kernel
+                           f"add {name} 203.0.113.8 timeout 60 -exist",
+                           f"add {name} 2001:db8::1 timeout 60 -exist",  # wrong family
+                           f"add {name} 203.0.113.9 timeout 60 -exist"]
+        kernel.flush()
+        assert set(kernel.members("peers")) == {"203.0.113.7", "203.0.113.8", "203.0.113.9"}
+        assert kernel.failures == 2 and engine.all_counters()["kernel_set_failures"] == 2
+        # and the engine never sends such an element at all: a lock on 0.0.0.0 is refused
+        assert not kernel.add("locks", bytes(4), 10) and kernel.refused == 1
+    finally:
+        kernel.destroy()

@@ -1,0 +1,126 @@
+"""The one queue policy: rules, sets, `p2pwall rules` and replay's kernel model all come
+from it, and a detector's `lock = false` holds in the kernel too."""
+
+import subprocess
+import sys
+
+from p2pwall import Settings, plugins
+from p2pwall.config import from_dict
+from p2pwall.engine import Engine
+from p2pwall.packet import FROM_LAN, parse
+from p2pwall.policy import KERNEL_DROP, PASS, QUEUE, QueuePolicy
+from p2pwall.testing import Clock, tcp, udp
+
+LAN, PEER = "192.168.1.5", "203.0.113.9"
+GNUTELLA_PING = bytes(16) + b"\x00\x01\x00\x00\x00\x00\x00"  # a 23-byte descriptor, ping, ttl 1
+
+
+class FakeKernel:
+    """Records what the engine asks of the kernel sets."""
+
+    def __init__(self):
+        self.sets = {"peers": {}, "nolock": {}, "locks": {}}
+
+    def add(self, kind, addr, seconds):
+        self.sets[kind][addr] = seconds
+        return True
+
+    def remove(self, kind, addr):
+        self.sets[kind].pop(addr, None)
+
+    def flush(self):
+        pass
+
+    def counters(self):
+        return {}
+
+
+def policy_for(config: dict, names=("gnutella", "fasttrack")) -> tuple[QueuePolicy, object, Settings]:
+    settings = from_dict(config)
+    found = plugins.load(list(names), settings)
+    return QueuePolicy.build(settings, found), found, settings
+
+
+def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
+    policy, found, settings = policy_for({"network": {"lan_interfaces": ["eth1"]},
+                                          "detectors": {"gnutella": {"lock": False}}})
+    assert policy.peer_set_kind("gnutella") == "nolock" and policy.peer_set_kind("fasttrack") == "peers"
+    text = policy.iptables_text()
+    lock_rules = [line for line in text.splitlines() if "--add-set p2pwall-locks0 " in line]
+    assert lock_rules and all("--match-set p2pwall-peers0 dst" in line for line in lock_rules)
+    assert "-A P2PWALL-L0 -m set --match-set p2pwall-nolock0 dst -j DROP" in text
+    assert "-i eth1 -p udp -m set --match-set p2pwall-nolock0 dst -j DROP" in text
+    assert "# first: ipset create p2pwall-nolock0 hash:ip family inet timeout 0 maxelem 1000000" in text
+
+
+def test_the_engine_puts_each_peer_in_the_set_its_detector_asks_for():
+    from p2pwall_plugins.fasttrack import make_ping
+
+    policy, found, settings = policy_for({"network": {"lan_networks": ["192.168.0.0/16"]},
+                                          "detectors": {"gnutella": {"lock": False}}})
+    kernel = FakeKernel()
+    clock = Clock()
+    engine = Engine(settings, found, clock=clock, kernel=kernel)
+
+    def feed(raw):
+        p = parse(raw)
+        p.direction = FROM_LAN
+        return engine.handle(p)
+
+    assert feed(udp(LAN, PEER, 6346, 6346, GNUTELLA_PING)).detector == "gnutella"
+    assert set(kernel.sets["nolock"]) == {bytes([203, 0, 113, 9])} and not kernel.sets["peers"]
+    assert feed(tcp(LAN, PEER, 40000, 6346)).drop  # the SYN is dropped ...
+    assert not engine.locks.live(bytes([192, 168, 1, 5]), clock.now) and not kernel.sets["locks"]  # ... nobody locked
+    assert not feed(tcp(LAN, "198.51.100.80", 40001, 80)).drop
+    other = "203.0.113.10"
+    assert feed(udp(LAN, other, 1214, 1214, make_ping())).drop
+    assert set(kernel.sets["peers"]) == {bytes([203, 0, 113, 10])}
+    assert feed(tcp(LAN, other, 40002, 1214)).drop
+    assert set(kernel.sets["locks"]) == {bytes([192, 168, 1, 5])}
+
+
+def test_rules_prints_exactly_the_policy_run_installs(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('[network]\nlan_interfaces = ["br0"]\n[peers]\nmax = 5000\n[detectors.gnutella]\nlock = false\n')
+    done = subprocess.run([sys.executable, "-m", "p2pwall", "rules", "--config", str(conf)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    from p2pwall.config import load
+
+    settings = load(conf)
+    assert done.stdout == QueuePolicy.build(settings, plugins.load(None, settings)).iptables_text()
+    assert "maxelem 5000" in done.stdout  # the size the daemon creates, not another one
+
+
+def test_kernel_model_follows_the_rules():
+    policy, _, _ = policy_for({"network": {"lan_networks": ["192.168.0.0/16"]}})
+
+    def verdict(raw, sent=1, received=0, peer_set=None, locked=False, outgoing=True):
+        return policy.kernel_verdict(parse(raw), outgoing, sent, received, peer_set, locked)
+
+    syn = tcp(LAN, PEER, 1, 80)
+    assert verdict(syn) == QUEUE
+    assert verdict(syn, peer_set="peers") == QUEUE  # locks in the kernel, then queued
+    assert verdict(syn, peer_set="nolock") == KERNEL_DROP
+    assert verdict(syn, locked=True) == KERNEL_DROP
+    assert verdict(udp(LAN, PEER, 1, 2, b"x"), peer_set="peers") == KERNEL_DROP
+    assert verdict(udp(LAN, PEER, 1, 2, b"x"), sent=8) == QUEUE
+    assert verdict(udp(LAN, PEER, 1, 2, b"x"), sent=9) == PASS
+    kazaa = tcp(LAN, PEER, 1, 80, b"GET /.hash=0123456789abcdef0123456789 HTTP/1.1\r\n")
+    assert verdict(kazaa, sent=3) == QUEUE and verdict(kazaa, sent=8) == PASS
+    assert verdict(tcp(LAN, PEER, 1, 80, b"GET / HTTP/1.1\r\n"), sent=3) == PASS
+
+
+def test_config_values_cannot_inject_rules():
+    import pytest
+
+    from p2pwall.config import ConfigError
+
+    for bad in (["fe80::1%eth0\n-A FORWARD -j ACCEPT"], ["fe80::%eth0/64"], ["10.0.0.0/8 -j ACCEPT"]):
+        with pytest.raises(ConfigError, match="not an address or network"):
+            from_dict({"network": {"lan_networks": bad}})
+        with pytest.raises(ConfigError, match="not an address or network"):
+            from_dict({"network": {"allow": bad}})
+    with pytest.raises(ConfigError, match="not an interface name"):
+        from_dict({"network": {"lan_interfaces": ["eth0 -j ACCEPT"]}})
+    assert from_dict({"network": {"lan_networks": ["10.1.2.3/8"]}}).lan_networks == ["10.0.0.0/8"]
