@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def seeds() -> list[bytes]:
     found = []
-    for path in sorted(glob.glob(os.path.join(HERE, "..", "..", "shared", "pcaps", "*.pcap"))):
+    for path in sorted(glob.glob(os.path.join(HERE, "..", "tests", "captures", "*.pcap"))):
         for n, (_, raw) in enumerate(pcap.read(path)):
             if raw is not None and n % 7 == 0:
                 found.append(raw)

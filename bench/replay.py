@@ -21,7 +21,7 @@ from p2pwall import pcap, plugins
 from p2pwall.config import Settings
 from p2pwall.replay import Replay
 
-PCAPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "pcaps")
+PCAPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "captures")
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
     args = ap.parse_args()
     files = sorted(glob.glob(os.path.join(PCAPS, "*.pcap")))
     if not files:
-        print("no captures found beside the project (shared/pcaps)", file=sys.stderr)
+        print("no captures found in tests/captures", file=sys.stderr)
         return 1
     records = [r for path in files for r in pcap.read(path)]
     detectors = plugins.load()

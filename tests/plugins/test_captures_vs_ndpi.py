@@ -15,7 +15,7 @@ from p2pwall import plugins
 from p2pwall.config import Settings
 from p2pwall.replay import Replay
 
-PCAPS = Path(__file__).parents[3] / "shared" / "pcaps"
+PCAPS = Path(__file__).parents[1] / "captures"
 P2P = {"BitTorrent": "bittorrent", "Gnutella": "gnutella", "eDonkey": "edonkey"}
 ORDINARY = ["dns", "quic", "http-manipulated", "ssh", "443-chrome", "stun"]
 LINE = re.compile(r"\s+\d+\s+(TCP|UDP) (\S+):(\d+) <?->? (\S+):(\d+) \[proto: [\d.]+/([^\]]+)\]")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-PCAPS = Path(__file__).parents[3] / "shared" / "pcaps"
+PCAPS = Path(__file__).parents[1] / "captures"
 
 
 def p2pwall(*args, input=None):

@@ -127,3 +127,10 @@ def test_load_configures_with_the_given_settings():
         plugins.load(["nope"])
     with pytest.raises(p2pwall.ConfigError, match=r"\[detectors.gnutella\]"):
         plugins.load(["gnutella"], p2pwall.Settings(detectors={"gnutella": {"bogus": 1}}))
+
+
+def test_tests_and_benches_read_nothing_outside_the_repository():
+    pattern = re.compile(r"""["']shared["']|\.\./shared|parents\[[3-9]\]|["']\.\.["'],\s*["']\.\.["']""")
+    for path in list((ROOT / "tests").rglob("*.py")) + list((ROOT / "bench").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not pattern.search(line), f"{path.relative_to(ROOT)}:{n} reaches outside the repository"
