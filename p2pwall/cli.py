@@ -224,21 +224,36 @@ def _endpoint(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-@cli.command()
-@config_option
-@click.option("--socket", "socket_path", help="Status socket (overrides [status] socket).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def status(config_path, socket_path, fmt):
-    """Ask the running daemon for its tables, locked clients and counters."""
+socket_option = click.option("--socket", "socket_path", help="Status socket (overrides [status] socket).")
+
+
+def _ask(config_path, socket_path, request: dict) -> dict:
     from .status import StatusError, query
 
     settings = _settings(config_path)
     try:
-        snap = query(socket_path or settings.status_socket)
+        return query(socket_path or settings.status_socket, request)
     except StatusError as exc:
         raise Failure(str(exc), EXIT_RUNTIME) from None
+
+
+@cli.command()
+@config_option
+@socket_option
+@click.option("--address", metavar="ADDR", help="Show one address in full: why it is blocked or locked, since when.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(config_path, socket_path, address, fmt):
+    """Ask the running daemon for its tables, locked clients and counters."""
+    if address is not None:
+        _address(address)
+    snap = _ask(config_path, socket_path, {"cmd": "status", **({"address": address} if address else {})})
+    if snap.get("ok") is False:
+        raise Failure(snap.get("error", "the daemon refused"), EXIT_RUNTIME)
     if fmt == "json":
         click.echo(json.dumps(snap, indent=2))
+        return
+    if address is not None:
+        _echo_address(snap)
         return
     click.echo(f"up {snap['uptime']:.0f} s, detectors: {', '.join(snap['detectors'])}"
                f"{' (monitor mode)' if snap.get('monitor') else ''}")
@@ -251,11 +266,76 @@ def status(config_path, socket_path, fmt):
     if c.get("kernel_set_failures") or c.get("kernel_set_refused"):
         click.echo(f"kernel sets: {c.get('kernel_set_failures', 0)} elements refused by the kernel, "
                    f"{c.get('kernel_set_refused', 0)} refused before it")
+    cluster = snap.get("cluster")
+    if cluster:
+        others = ", ".join(f"{gw} ({age:.0f} s ago)" for gw, age in cluster["gateways"].items()) or "none yet"
+        lag = "-" if cluster.get("lag_seconds") is None else f"{cluster['lag_seconds'] * 1000:.0f} ms"
+        click.echo(f"cluster: {cluster['state']} as {cluster['name']}; other gateways: {others}; lag {lag}; "
+                   f"{cluster.get('published', 0)} published, {cluster.get('applied', 0)} applied, "
+                   f"{cluster.get('rejected', 0)} rejected")
     for title, key in (("blocked peers", "peers"), ("locked clients", "locks")):
         table = snap[key]
         click.echo(f"{title}: {table['count']}")
         for e in table["entries"][:50]:
             click.echo(f"  {e['address']}  {e['remaining']:.0f} s left  {e['detector']}: {e['reason']}")
+
+
+def _echo_address(r: dict) -> None:
+    click.echo(f"{r['address']}: {'inside the LAN' if r['in_lan'] else 'outside the LAN'}"
+               f"{', allowlisted (never blocked or locked)' if r['allowlisted'] else ''}")
+    for title, key in (("blocked as a peer", "peer"), ("locked as a client", "lock")):
+        e = r.get(key)
+        if e is None:
+            click.echo(f"  not {title.split(' as ')[0]}")
+            continue
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["until"]))
+        click.echo(f"  {title} by {e['detector']}: {e['reason'] or '-'}; until {until} ({e['remaining']:.0f} s left)")
+
+
+def _address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise Failure(f"not an IP address: {text!r}", EXIT_USAGE) from None
+
+
+def _change(config_path, socket_path, request: dict) -> None:
+    _need_root(f"p2pwall {request['cmd']}")
+    answer = _ask(config_path, socket_path, request)
+    if not answer.get("ok"):
+        raise Failure(answer.get("error") or "the daemon refused", EXIT_USAGE if answer.get("usage") else EXIT_RUNTIME)
+    click.echo(f"{request['address']}: {request['cmd']}ed" if request["cmd"] != "block" else
+               f"{request['address']}: blocked for every LAN host")
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--seconds", type=click.FloatRange(1, 366 * 86400), help="How long (default: [peers] seconds).")
+@config_option
+@socket_option
+def block(address, seconds, config_path, socket_path):
+    """Block ADDR for every LAN host now, in the kernel too; kept across restarts."""
+    _change(config_path, socket_path, {"cmd": "block", "address": _address(address), "seconds": seconds})
+
+
+@cli.command()
+@click.argument("address")
+@config_option
+@socket_option
+def unblock(address, config_path, socket_path):
+    """Take ADDR out of the blocked peers now, in the kernel too."""
+    _change(config_path, socket_path, {"cmd": "unblock", "address": _address(address)})
+
+
+@cli.command()
+@click.argument("address")
+@config_option
+@socket_option
+def unlock(address, config_path, socket_path):
+    """Lift the time lock on LAN host ADDR now, in the kernel too."""
+    _change(config_path, socket_path, {"cmd": "unlock", "address": _address(address)})
 
 
 @cli.command("check-config")

@@ -59,6 +59,14 @@ class Settings:
     metrics_listen: str = ""
     # [daemon]
     user: str = ""
+    # [cluster]
+    cluster_url: str = ""
+    cluster_name: str = ""  # empty: the host name
+    cluster_prefix: str = "p2pwall"
+    cluster_password_file: str = ""
+    cluster_key_file: str = ""
+    cluster_apply_per_second: float = 2000.0
+    cluster_stream_length: int = 100000
     # [log]
     log_level: str = "info"
     log_format: str = "text"
@@ -120,6 +128,15 @@ _SCHEMA = {
     "daemon": {
         "user": ("user", "optstr", None),
     },
+    "cluster": {
+        "url": ("cluster_url", "redisurl", None),
+        "name": ("cluster_name", "optstr", None),
+        "prefix": ("cluster_prefix", "str", None),
+        "password_file": ("cluster_password_file", "optstr", None),
+        "key_file": ("cluster_key_file", "optstr", None),
+        "apply_per_second": ("cluster_apply_per_second", "number", _range(1, 1e6)),
+        "stream_length": ("cluster_stream_length", "int", _range(100, 10_000_000)),
+    },
     "log": {
         "level": ("log_level", "choice:debug,info,warning,error", None),
         "format": ("log_format", "choice:text,json", None),
@@ -172,6 +189,10 @@ def _check(section: str, key: str, value, kind: str, check) -> object:
                 ok = False
             if not ok:
                 raise ConfigError(f"{where}: expected \"address:port\" such as \"127.0.0.1:9733\", got {value!r}")
+    elif kind == "redisurl":
+        if not isinstance(value, str) or (value and not re.match(r"^(redis|rediss|unix)://\S+$", value)):
+            raise ConfigError(f"{where}: expected a URL such as \"redis://host:6379/0\" "
+                              f"(or rediss:// for TLS), got {value!r}")
     elif kind.startswith("choice:"):
         choices = kind[7:].split(",")
         if value not in choices:

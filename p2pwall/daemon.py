@@ -99,6 +99,7 @@ class Daemon:
         self.reload = reload
         self.engine: Engine | None = None
         self.kernel = None
+        self.cluster = None
         self.ready: int | None = None  # a worker's pipe to say it is bound and running
         self._stop = False
         self._hup = False
@@ -146,17 +147,16 @@ class Daemon:
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
                                    self._callback)
             try:
-                status = StatusServer(self._status_path(), self._snapshot)
+                status = StatusServer(self._status_path())
             except OSError as exc:
                 raise DaemonError(f"status socket: {exc}") from None
             if self.worker:
                 return self._run_worker(source, status, wake_r)
             if self.settings.metrics_listen:
-                from .metrics import MetricsServer, render
+                from .metrics import MetricsServer
 
                 try:
-                    metrics = MetricsServer(self.settings.metrics_listen,
-                                            lambda: render(self._snapshot(), self.settings.queue_number))
+                    metrics = MetricsServer(self.settings.metrics_listen)
                 except OSError as exc:
                     raise DaemonError(f"metrics on {self.settings.metrics_listen}: {exc.strerror or exc}") from None
             if self.install_rules:
@@ -165,6 +165,7 @@ class Daemon:
                 if self.settings.kernel_sets:
                     self._create_sets()
             self._restore_state()
+            self._start_cluster()
             if self._children:
                 from .workers import WorkerError, wait_ready
 
@@ -188,6 +189,8 @@ class Daemon:
                 from .workers import stop_all
 
                 stop_all(self._children)
+            if self.cluster is not None:
+                self.cluster.stop()
             self._save_state()
             self._uninstall()
             if self.kernel is not None:
@@ -215,6 +218,7 @@ class Daemon:
             self.kernel.attach()
             self.engine.kernel = self.kernel
         self._restore_state()
+        self._start_cluster()
         if self.settings.user:
             from .privileges import drop_privileges
 
@@ -235,6 +239,8 @@ class Daemon:
         snap["pid"] = os.getpid()
         if not self.worker:
             snap["rules"] = self._rules_text
+        if self.cluster is not None:
+            snap["cluster"] = self.cluster.status()
         if self._children:
             from .workers import merge
 
@@ -243,10 +249,13 @@ class Daemon:
 
     def _loop(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
         engine = self.engine
-        watch = [source, status, wake] + ([metrics] if metrics is not None else [])
+        cluster = self.cluster
+        watch = [source, status, wake] + [x for x in (metrics, cluster) if x is not None]
         while not self._stop:
             wait = engine.next_timer()
             wait = 1.0 if wait is None else min(max(wait, 0.0), 1.0)
+            if cluster is not None and cluster.inbox:
+                wait = min(wait, 0.05)  # more remote entries wait for their turn
             try:
                 ready, _, _ = select.select(watch, [], [], wait)
             except InterruptedError:
@@ -259,9 +268,11 @@ class Daemon:
                     emit(log, logging.WARNING, "queue_error", error=str(exc))
                 engine.flush()  # side effects after the verdicts
             if status in ready:
-                status.serve_one()
+                status.serve_pending(self._answer)
             if metrics is not None and metrics in ready:
-                metrics.serve_one()
+                metrics.serve_pending(self._answer)
+            if cluster is not None:
+                self._apply_cluster()
             if wake in ready:
                 try:
                     wake.recv(64)
@@ -277,13 +288,129 @@ class Daemon:
             if time.monotonic() - self._saved_at >= self.settings.state_save_seconds:
                 self._save_state()
 
+    # ---------------------------------------------------------------- requests
+    def _answer(self, request) -> bytes:
+        """Answer one status-socket or metrics request (in the loop, between verdicts)."""
+        import json
+
+        from .status import CHANGES
+
+        doc = request.doc
+        cmd = doc.get("cmd")
+        if cmd == "metrics":
+            from .metrics import http_answer, render
+
+            return http_answer(render(self._snapshot(), self.settings.queue_number))
+        if cmd == "status":
+            answer = self._address_report(doc["address"]) if doc.get("address") else self._snapshot()
+        elif cmd in CHANGES:
+            if request.uid not in (0, None):
+                answer = {"ok": False, "error": "only root may change p2pwall's tables"}
+            else:
+                answer = self._change(cmd, doc)
+        else:
+            answer = {"ok": False, "error": f"unknown request {cmd!r}"}
+        return json.dumps(answer).encode() + b"\n"
+
+    def _address_report(self, text) -> dict:
+        from .packet import ip_bytes
+
+        try:
+            key = ip_bytes(str(text))
+        except ValueError:
+            return {"ok": False, "error": f"not an IP address: {text!r}"}
+        engine, now = self.engine, self.engine.clock()
+        wall = time.time()
+
+        def entry(table):
+            e = table.get(key, now)
+            if e is None:
+                return None
+            return {"detector": e.detector, "reason": e.reason, "remaining": round(e.until - now, 3),
+                    "until": round(wall + e.until - now, 3), "note": e.note is not None}
+
+        return {"ok": True, "address": str(text), "peer": entry(engine.peers), "lock": entry(engine.locks),
+                "in_lan": key in engine.lan, "allowlisted": key in engine.allow}
+
+    def _change(self, cmd: str, doc: dict) -> dict:
+        from .packet import ip_bytes
+        from .status import StatusError, query
+
+        text = doc.get("address")
+        try:
+            key = ip_bytes(str(text))
+        except ValueError:
+            return {"ok": False, "error": f"not an IP address: {text!r}", "usage": True}
+        engine = self.engine
+        if cmd == "block":
+            seconds = doc.get("seconds") or self.settings.peer_seconds
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 366 * 86400:
+                return {"ok": False, "error": f"seconds must be between 0 and a year, got {seconds!r}", "usage": True}
+            ok = engine.operator_block(key, float(seconds))
+            error = None if ok else f"{text} cannot be blocked (inside the LAN, allowlisted or not unicast)"
+        elif cmd == "unblock":
+            ok = engine.unblock(key, why="unblocked by an operator")
+            error = None if ok else f"{text} is not blocked"
+        else:
+            ok = engine.unlock(key, why="unlocked by an operator")
+            error = None if ok else f"{text} is not locked"
+        engine.flush()
+        for child in self._children:  # workers hold tables of their own
+            try:
+                query(child.status, dict(doc, forwarded=True), timeout=2.0)
+            except StatusError:
+                pass
+        if ok:
+            self._save_state()  # an operator's word survives a crash too
+        return {"ok": ok, "error": error} if error and not doc.get("forwarded") else {"ok": True}
+
+    # ---------------------------------------------------------------- cluster
+    def _start_cluster(self) -> None:
+        if not self.settings.cluster_url:
+            return
+        from .cluster import Cluster, ClusterError
+
+        try:
+            self.cluster = Cluster(self.settings, suffix=f"/worker{self.worker}" if self.worker else "")
+        except ClusterError as exc:
+            raise DaemonError(str(exc)) from None
+        self.engine.replicate = None if self.monitor else self.cluster.publish
+        self.cluster.start()
+
+    def _apply_cluster(self) -> None:
+        """Apply what the other gateways learned (off the packet path, rate bounded)."""
+        from .packet import ip_bytes, ip_text
+
+        cluster, engine = self.cluster, self.engine
+        changes = cluster.drain()
+        wall = time.time()
+        for ch in changes:
+            try:
+                key = ip_bytes(ch.addr)
+                note = bytes.fromhex(ch.note) if ch.note else None
+            except ValueError:
+                cluster.applied(ch, False)
+                continue
+            ok = engine.apply_remote(ch.op, key, ch.until - wall, ch.detector, ch.reason, note,
+                                     why=f"by gateway {ch.gw}")
+            cluster.applied(ch, ok)
+        if cluster.want_full_publish and not self.monitor:
+            cluster.want_full_publish = False
+            now = engine.clock()
+            for op, table in (("block", engine.peers), ("lock", engine.locks)):
+                for key, left, detector, reason in table.entries(now):
+                    cluster.publish(op, ip_text(key), left, detector, reason, table.note(key))
+        if changes:
+            engine.flush()
+
     # ---------------------------------------------------------------- reload
     def _reload(self) -> None:
         if self.reload is None:
             return
         try:
             settings, detectors = self.reload()
-            fixed = ("queue_number", "status_socket", "metrics_listen", "kernel_sets", "user", "workers")
+            fixed = ("queue_number", "status_socket", "metrics_listen", "kernel_sets", "user", "workers",
+                     "cluster_url", "cluster_name", "cluster_prefix", "cluster_password_file", "cluster_key_file")
             changed = [k for k in fixed if getattr(settings, k) != getattr(self.settings, k)]
             if changed:
                 raise ConfigError(f"{', '.join(changed)} cannot change without a restart")

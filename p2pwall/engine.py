@@ -43,6 +43,7 @@ class Verdict(NamedTuple):
 
 
 ACCEPTED = Verdict(False)
+OPERATOR = "operator"  # the "detector" of entries an operator made by hand
 UNPARSED = Verdict(False, None, "unparsed")
 
 
@@ -122,6 +123,9 @@ class Engine:
         self._probe_due: dict[bytes, tuple[float, int]] = {}  # at most one per live lock
         self._error_log: dict[str, tuple[float, int]] = {}
         self._locking: dict[str, bool] = {}
+        # called for every local change, as replicate(op, address text, seconds left,
+        # detector, reason, note): the cluster link publishes them (see cluster.py)
+        self.replicate = None
         self.reconfigure(settings, detectors)
         self.started = clock()
 
@@ -141,7 +145,8 @@ class Engine:
         screens = detectors.udp_screens()
         self._dispatch = {kind: [(name, fn, screens.get(name) if kind.startswith("udp") else None)
                                  for name, fn in detectors.impls("p2pwall_inspect", kind)] for kind in KINDS}
-        old_locking, self._locking = self._locking, detectors.locking()
+        old_locking = self._locking
+        self._locking = {**detectors.locking(), OPERATOR: False}  # an operator's block locks nobody
         self._probe_makers = dict(detectors.impls("p2pwall_make_probe"))
         self._observers = detectors.impls("p2pwall_event")
         self._purge(old_locking)
@@ -150,7 +155,7 @@ class Engine:
         now = self.clock()
         for key, _, detector, _ in list(self.peers.entries(now)):
             if key in self.allow or key in self.lan:
-                self.unblock(key, why="no longer allowed by the configuration")
+                self.unblock(key, why="no longer allowed by the configuration", replicate=False)
             elif old_locking and self.set_kind(detector) != self.set_kind(detector, old_locking):
                 if self.kernel is not None:
                     entry = self.peers.get(key, now)
@@ -158,7 +163,7 @@ class Engine:
                     self.kernel.add(self.set_kind(detector), key, entry.until - now)
         for key, _, _, _ in list(self.locks.entries(now)):
             if key in self.allow or key not in self.lan:
-                self.unlock(key, why="no longer allowed by the configuration")
+                self.unlock(key, why="no longer allowed by the configuration", replicate=False)
         for table in (self.peers, self.locks):
             for _ in range(max(0, len(table) - table.max_entries)):
                 table.evict_one()
@@ -321,7 +326,7 @@ class Engine:
 
     # ------------------------------------------------------------------ tables
     def _block_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
-                   quiet: bool = False) -> bool:
+                   quiet: bool = False, remote: bool = False) -> bool:
         if key in self.allow or key in self.lan or not valid_element(key):
             self.counters["block_refused"] += 1
             return False
@@ -332,18 +337,22 @@ class Engine:
             if old is not None and self.set_kind(old.detector) != kind:
                 self.kernel.remove(self.set_kind(old.detector), key)
             self.kernel.add(kind, key, entry.until - now)
+        if self.replicate is not None and not remote:
+            self.replicate("block", ip_text(key), entry.until - now, name, entry.reason, entry.note)
         if new and not quiet:
             self._event(ev.PEER_BLOCKED, now, name, peer=ip_text(key), until=entry.until, reason=reason)
         return True
 
     def _lock_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
-                  answered: bool = False, quiet: bool = False) -> bool:
+                  answered: bool = False, quiet: bool = False, remote: bool = False) -> bool:
         if key in self.allow or key not in self.lan or not valid_element(key):
             self.counters["lock_refused"] += 1
             return False
         entry, new = self.locks.put(key, now, seconds, name, reason, note)
         if self.kernel is not None and not self.monitor:
             self.kernel.add("locks", key, entry.until - now)
+        if self.replicate is not None and not remote:
+            self.replicate("lock", ip_text(key), entry.until - now, name, entry.reason, entry.note)
         if not quiet:
             kind = ev.CLIENT_LOCKED if new else (ev.PROBE_ANSWERED if answered else ev.LOCK_RESTARTED)
             self._event(kind, now, name, address=ip_text(key), until=entry.until, reason=reason)
@@ -351,21 +360,44 @@ class Engine:
             self._schedule_probe(key, now + (entry.until - now) / 2, 0)
         return True
 
-    def unblock(self, key: bytes, why: str = "") -> bool:
+    def operator_block(self, key: bytes, seconds: float) -> bool:
+        """``p2pwall block``: a peer blocked by hand, for every LAN host, locking nobody."""
+        return self._block_key(key, seconds, OPERATOR, "blocked by an operator", None, self.clock())
+
+    def apply_remote(self, op: str, key: bytes, left: float, detector: str, reason: str, note,
+                     why: str = "") -> bool:
+        """Apply a change another gateway made, through the same checks as a local one
+        (allowlist, LAN, unicast, bounds); it is not published again."""
+        now = self.clock()
+        if op in ("block", "lock"):
+            if not 0 < left <= act.MAX_SECONDS:
+                return False
+            if op == "block":
+                return self._block_key(key, left, detector, reason, note, now, quiet=True, remote=True)
+            return self._lock_key(key, left, detector, reason, note, now, quiet=True, remote=True)
+        if op == "unblock":
+            return self.unblock(key, why=why, replicate=False)
+        return self.unlock(key, why=why, replicate=False)
+
+    def unblock(self, key: bytes, why: str = "", replicate: bool = True) -> bool:
         """Take a peer out of the table and the kernel now."""
         entry = self.peers.remove(key)
         if entry is None:
             return False
+        if self.replicate is not None and replicate:
+            self.replicate("unblock", ip_text(key), 0.0, entry.detector, why, None)
         if self.kernel is not None:
             self.kernel.remove(self.set_kind(entry.detector), key)
         self._event(ev.PEER_UNBLOCKED, self.clock(), entry.detector, peer=ip_text(key), reason=why)
         return True
 
-    def unlock(self, key: bytes, why: str = "") -> bool:
+    def unlock(self, key: bytes, why: str = "", replicate: bool = True) -> bool:
         """Free a locked client now (table, kernel, probe schedule)."""
         entry = self.locks.remove(key)
         if entry is None:
             return False
+        if self.replicate is not None and replicate:
+            self.replicate("unlock", ip_text(key), 0.0, entry.detector, why, None)
         self._probe_due.pop(key, None)
         if self.kernel is not None:
             self.kernel.remove("locks", key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from .status import PolledServer
+from .status import ThreadedServer
 
 
 def queue_stats(queue: int) -> dict[str, int]:
@@ -60,29 +60,56 @@ def render(snap: dict, queue: int) -> str:
               "# HELP p2pwall_actions_refused_total Malformed actions detectors requested (never carried out).",
               "# TYPE p2pwall_actions_refused_total counter",
               f"p2pwall_actions_refused_total {c.get('actions_refused', 0)}",
+              *_cluster_lines(snap.get("cluster")),
               "# HELP p2pwall_uptime_seconds Seconds since start.", "# TYPE p2pwall_uptime_seconds gauge",
               f"p2pwall_uptime_seconds {snap['uptime']}"]
     return "\n".join(lines) + "\n"
 
 
-class MetricsServer(PolledServer):
-    """A tiny HTTP server polled from the daemon's loop: any GET gets the metrics."""
+def _cluster_lines(cluster: dict | None) -> list[str]:
+    if not cluster:
+        return []
+    lines = ["# HELP p2pwall_cluster_up Whether Redis is reachable (1) or not (0).",
+             "# TYPE p2pwall_cluster_up gauge", f"p2pwall_cluster_up {int(cluster['state'] == 'up')}",
+             "# HELP p2pwall_cluster_changes_total Changes shared with the other gateways, by outcome.",
+             "# TYPE p2pwall_cluster_changes_total counter"]
+    for outcome in ("published", "applied", "refused", "rejected"):
+        lines.append(f'p2pwall_cluster_changes_total{{outcome="{outcome}"}} {cluster.get(outcome, 0)}')
+    lines += ["# HELP p2pwall_cluster_lag_seconds Seconds between another gateway's change and its application here.",
+              "# TYPE p2pwall_cluster_lag_seconds gauge", f"p2pwall_cluster_lag_seconds {cluster.get('lag_seconds') or 0}",
+              "# HELP p2pwall_cluster_gateways Other gateways seen.", "# TYPE p2pwall_cluster_gateways gauge",
+              f"p2pwall_cluster_gateways {len(cluster.get('gateways', {}))}"]
+    return lines
 
-    timeout = 0.5
 
-    def __init__(self, listen: str, body):
+class MetricsServer(ThreadedServer):
+    """A tiny HTTP server: any GET gets the metrics.  Requests are read in a thread
+    (an idle client costs the loop nothing); the loop renders the answer."""
+
+    def __init__(self, listen: str):
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, int(port)))
-        self.sock.listen(8)
-        self.sock.setblocking(False)
-        self.body = body
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(64)
+        super().__init__(sock)
 
-    def respond(self, conn: socket.socket) -> None:
-        conn.recv(4096)
-        text = self.body().encode()
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(text) + text)
+    def read_request(self, conn: socket.socket) -> dict | None:
+        data = b""
+        while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < 8192:
+            try:
+                chunk = conn.recv(4096)
+            except socket.timeout:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return {"cmd": "metrics"}
+
+
+def http_answer(text: str) -> bytes:
+    body = text.encode()
+    return (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)

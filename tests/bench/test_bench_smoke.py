@@ -60,3 +60,13 @@ def test_network_bench_smoke(script, args, unit, rows):
     out = run(script, *args)
     values = figures(out, unit)
     assert len(values) == rows and all(v > 0 for v in values), out
+
+
+@pytest.mark.e2e
+@needs_root
+@needs_tools
+def test_cluster_bench_smoke():
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is missing (scripts/setup.sh installs it)")
+    out = run("cluster.py", "--peers", "20", "--seconds", "1")
+    assert len(figures(out, "ms")) == 2 and all(v > 0 for v in figures(out, "pkt/s")), out

@@ -1,0 +1,409 @@
+"""Several gateways, one memory: learned peers and locks shared through Redis (or Valkey).
+
+Each entry lives in Redis under ``<prefix>:peers:<addr>`` / ``<prefix>:locks:<addr>``
+with a time-to-live equal to its remaining time, and every change is appended to one
+bounded stream, ``<prefix>:changes``.  A gateway reads the stream from where it left off,
+so a short disconnect catches up without a reload; when the stream no longer reaches
+back that far (trimmed, or Redis restarted empty) it reloads every live key and
+publishes all of its own entries again.
+
+Nothing here runs on the packet path.  Two threads talk to Redis: the writer publishes
+what the engine learned (coalesced per address), the reader collects what the other
+gateways learned into an inbox; the daemon's loop drains the inbox (rate bounded) and
+applies each entry through the same checks as a live one.  When Redis is away the
+gateways keep filtering on their own tables, reconnect with backoff and resync after.
+
+With ``[cluster] key_file`` every change is signed (HMAC-SHA256) and unsigned or badly
+signed entries are ignored and logged: only gateways holding the key can add entries,
+whoever else can write to Redis.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from .events import emit
+
+log = logging.getLogger("p2pwall.cluster")
+
+OPS = ("block", "lock", "unblock", "unlock")
+_DETECTOR = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+_GATEWAY = re.compile(r"[A-Za-z0-9_.:/@-]{1,100}")
+
+
+class ClusterError(Exception):
+    """The cluster cannot be set up (bad URL, unreadable key, redis-py missing)."""
+
+
+@dataclass
+class Change:
+    op: str  # block, lock, unblock, unlock
+    addr: str
+    until: float = 0.0  # wall clock
+    detector: str = ""
+    reason: str = ""
+    note: str | None = None  # hex
+    gw: str = ""
+    ts: float = 0.0  # when the gateway published it (wall clock)
+
+    @property
+    def table(self) -> str:
+        return "peers" if self.op in ("block", "unblock") else "locks"
+
+
+def _canonical(doc: dict) -> bytes:
+    return json.dumps({k: v for k, v in doc.items() if k != "sig"}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def encode(change: Change, key: bytes | None) -> str:
+    doc = asdict(change)
+    if key is not None:
+        doc["sig"] = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def decode(text, key: bytes | None) -> Change:
+    """Parse and check one change; raises ValueError with the reason it is refused."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str) or len(text) > 4096:
+        raise ValueError("not a change")
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("not a change")
+    if key is not None:
+        sig = doc.get("sig")
+        good = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
+        if not isinstance(sig, str) or not hmac.compare_digest(sig, good):
+            raise ValueError("missing or bad signature")
+    try:
+        change = Change(op=doc["op"], addr=doc["addr"], until=doc.get("until", 0.0),
+                        detector=doc.get("detector", ""), reason=doc.get("reason", ""),
+                        note=doc.get("note"), gw=doc.get("gw", ""), ts=doc.get("ts", 0.0))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed change: {exc}") from None
+    if change.op not in OPS:
+        raise ValueError(f"unknown op {change.op!r}")
+    for name in ("until", "ts"):
+        value = getattr(change, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e11:
+            raise ValueError(f"{name} is not a time")
+    if not isinstance(change.addr, str) or len(change.addr) > 45:
+        raise ValueError("bad address")
+    if not isinstance(change.detector, str) or not _DETECTOR.fullmatch(change.detector):
+        raise ValueError("bad detector name")
+    if not isinstance(change.reason, str) or len(change.reason) > 200:
+        raise ValueError("bad reason")
+    if not isinstance(change.gw, str) or not _GATEWAY.fullmatch(change.gw):
+        raise ValueError("bad gateway name")
+    if change.note is not None and (not isinstance(change.note, str) or len(change.note) > 1024
+                                    or not re.fullmatch(r"[0-9a-f]*", change.note)):
+        raise ValueError("bad note")
+    return change
+
+
+def _read_secret(path: str, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096).strip()
+    except OSError as exc:
+        raise ClusterError(f"[cluster] {what}: cannot read {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise ClusterError(f"[cluster] {what}: {path} is empty")
+    return data
+
+
+def connect(url: str, password: bytes | None):
+    """A redis-py client for ``url``: redis://, rediss:// (TLS), unix://, or
+    redis+sentinel://host:port[,host:port...]/service[/db] for a Sentinel-watched master."""
+    try:
+        import redis
+    except ImportError:
+        raise ClusterError("[cluster] url is set but redis-py is missing: pip install 'p2pwall[cluster]'") from None
+    pw = password.decode() if password else None
+    common = dict(socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10)
+    if url.startswith("redis+sentinel://"):
+        from redis.sentinel import Sentinel
+
+        rest = url[len("redis+sentinel://"):]
+        hosts, _, path = rest.partition("/")
+        service, _, db = path.partition("/")
+        if not hosts or not service:
+            raise ClusterError(f"[cluster] url: expected redis+sentinel://host:port/service[/db], got {url!r}")
+        nodes = []
+        for h in hosts.split(","):
+            host, _, port = h.rpartition(":")
+            nodes.append((host.strip("[]"), int(port or 26379)))
+        sentinel = Sentinel(nodes, **common)
+        return sentinel.master_for(service, db=int(db or 0), password=pw, **common)
+    try:
+        return redis.Redis.from_url(url, password=pw, **common)
+    except ValueError as exc:
+        raise ClusterError(f"[cluster] url: {exc}") from None
+
+
+class Cluster:
+    """One gateway's link to the shared memory.  ``publish`` and ``drain`` are called
+    from the daemon's loop; everything that waits on Redis runs in two threads."""
+
+    def __init__(self, settings, suffix: str = "", client=None):
+        self.name = (settings.cluster_name or socket.gethostname()) + suffix
+        self.prefix = settings.cluster_prefix
+        self.stream = f"{self.prefix}:changes"
+        self.stream_length = settings.cluster_stream_length
+        self.key = _read_secret(settings.cluster_key_file, "key_file")
+        password = _read_secret(settings.cluster_password_file, "password_file")
+        self.client = client or connect(settings.cluster_url, password)
+        self.rate = settings.cluster_apply_per_second
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], Change] = {}
+        self._wrote = threading.Event()
+        self.inbox: collections.deque[Change] = collections.deque(maxlen=200_000)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.wake_r, self._wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.state = "connecting"
+        self.want_full_publish = False
+        self.last_id: str | None = None
+        self.counters = collections.Counter()
+        self.gateways: dict[str, float] = {}  # other gateways seen, and when last
+        self.lag = None  # seconds between another gateway learning an entry and our applying it
+        self.lag_max = 0.0
+        self._lags: collections.deque[float] = collections.deque(maxlen=1000)
+        self._tokens = self.rate
+        self._tokens_at = time.monotonic()
+        self._down_since: float | None = None
+
+    # ------------------------------------------------------------------ main thread
+    def start(self) -> None:
+        for target, name in ((self._reader, "cluster-reader"), (self._writer, "cluster-writer")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wrote.set()
+        try:
+            self._flush_once()  # what was learned in the last moments still reaches the others
+        except Exception:
+            pass
+        for t in self._threads:
+            t.join(3)
+        for s in (self.wake_r, self._wake_w):
+            s.close()
+
+    def fileno(self) -> int:
+        return self.wake_r.fileno()
+
+    def publish(self, op: str, addr: str, left: float = 0.0, detector: str = "", reason: str = "",
+                note: bytes | None = None) -> None:
+        """Queue a local change for the others (coalesced: the latest per address wins);
+        ``left`` is the entry's remaining time in seconds."""
+        until = round(time.time() + left, 3) if op in ("block", "lock") else 0.0
+        change = Change(op, addr, until, detector or "", reason or "",
+                        note.hex() if note else None, self.name, round(time.time(), 6))
+        with self._lock:
+            self._pending[(change.table, addr)] = change
+        self._wrote.set()
+
+    def drain(self) -> list[Change]:
+        """The remote changes to apply now (at most the rate bound allows)."""
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._tokens_at) * self.rate)
+        self._tokens_at = now
+        out = []
+        while self.inbox and self._tokens >= 1:
+            out.append(self.inbox.popleft())
+            self._tokens -= 1
+        return out
+
+    def applied(self, change: Change, ok: bool) -> None:
+        self.counters["applied" if ok else "refused"] += 1
+        if change.ts and ok:
+            self.lag = max(0.0, time.time() - change.ts)
+            self.lag_max = max(self.lag_max, self.lag)
+            self._lags.append(self.lag)
+
+    def status(self) -> dict:
+        now = time.time()
+        return {"state": self.state, "name": self.name, "prefix": self.prefix,
+                "signed": self.key is not None,
+                "gateways": {gw: round(now - t, 1) for gw, t in sorted(self.gateways.items())},
+                "lag_seconds": None if self.lag is None else round(self.lag, 3),
+                "lag_max_seconds": round(self.lag_max, 3), **self._percentiles(),
+                "inbox": len(self.inbox),
+                "pending": len(self._pending), **dict(self.counters)}
+
+    def _percentiles(self) -> dict:
+        lags = sorted(self._lags)
+        if not lags:
+            return {}
+        return {"lag_p50_seconds": round(lags[len(lags) // 2], 4),
+                "lag_p99_seconds": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 4),
+                "lag_samples": len(lags)}
+
+    # ------------------------------------------------------------------ threads
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _down(self, exc: Exception) -> None:
+        if self.state != "down":
+            self.state = "down"
+            self._down_since = time.monotonic()
+            self.counters["disconnects"] += 1
+            emit(log, logging.WARNING, "cluster_down", gateway=self.name, error=str(exc)[:200])
+
+    def _up(self) -> None:
+        if self.state != "up":
+            was_down = self._down_since is not None
+            self.state = "up"
+            emit(log, logging.INFO, "cluster_up", gateway=self.name, reconnected=was_down)
+
+    def _reader(self) -> None:
+        backoff = 0.2
+        need_sync = True
+        while not self._stop.is_set():
+            try:
+                if need_sync or self._gap():
+                    self._sync()
+                    need_sync = False
+                self._up()
+                backoff = 0.2
+                found = self.client.xread({self.stream: self.last_id or "$"}, count=1000, block=500)
+                for _, entries in found or []:
+                    for entry_id, fields in entries:
+                        self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                        self._take(fields.get(b"m") or fields.get("m"), live=True)
+                if found:
+                    self._wake()
+            except Exception as exc:  # redis errors, a reset connection: filtering goes on locally
+                self._down(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _gap(self) -> bool:
+        """After a disconnect: does the stream still reach back to where we were?"""
+        if self.state == "up" or self.last_id is None:
+            return False
+        first = self.client.xrange(self.stream, count=1)
+        if not first:
+            return True  # no stream at all: Redis restarted empty
+        first_id = first[0][0].decode() if isinstance(first[0][0], bytes) else first[0][0]
+        return _id(first_id) > _id(self.last_id)
+
+    def _sync(self) -> None:
+        """Load every live entry, remember the stream's end, ask the loop to publish ours."""
+        last = self.client.xrevrange(self.stream, count=1)
+        self.last_id = (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
+        count = 0
+        for table in ("peers", "locks"):
+            keys = []
+            for key in self.client.scan_iter(match=f"{self.prefix}:{table}:*", count=1000):
+                keys.append(key)
+                if len(keys) >= 500:
+                    count += self._load(keys)
+                    keys = []
+            count += self._load(keys)
+        self.counters["resyncs"] += 1
+        self.want_full_publish = True
+        self._wake()
+        emit(log, logging.INFO, "cluster_resync", gateway=self.name, loaded=count)
+
+    def _load(self, keys) -> int:
+        if not keys:
+            return 0
+        n = 0
+        for value in self.client.mget(keys):
+            if value is not None and self._take(value, live=False):
+                n += 1
+        return n
+
+    def _take(self, raw, live: bool) -> bool:
+        try:
+            change = decode(raw, self.key)
+        except ValueError as exc:
+            self.counters["rejected"] += 1
+            if self.counters["rejected"] <= 10 or self.counters["rejected"] % 1000 == 0:
+                emit(log, logging.WARNING, "cluster_rejected", error=str(exc)[:200],
+                     count=self.counters["rejected"])
+            return False
+        if change.gw == self.name:
+            return False  # our own, back from the stream
+        self.gateways[change.gw] = time.time()
+        if not live:
+            change.ts = 0.0  # loaded, not propagated: no lag to measure
+        if len(self.inbox) == self.inbox.maxlen:
+            self.counters["inbox_overflow"] += 1
+        self.inbox.append(change)
+        return True
+
+    def _writer(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            self._wrote.wait(1.0)
+            self._wrote.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._flush_once()
+                backoff = 0.2
+            except Exception as exc:
+                self._down(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wrote.set()
+
+    def _flush_once(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            now = time.time()
+            for (table, addr), change in batch.items():
+                text = encode(change, self.key)
+                key = f"{self.prefix}:{table}:{addr}"
+                if change.op in ("block", "lock"):
+                    ttl = int((change.until - now) * 1000)
+                    if ttl <= 0:
+                        continue
+                    pipe.set(key, text, px=ttl)
+                else:
+                    pipe.delete(key)
+                pipe.xadd(self.stream, {"m": text}, maxlen=self.stream_length, approximate=True)
+            pipe.execute()
+            self.counters["published"] += len(batch)
+        except Exception:
+            with self._lock:  # keep what failed, unless something newer came meanwhile
+                for k, change in batch.items():
+                    self._pending.setdefault(k, change)
+            raise
+
+
+def _id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms or 0), int(seq or 0)

@@ -1,0 +1,203 @@
+"""Two gateways in front of one LAN, sharing a Redis on a management link.
+
+    lan1 192.0.2.10 (via fw1) ─┐            ┌─ fw1 192.0.2.1 | 198.51.100.1  | mgmt 198.51.100.130 ─┐
+    lan2 192.0.2.11 (via fw2) ─┴─ sw:brlan ─┤                                                   sw:brwan ── out 198.51.100.2
+                                            └─ fw2 192.0.2.2 | 198.51.100.3  | mgmt 198.51.100.131 ─┘         203.0.113.1..N
+    redis-server in sw on 198.51.100.129 (sw:brmgmt)
+
+Both gateways sit on the same LAN segment, so ``failover(host)`` moves a LAN host's
+default route (and the outside host's route back to it) from one gateway to the other,
+as an HA pair does.  Names carry a per-run prefix; ``close()`` removes everything.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import Daemon, TestbedError, _sh, outside_address, wait_for_log
+
+MGMT_REDIS = "198.51.100.129"
+
+
+class ClusterNetwork:
+    def __init__(self, outside_addresses: int = 40, prefix: str | None = None):
+        self.prefix = prefix or f"p2pw{secrets.token_hex(3)}"
+        self.sw, self.out = f"{self.prefix}-sw", f"{self.prefix}-out"
+        self.fws = [f"{self.prefix}-fw1", f"{self.prefix}-fw2"]
+        self.lans = [f"{self.prefix}-lan1", f"{self.prefix}-lan2"]
+        self.lan_ips = ["192.0.2.10", "192.0.2.11"]
+        self.fw_lan = ["192.0.2.1", "192.0.2.2"]
+        self.fw_wan = ["198.51.100.1", "198.51.100.3"]
+        self.fw_mgmt = ["198.51.100.130", "198.51.100.131"]
+        self.outside = [outside_address(i + 1) for i in range(outside_addresses)]
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self._procs: list[subprocess.Popen] = []
+        self._made: list[str] = []
+        self.redis: subprocess.Popen | None = None
+        self.route = {ip: i for i, ip in enumerate(self.lan_ips)}  # LAN host -> gateway index
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ns(self, name):
+        _sh("ip", "netns", "add", name)
+        self._made.append(name)
+        _sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _veth(self, ns: str, ifname: str, bridge: str, addr: str | None):
+        peer = f"{ifname[:4]}{len(self._made)}{secrets.token_hex(2)}"[:15]
+        _sh("ip", "-n", self.sw, "link", "add", peer, "type", "veth", "peer", "name", ifname, "netns", ns)
+        _sh("ip", "-n", self.sw, "link", "set", peer, "master", bridge, "up")
+        if addr:
+            _sh("ip", "-n", ns, "addr", "add", addr, "dev", ifname)
+        _sh("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def _build(self):
+        for name in [self.sw, self.out, *self.fws, *self.lans]:
+            self._ns(name)
+        for br, addr in (("brlan", None), ("brwan", None), ("brmgmt", f"{MGMT_REDIS}/25")):
+            _sh("ip", "-n", self.sw, "link", "add", br, "type", "bridge")
+            if addr:
+                _sh("ip", "-n", self.sw, "addr", "add", addr, "dev", br)
+            _sh("ip", "-n", self.sw, "link", "set", br, "up")
+        for i, fw in enumerate(self.fws):
+            _sh("ip", "netns", "exec", fw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            self._veth(fw, "lan0", "brlan", f"{self.fw_lan[i]}/24")
+            self._veth(fw, "wan0", "brwan", f"{self.fw_wan[i]}/25")
+            self._veth(fw, "mgmt0", "brmgmt", f"{self.fw_mgmt[i]}/25")
+            _sh("ip", "-n", fw, "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
+        for i, (ns, ip) in enumerate(zip(self.lans, self.lan_ips)):
+            self._veth(ns, "eth0", "brlan", f"{ip}/24")
+            _sh("ip", "-n", ns, "route", "add", "default", "via", self.fw_lan[i])
+        self._veth(self.out, "eth0", "brwan", "198.51.100.2/25")
+        _sh("ip", "-n", self.out, "-batch", "-",
+            input="".join(f"addr add {ip}/24 dev eth0\n" for ip in self.outside))
+        for ip, gw in self.route.items():
+            _sh("ip", "-n", self.out, "route", "add", f"{ip}/32", "via", self.fw_wan[gw])
+        deadline = time.monotonic() + 10
+        while any(_sh("ip", "netns", "exec", ns, "ping", "-c1", "-W1", "198.51.100.2", check=False).returncode
+                  for ns in self.lans):
+            if time.monotonic() > deadline:
+                raise TestbedError("the cluster test network did not come up")
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------------ running
+    def exec(self, ns, *args, check=True, timeout=60):
+        done = subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise TestbedError(f"[{ns}] {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+        return done
+
+    def python(self, ns, *args, **kw):
+        return self.exec(ns, sys.executable, *args, **kw)
+
+    def spawn(self, ns, *args, log: str, env=None):
+        import os
+
+        out = open(self.dir / log, "wb")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        out.close()
+        self._procs.append(proc)
+        return proc
+
+    def start(self, ns, *args, log: str, ready='"ready"', timeout=10.0):
+        proc = self.spawn(ns, *args, log=log)
+        wait_for_log(self.dir / log, proc, ready, timeout)
+        return proc
+
+    def start_redis(self) -> None:
+        """A fresh, empty redis-server on the management link (no persistence)."""
+        self.redis = self.start(self.sw, "redis-server", "--bind", MGMT_REDIS, "--port", "6379", "--save", "",
+                                "--appendonly", "no", "--protected-mode", "no", "--dir", str(self.dir),
+                                log=f"redis-{len(self._procs)}.log", ready="Ready to accept connections")
+
+    def kill_redis(self) -> None:
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.kill()
+            self.redis.wait(5)
+        self.redis = None
+
+    def redis_cli(self, *args: str) -> str:
+        return self.exec(self.sw, "redis-cli", "-h", MGMT_REDIS, *args).stdout
+
+    def config(self, i: int, lock_seconds: float = 30, key_file: str = "", extra: str = "") -> str:
+        return (f'[network]\nlan_interfaces = ["lan0"]\nlan_networks = ["192.0.2.0/24"]\n'
+                f'[lock]\nseconds = {lock_seconds}\n'
+                f'[status]\nsocket = "{self.dir}/fw{i + 1}.sock"\n[state]\nfile = ""\n'
+                f'[cluster]\nurl = "redis://{MGMT_REDIS}:6379/0"\nname = "gw{i + 1}"\nkey_file = "{key_file}"\n'
+                f'{extra}')
+
+    def p2pwall(self, i: int, config: str, *args: str, name: str | None = None) -> "GatewayDaemon":
+        name = name or f"fw{i + 1}"
+        path = self.dir / f"{name}.toml"
+        path.write_text(config)
+        proc = self.spawn(self.fws[i], sys.executable, "-m", "p2pwall", "run", "--config", str(path), *args,
+                          log=f"{name}.log")
+        daemon = GatewayDaemon(self, proc, self.dir / f"{name}.log", i)
+        daemon.wait_ready(20)
+        return daemon
+
+    def failover(self, lan_ip: str, to: int) -> None:
+        """Move a LAN host (and the way back to it) to gateway ``to`` (0 or 1)."""
+        ns = self.lans[self.lan_ips.index(lan_ip)]
+        _sh("ip", "-n", ns, "route", "replace", "default", "via", self.fw_lan[to])
+        _sh("ip", "-n", self.out, "route", "replace", f"{lan_ip}/32", "via", self.fw_wan[to])
+        self.route[lan_ip] = to
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        import os
+        import signal
+
+        for proc in self._procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait(5)
+        self._procs.clear()
+        for name in reversed(self._made):
+            for pid in _sh("ip", "netns", "pids", name, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _sh("ip", "netns", "del", name, check=False)
+        self._made.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class GatewayDaemon(Daemon):
+    def __init__(self, net: ClusterNetwork, proc, log: Path, index: int):
+        super().__init__(net, proc, log)
+        self.index = index
+
+    def ask(self, *args: str) -> subprocess.CompletedProcess:
+        return self.net.python(self.net.fws[self.index], "-m", "p2pwall", *args,
+                               "--socket", str(self.net.dir / f"fw{self.index + 1}.sock"), check=False)
+
+    def status(self) -> dict:
+        import json
+
+        done = self.ask("status", "--format", "json")
+        if done.returncode != 0:
+            raise TestbedError(done.stderr)
+        return json.loads(done.stdout)
