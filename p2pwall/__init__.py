@@ -7,7 +7,8 @@ the error to raise from ``p2pwall_configure``.  See :mod:`p2pwall.hookspecs`.
 
 __version__ = "0.2.0"
 
-from .actions import Block, Drop, Lock, Probe, Spoof  # noqa: E402
+from .actions import Block, Drop, Lock, Probe, Report, Spoof  # noqa: E402
+from .http import browser_shaped, header_block  # noqa: E402
 from .config import ConfigError, Settings  # noqa: E402
 from .engine import Context, Verdict  # noqa: E402
 from .events import Event  # noqa: E402
@@ -17,6 +18,6 @@ from .plugins import DetectorInfo  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "DetectorInfo", "ConfigError", "Settings", "Context", "Verdict",
-    "Drop", "Block", "Lock", "Spoof", "Probe", "Event",
+    "Drop", "Block", "Lock", "Spoof", "Probe", "Report", "Event", "browser_shaped", "header_block",
     "Packet", "FROM_LAN", "TO_LAN", "TO_FIREWALL", "UNKNOWN", "TCP", "UDP", "ip_bytes", "ip_text",
 ]

@@ -26,7 +26,12 @@ class Drop:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """Note ``peer`` as a P2P peer: LAN packets to it are dropped until it expires.
+    """Evidence against ``peer``: the core decides what it earns (see
+    :mod:`p2pwall.evidence`).  Seen in the client's own packet to ``peer``, it blocks the
+    peer for that client; in the peer's own reply, for the whole LAN; an address named
+    in a reply or a request, for the client concerned.  A detector only says what it saw:
+    ``evidence="named"`` marks an address it read out of a payload when the engine
+    could not tell (the default is inferred from the packet).
 
     ``note`` (bytes, at most 512) is kept with the entry and handed to this detector's
     ``p2pwall_make_probe`` when a SYN to the peer locks a client."""
@@ -35,6 +40,7 @@ class Block:
     seconds: float | None = None
     reason: str = ""
     note: bytes | None = None
+    evidence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,15 @@ class Lock:
     seconds: float | None = None
     reason: str = ""
     note: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Something worth an event but not evidence: the request looked like P2P but came
+    from a browser (which a web page can make send anything).  Blocks and locks nothing;
+    pair it with ``Drop`` to stop the request itself."""
+
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +132,10 @@ def _reason(value) -> str | None:
 def check(action) -> str | None:
     """Why ``action`` cannot be carried out, or None when it is well formed.  Addresses
     are checked by the engine, which also knows the LAN."""
-    if isinstance(action, Drop):
+    if isinstance(action, (Drop, Report)):
         return _reason(action.reason)
+    if isinstance(action, Block) and action.evidence not in (None, "named"):
+        return f"evidence must be None or \"named\", got {action.evidence!r}"
     if isinstance(action, (Block, Lock)):
         return (_seconds(action.seconds) or _reason(action.reason)
                 or _bytes(action.note, "note", MAX_NOTE, optional=True))

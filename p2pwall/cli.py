@@ -214,9 +214,11 @@ def replay(pcaps, config_path, plugins, lans, fmt):
     flagged = [f for f in report["flows"] if f["detector"]]
     click.echo(f"{len(flagged)} flows flagged")
     for f in flagged:
+        scope = {"lan": "; peer blocked for the whole LAN", "client": "; peer blocked for this client only"}
         click.echo(f"  {f['proto']} {_endpoint(f['client'], f['client_port'])} -> "
                    f"{_endpoint(f['peer'], f['peer_port'])} "
-                   f"{f['detector']}: {f['reason']} ({f['dropped']}/{f['packets']} dropped)")
+                   f"{f['detector']}: {f['reason']} ({f['dropped']}/{f['packets']} dropped"
+                   f"{scope.get(f.get('scope'), '')})")
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -277,7 +279,11 @@ def status(config_path, socket_path, address, fmt):
         table = snap[key]
         click.echo(f"{title}: {table['count']}")
         for e in table["entries"][:50]:
-            click.echo(f"  {e['address']}  {e['remaining']:.0f} s left  {e['detector']}: {e['reason']}")
+            scope = ""
+            if "scope" in e:
+                scope = ("  for the whole LAN" if e["scope"] == "lan" else
+                         f"  for {', '.join(e['clients'])} only") + f" ({e['evidence']} evidence)"
+            click.echo(f"  {e['address']}  {e['remaining']:.0f} s left  {e['detector']}: {e['reason']}{scope}")
 
 
 def _echo_address(r: dict) -> None:
@@ -290,6 +296,11 @@ def _echo_address(r: dict) -> None:
             continue
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["until"]))
         click.echo(f"  {title} by {e['detector']}: {e['reason'] or '-'}; until {until} ({e['remaining']:.0f} s left)")
+        if "scope" in e:
+            who = "every LAN host" if e["scope"] == "lan" else ", ".join(e["clients"])
+            click.echo(f"    blocked for: {who}; evidence: {e['evidence']} "
+                       f"(own packets from: {', '.join(e['own_clients']) or 'none'}); "
+                       f"first seen {e['first_seen_ago']:.0f} s ago, last {e['last_seen_ago']:.0f} s ago")
 
 
 def _address(text: str) -> str:

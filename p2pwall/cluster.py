@@ -53,7 +53,10 @@ class Change:
     reason: str = ""
     note: str | None = None  # hex
     gw: str = ""
-    ts: float = 0.0  # when the gateway published it (wall clock)
+    ts: float = 0.0  # when the gateway learned it (wall clock)
+    kind: str = "own"  # the evidence: own, reply, named, operator
+    client: str | None = None  # the LAN client it concerns
+    lanwide: bool = False
 
     @property
     def table(self) -> str:
@@ -89,7 +92,8 @@ def decode(text, key: bytes | None) -> Change:
     try:
         change = Change(op=doc["op"], addr=doc["addr"], until=doc.get("until", 0.0),
                         detector=doc.get("detector", ""), reason=doc.get("reason", ""),
-                        note=doc.get("note"), gw=doc.get("gw", ""), ts=doc.get("ts", 0.0))
+                        note=doc.get("note"), gw=doc.get("gw", ""), ts=doc.get("ts", 0.0),
+                        kind=doc.get("kind", "own"), client=doc.get("client"), lanwide=doc.get("lanwide", False))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed change: {exc}") from None
     if change.op not in OPS:
@@ -106,6 +110,10 @@ def decode(text, key: bytes | None) -> Change:
         raise ValueError("bad reason")
     if not isinstance(change.gw, str) or not _GATEWAY.fullmatch(change.gw):
         raise ValueError("bad gateway name")
+    if change.kind not in ("own", "reply", "named", "operator") or not isinstance(change.lanwide, bool):
+        raise ValueError("bad evidence")
+    if change.client is not None and (not isinstance(change.client, str) or len(change.client) > 45):
+        raise ValueError("bad client")
     if change.note is not None and (not isinstance(change.note, str) or len(change.note) > 1024
                                     or not re.fullmatch(r"[0-9a-f]*", change.note)):
         raise ValueError("bad note")
@@ -211,14 +219,16 @@ class Cluster:
         return self.wake_r.fileno()
 
     def publish(self, op: str, addr: str, left: float = 0.0, detector: str = "", reason: str = "",
-                note: bytes | None = None) -> None:
+                note: bytes | None = None, kind: str = "own", client: str | None = None,
+                lanwide: bool = False) -> None:
         """Queue a local change for the others (coalesced: the latest per address wins);
         ``left`` is the entry's remaining time in seconds."""
         until = round(time.time() + left, 3) if op in ("block", "lock") else 0.0
         change = Change(op, addr, until, detector or "", reason or "",
-                        note.hex() if note else None, self.name, round(time.time(), 6))
+                        note.hex() if note else None, self.name, round(time.time(), 6), kind, client, lanwide)
+        slot = (change.table, addr, client if op == "block" and not lanwide else None)
         with self._lock:
-            self._pending[(change.table, addr)] = change
+            self._pending[slot] = change
         self._wrote.set()
 
     def drain(self) -> list[Change]:
@@ -384,9 +394,9 @@ class Cluster:
         try:
             pipe = self.client.pipeline(transaction=False)
             now = time.time()
-            for (table, addr), change in batch.items():
+            for (table, addr, client), change in batch.items():
                 text = encode(change, self.key)
-                key = f"{self.prefix}:{table}:{addr}"
+                key = f"{self.prefix}:{table}:{addr}" + (f"@{client}" if client else "")
                 if change.op in ("block", "lock"):
                     ttl = int((change.until - now) * 1000)
                     if ttl <= 0:
@@ -394,6 +404,9 @@ class Cluster:
                     pipe.set(key, text, px=ttl)
                 else:
                     pipe.delete(key)
+                    if table == "peers":  # and every client-scoped entry of that address
+                        for scoped in self.client.scan_iter(match=f"{key}@*", count=1000):
+                            pipe.delete(scoped)
                 pipe.xadd(self.stream, {"m": text}, maxlen=self.stream_length, approximate=True)
             pipe.execute()
             self.counters["published"] += len(batch)

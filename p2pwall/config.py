@@ -29,7 +29,9 @@ class Settings:
     # [network]
     lan_interfaces: list[str] = field(default_factory=list)
     lan_networks: list[str] = field(default_factory=lambda: list(PRIVATE_NETWORKS))
+    lan_networks_set: bool = False  # given in the file; else `run` takes the LAN interfaces' own
     allow: list[str] = field(default_factory=list)
+    resolv_conf: str = "/etc/resolv.conf"  # its nameservers are never blocked
     # [queue]
     queue_number: int = 0
     fail_closed: bool = False
@@ -39,12 +41,15 @@ class Settings:
     workers: int = 1
     kernel_sets: bool = True
     clean_mark: int = 0x00100000
+    first_mark: int = 0x00200000  # and the bit above it
     # [lock]
     lock_seconds: float = 120.0
     lock_max: int = 65536
     # [peers]
     peer_seconds: float = 86400.0
     peer_max: int = 1_000_000
+    corroborate: int = 2
+    protect: list[str] = field(default_factory=list)
     # [probes]
     probes_per_lock: int = 2
     # [sender]
@@ -88,6 +93,7 @@ _SCHEMA = {
         "lan_interfaces": ("lan_interfaces", "iflist", None),
         "lan_networks": ("lan_networks", "netlist", None),
         "allow": ("allow", "netlist", None),
+        "resolv_conf": ("resolv_conf", "optstr", None),
     },
     "queue": {
         "number": ("queue_number", "int", _range(0, 65535)),
@@ -99,6 +105,8 @@ _SCHEMA = {
         "kernel_sets": ("kernel_sets", "bool", None),
         "clean_mark": ("clean_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**32,
                                               "a single bit of the 32-bit conntrack mark")),
+        "first_mark": ("first_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**31,
+                                              "a single bit of the 32-bit mark, below the top bit")),
     },
     "lock": {
         "seconds": ("lock_seconds", "number", _range()),
@@ -107,6 +115,8 @@ _SCHEMA = {
     "peers": {
         "seconds": ("peer_seconds", "number", _range()),
         "max": ("peer_max", "int", _range()),
+        "corroborate": ("corroborate", "int", _range(2, 4)),
+        "protect": ("protect", "netlist", None),
     },
     "probes": {
         "per_lock": ("probes_per_lock", "int", _range(0, 8)),
@@ -230,6 +240,10 @@ def from_dict(data: dict) -> Settings:
                 raise ConfigError(f"unknown key [{section}] {key}")
             attr, kind, check = schema[key]
             setattr(settings, attr, _check(section, key, value, kind, check))
+            if attr == "lan_networks":
+                settings.lan_networks_set = True
+    if settings.clean_mark in (settings.first_mark, settings.first_mark << 1):
+        raise ConfigError("[queue] first_mark: its bit and the one above it must differ from clean_mark")
     return settings
 
 

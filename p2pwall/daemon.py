@@ -37,9 +37,10 @@ class QueueBusy(DaemonError):
     pass
 
 
-def lan_ifindexes(settings: Settings) -> set[int] | None:
+def lan_ifindexes(settings: Settings) -> set[int]:
     if not settings.lan_interfaces:
-        return None
+        raise ConfigError("[network] lan_interfaces is required: name the interfaces that face the LAN "
+                          "(only what arrives on them is filtered, and spoofs go only to their hosts)")
     found = set()
     for name in settings.lan_interfaces:
         try:
@@ -47,6 +48,38 @@ def lan_ifindexes(settings: Settings) -> set[int] | None:
         except OSError:
             raise ConfigError(f"[network] lan_interfaces: no interface named {name!r}") from None
     return found
+
+
+def interface_networks(names) -> list[str]:
+    """The networks of the addresses configured on these interfaces (IPv4 and IPv6,
+    link-local included): the hosts that are on-link there."""
+    import ipaddress
+    import json
+    import subprocess
+
+    nets = []
+    for name in names:
+        done = subprocess.run(["ip", "-j", "addr", "show", "dev", name], capture_output=True, text=True)
+        try:
+            for link in json.loads(done.stdout or "[]"):
+                for a in link.get("addr_info", []):
+                    net = ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
+                    if str(net) not in nets and net.prefixlen < net.max_prefixlen:
+                        nets.append(str(net))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return nets
+
+
+def with_lan(settings: Settings) -> Settings:
+    """``[network] lan_networks`` given in the file, or else the LAN interfaces' own."""
+    if settings.lan_networks_set or not settings.lan_interfaces:
+        return settings
+    derived = interface_networks(settings.lan_interfaces)
+    if not derived:
+        raise ConfigError("[network] lan_networks: the LAN interfaces have no addresses to take them from; "
+                          "give lan_networks")
+    return dataclasses.replace(settings, lan_networks=derived)
 
 
 class NfqueueSource:
@@ -90,12 +123,14 @@ class Daemon:
         self._children: list = []
         if monitor:  # monitor mode must never drop, not even in the kernel
             settings = dataclasses.replace(settings, kernel_sets=False)
+        self.lan_ifs = lan_ifindexes(settings)
+        settings = with_lan(settings)
         self.settings = settings
         self.detectors = detectors
         self.policy = QueuePolicy.build(settings, detectors)
         self.install_rules = install_rules
         self.monitor = monitor
-        self.lan_ifs = lan_ifindexes(settings)
+        self._first_bit = settings.first_mark
         self.reload = reload
         self.engine: Engine | None = None
         self.kernel = None
@@ -110,8 +145,8 @@ class Daemon:
     # the verdict path: parse, decide, verdict, nothing else
     def _callback(self, pkt) -> None:
         try:
-            from_lan = None if self.lan_ifs is None else pkt.indev in self.lan_ifs
-            drop = self.engine.process_raw(pkt.get_payload(), pkt.hook, from_lan).drop
+            drop = self.engine.process_raw(pkt.get_payload(), pkt.hook, pkt.indev in self.lan_ifs,
+                                           bool(pkt.get_mark() & self._first_bit), pkt.get_hw()).drop
         except Exception as exc:  # never leave a packet without a verdict
             self.engine.counters["engine_errors"] += 1
             emit(log, logging.ERROR, "engine_error", error=f"{type(exc).__name__}: {exc}")
@@ -144,6 +179,7 @@ class Daemon:
                                        self.settings.status_socket)  # before binding anything
             sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor)
+            self._set_onlink()
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
                                    self._callback)
             try:
@@ -288,6 +324,13 @@ class Daemon:
             if time.monotonic() - self._saved_at >= self.settings.state_save_seconds:
                 self._save_state()
 
+    def _set_onlink(self) -> None:
+        from .engine import AddressSet
+        from .neighbours import Neighbours
+
+        self.engine.onlink = AddressSet(interface_networks(self.settings.lan_interfaces))
+        self.engine.evidence.neighbours = Neighbours(self.settings.lan_interfaces)
+
     # ---------------------------------------------------------------- requests
     def _answer(self, request) -> bytes:
         """Answer one status-socket or metrics request (in the loop, between verdicts)."""
@@ -323,14 +366,18 @@ class Daemon:
         wall = time.time()
 
         def entry(table):
+            from .tables import describe
+
             e = table.get(key, now)
             if e is None:
                 return None
-            return {"detector": e.detector, "reason": e.reason, "remaining": round(e.until - now, 3),
-                    "until": round(wall + e.until - now, 3), "note": e.note is not None}
+            d = describe(key, e.until - now, e, now, table.evidence)
+            d.update(until=round(wall + e.until - now, 3), note=e.note is not None)
+            return d
 
         return {"ok": True, "address": str(text), "peer": entry(engine.peers), "lock": entry(engine.locks),
-                "in_lan": key in engine.lan, "allowlisted": key in engine.allow}
+                "in_lan": key in engine.lan, "allowlisted": key in engine.allow,
+                "protected": key in engine.protected}
 
     def _change(self, cmd: str, doc: dict) -> dict:
         from .packet import ip_bytes
@@ -388,18 +435,25 @@ class Daemon:
             try:
                 key = ip_bytes(ch.addr)
                 note = bytes.fromhex(ch.note) if ch.note else None
+                client = ip_bytes(ch.client) if ch.client else None
             except ValueError:
                 cluster.applied(ch, False)
                 continue
             ok = engine.apply_remote(ch.op, key, ch.until - wall, ch.detector, ch.reason, note,
-                                     why=f"by gateway {ch.gw}")
+                                     why=f"by gateway {ch.gw}", kind=ch.kind, client=client, lanwide=ch.lanwide)
             cluster.applied(ch, ok)
         if cluster.want_full_publish and not self.monitor:
             cluster.want_full_publish = False
             now = engine.clock()
-            for op, table in (("block", engine.peers), ("lock", engine.locks)):
-                for key, left, detector, reason in table.entries(now):
-                    cluster.publish(op, ip_text(key), left, detector, reason, table.note(key))
+            for key, left, e in engine.peers.full_entries(now):
+                for i, client in enumerate(e.clients or (None,)):
+                    own = bool(e.own >> i & 1)
+                    cluster.publish("block", ip_text(key), left, e.detector, e.reason, e.note,
+                                    kind=e.kind if own or e.kind != "own" else "named",
+                                    client=ip_text(client) if client else None,
+                                    lanwide=e.lanwide and i == len(e.clients or (None,)) - 1)
+            for key, left, detector, reason in engine.locks.entries(now):
+                cluster.publish("lock", ip_text(key), left, detector, reason, engine.locks.note(key))
         if changes:
             engine.flush()
 
@@ -415,6 +469,7 @@ class Daemon:
             if changed:
                 raise ConfigError(f"{', '.join(changed)} cannot change without a restart")
             lan_ifs = lan_ifindexes(settings)
+            settings = with_lan(settings)
         except Exception as exc:  # any problem: keep running as we are
             emit(log, logging.ERROR, "reload_rejected", error=str(exc))
             return
@@ -423,6 +478,7 @@ class Daemon:
         policy = QueuePolicy.build(settings, detectors)
         self.settings, self.detectors, self.lan_ifs = settings, detectors, lan_ifs
         self.engine.reconfigure(settings, detectors)  # purges what the new settings forbid
+        self._set_onlink()
         if self.kernel is not None:
             self.kernel.resize(policy, self.engine.live_entries())
             self.engine.flush()

@@ -20,12 +20,13 @@ from typing import NamedTuple
 
 from . import events as ev
 from . import actions as act
-from .actions import Block, Drop, Lock, Probe, Spoof
+from .actions import Block, Drop, Lock, Probe, Report, Spoof
 from .config import Settings
+from .evidence import Evidence, Refused, nameservers
 from .kernelsets import valid_element
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_bytes, ip_text, parse
 from .plugins import KINDS, DetectorSet
-from .tables import LockTable, PeerTable
+from .tables import NAMED, OPERATOR as OPERATOR_KIND, OWN, LockTable, PeerTable
 
 log = logging.getLogger("p2pwall.engine")
 
@@ -72,13 +73,32 @@ class AddressSet:
 
 
 class Context:
-    """What a detector may ask of the engine while inspecting (read only)."""
+    """What a detector may ask of the engine while inspecting, and the small, bounded,
+    expiring memory the core keeps for it (so a detector keeps no tables of its own)."""
 
-    __slots__ = ("_engine", "now")
+    __slots__ = ("_engine", "now", "detector")
 
     def __init__(self, engine: Engine):
         self._engine = engine
         self.now = 0.0
+        self.detector = ""  # the detector being asked, set by the engine
+
+    def requested(self, packet) -> bool:
+        """For a reply towards the LAN: did this detector recognise the client's request
+        on this same flow (and act on it)?"""
+        from .evidence import flow_key
+
+        return self.detector in self._engine.evidence.asked.get(flow_key(packet, False), ())
+
+    def note_for(self, client, peer, tag: str) -> bytes | None:
+        """What this detector kept about ``client`` talking to ``peer`` (``keep_note``)."""
+        return self._engine.evidence.note(self.detector, _key(client), _key(peer), tag, self.now)
+
+    def keep_note(self, client, peer, tag: str, data: bytes, seconds: float) -> None:
+        """Keep up to 64 bytes about ``client`` talking to ``peer`` for up to an hour
+        (bounded by the core: the oldest notes go first)."""
+        self._engine.evidence.keep_note(self.detector, _key(client), _key(peer), tag,
+                                        bytes(data[:64]), min(max(seconds, 0.0), 3600.0), self.now)
 
     def is_blocked(self, addr) -> bool:
         return self._engine.peers.live(_key(addr), self.now)
@@ -113,6 +133,8 @@ class Engine:
         self.locks = LockTable(settings.lock_max)
         self.peers.on_evict = self._peer_evicted
         self.locks.on_evict = self._lock_evicted
+        self.evidence = Evidence()
+        self.onlink = None  # AddressSet of the LAN interfaces' own networks (the daemon sets it)
         self.events = ev.EventLog(keep=keep_events)
         self.counters: Counter[str] = Counter()
         self.n_accepted = self.n_dropped = 0  # the hot counters, kept out of the Counter
@@ -139,6 +161,8 @@ class Engine:
         self.lan = AddressSet(settings.lan_networks)
         self.allow = AddressSet(settings.allow)
         self._no_allow = not settings.allow
+        self.protected = AddressSet(list(settings.allow) + list(settings.protect)
+                                    + nameservers(settings.resolv_conf))
         self._udp_screen = detectors.udp_screen()
         self.peers.max_entries = settings.peer_max
         self.locks.max_entries = settings.lock_max
@@ -154,7 +178,7 @@ class Engine:
     def _purge(self, old_locking: dict[str, bool]) -> None:
         now = self.clock()
         for key, _, detector, _ in list(self.peers.entries(now)):
-            if key in self.allow or key in self.lan:
+            if key in self.protected or key in self.lan:
                 self.unblock(key, why="no longer allowed by the configuration", replicate=False)
             elif old_locking and self.set_kind(detector) != self.set_kind(detector, old_locking):
                 if self.kernel is not None:
@@ -176,8 +200,9 @@ class Engine:
         like a live one; returns how many were taken back."""
         now = self.clock()
         count = 0
-        for key, left, detector, reason, note in saved.get("peers", []):
-            if self._block_key(key, left, detector, reason, note, now, quiet=True):
+        for key, left, detector, reason, note, *evidence in saved.get("peers", []):
+            kind, lanwide, clients, own = evidence if evidence else (OWN, True, [], 0)
+            if self._restore_peer(key, left, detector, reason, note, kind, lanwide, clients, own, now):
                 count += 1
         for key, left, detector, reason, note in saved.get("locks", []):
             if self._lock_key(key, left, detector, reason, note, now, quiet=True):
@@ -185,13 +210,17 @@ class Engine:
         return count
 
     # ------------------------------------------------------------------ packets
-    def process_raw(self, raw: bytes, hook: int | None = None, from_lan_if: bool | None = None) -> Verdict:
-        """Parse and judge one queued packet."""
+    def process_raw(self, raw: bytes, hook: int | None = None, from_lan_if: bool | None = None,
+                    first: bool = True, mac: bytes | None = None) -> Verdict:
+        """Parse and judge one queued packet; ``first``: the kernel marked it as the first
+        payload of its connection in its direction."""
         packet = parse(raw)
         if packet is None:
             self.counters["unparsed"] += 1
             return UNPARSED
         packet.direction = self.direction(packet, hook, from_lan_if)
+        packet.first = first
+        packet.mac = mac
         return self.handle(packet)
 
     def direction(self, packet: Packet, hook: int | None, from_lan_if: bool | None) -> str:
@@ -226,11 +255,15 @@ class Engine:
         if (direction == FROM_LAN or direction == TO_FIREWALL) and (
                 self._no_allow or (packet.src not in self.allow and packet.dst not in self.allow)):
             peer = self.peers.get(packet.dst, now)
-            if peer is not None:
+            if peer is not None and (peer.lanwide or packet.src in peer.clients):
                 drop, fired, reason, to_peer = True, peer.detector, "peer blocked", True
                 if syn and self._locking.get(peer.detector, True):
-                    self._lock_key(packet.src, self.settings.lock_seconds, peer.detector,
-                                   "SYN to blocked peer", peer.note, now)
+                    neighbours = self.evidence.neighbours
+                    if neighbours is None or neighbours.genuine(packet.src, packet.mac):
+                        self._lock_key(packet.src, self.settings.lock_seconds, peer.detector,
+                                       "SYN to blocked peer", peer.note, now)
+                    else:
+                        self.counters["evidence_refused.spoofed_neighbour"] += 1
             elif syn:
                 locked = self.locks.get(packet.src, now)
                 if locked is not None:
@@ -257,6 +290,7 @@ class Engine:
             for name, inspect, own_screen in self._dispatch[kind]:
                 if own_screen is not None and own_screen(packet.raw, packet.off, packet.end) is None:
                     continue
+                self.context.detector = name
                 try:
                     wanted = inspect(packet, self.context)
                 except Exception as exc:  # a detector's bug never costs the verdict
@@ -266,6 +300,7 @@ class Engine:
                     continue
                 if not isinstance(wanted, (list, tuple)):
                     wanted = (wanted,)
+                self.evidence.named_in_packet = 0
                 for action in wanted:
                     try:
                         asks_drop = self._apply(action, name, packet, now)
@@ -277,7 +312,7 @@ class Engine:
                             fired = name
                             reason = action.reason or reason
                         drop = True
-                    elif fired is None and isinstance(action, (Block, Lock)):
+                    elif fired is None and isinstance(action, (Block, Lock, Report)):
                         fired, reason = name, action.reason
         if drop:
             self.n_dropped += 1
@@ -301,14 +336,31 @@ class Engine:
             return True
         if isinstance(action, Block):
             key = self._address(action.peer, name, action, now)
-            if key is not None:
-                self._block_key(key, action.seconds or self.settings.peer_seconds, name, action.reason,
-                                action.note, now)
+            if key is None:
+                return False
+            try:
+                kind, client, lanwide = self.evidence.block(packet, name, key, action.evidence, self.peers, now)
+            except Refused as exc:
+                self.counters[f"evidence_refused.{exc.why}"] += 1
+                return False
+            if self._block_key(key, action.seconds or self.settings.peer_seconds, name, action.reason,
+                               action.note, now, kind, client, lanwide) and kind == OWN:
+                self.evidence.recognised(packet, name)  # its replies may teach, on this flow only
         elif isinstance(action, Lock):
             key = self._address(action.client, name, action, now)
-            if key is not None:
-                self._lock_key(key, action.seconds or self.settings.lock_seconds, name, action.reason,
-                               action.note, now, answered=packet.direction == TO_FIREWALL)
+            if key is None:
+                return False
+            try:
+                self.evidence.lock(packet, key, now)
+            except Refused as exc:
+                self.counters[f"evidence_refused.{exc.why}"] += 1
+                return False
+            self._lock_key(key, action.seconds or self.settings.lock_seconds, name, action.reason,
+                           action.note, now, answered=packet.direction == TO_FIREWALL)
+        elif isinstance(action, Report):
+            self.counters["reported"] += 1
+            self._event(ev.REPORTED, now, name, address=ip_text(packet.src), peer=ip_text(packet.dst),
+                        reason=action.reason)
         else:  # Spoof, Probe: sent after the verdict
             self.outbox.append((name, action))
         return False
@@ -326,22 +378,52 @@ class Engine:
 
     # ------------------------------------------------------------------ tables
     def _block_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
+                   kind: str = OWN, client: bytes | None = None, lanwide: bool = False,
                    quiet: bool = False, remote: bool = False) -> bool:
-        if key in self.allow or key in self.lan or not valid_element(key):
+        """Record evidence against ``key`` and enforce what it earns: LAN-wide in the
+        kernel's peer sets, or for ``client`` alone in its pair set."""
+        if key in self.protected or key in self.lan or not valid_element(key):
+            self.counters["block_refused"] += 1
+            return False
+        if client is not None and (client not in self.lan or not valid_element(client)):
+            client = None  # evidence concerns LAN clients only
+        if client is None and not lanwide:
             self.counters["block_refused"] += 1
             return False
         old = self.peers.get(key, now)
-        entry, new = self.peers.put(key, now, seconds, name, reason, note)
+        entry, new, widened = self.peers.learn(key, now, seconds, name, reason, note, kind, client, lanwide,
+                                               self.settings.corroborate)
         if self.kernel is not None and not self.monitor:
-            kind = self.set_kind(name)
-            if old is not None and self.set_kind(old.detector) != kind:
-                self.kernel.remove(self.set_kind(old.detector), key)
-            self.kernel.add(kind, key, entry.until - now)
+            left = entry.until - now
+            if entry.lanwide:
+                set_kind = self.set_kind(entry.detector)
+                if old is not None and old.lanwide and self.set_kind(old.detector) != set_kind:
+                    self.kernel.remove(self.set_kind(old.detector), key)
+                self.kernel.add(set_kind, key, left)
+                if widened:  # the client-scoped entries it grew out of are covered now
+                    for c in entry.clients:
+                        self.kernel.remove_pair(c, key)
+            elif client is not None:
+                self.kernel.add_pair(client, key, left)
         if self.replicate is not None and not remote:
-            self.replicate("block", ip_text(key), entry.until - now, name, entry.reason, entry.note)
-        if new and not quiet:
-            self._event(ev.PEER_BLOCKED, now, name, peer=ip_text(key), until=entry.until, reason=reason)
+            self.replicate("block", ip_text(key), entry.until - now, name, entry.reason, entry.note,
+                           kind=kind, client=ip_text(client) if client else None, lanwide=lanwide)
+        if not quiet and (new or widened):
+            self._event(ev.PEER_BLOCKED, now, name, peer=ip_text(key), until=entry.until, reason=reason,
+                        address=ip_text(client) if client and not entry.lanwide else None,
+                        scope="lan" if entry.lanwide else "client", evidence=entry.kind)
         return True
+
+    def _restore_peer(self, key, left, detector, reason, note, kind, lanwide, clients, own, now) -> bool:
+        clients = [c for c in clients if c in self.lan and valid_element(c)]
+        if not lanwide and not clients:
+            return False
+        ok = False
+        for i, client in enumerate(clients or [None]):
+            client_kind = kind if (own >> i & 1 or kind != OWN) else NAMED
+            ok = self._block_key(key, left, detector, reason, note, now, client_kind, client,
+                                 lanwide and i == len(clients or [None]) - 1, quiet=True, remote=True) or ok
+        return ok
 
     def _lock_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
                   answered: bool = False, quiet: bool = False, remote: bool = False) -> bool:
@@ -362,18 +444,23 @@ class Engine:
 
     def operator_block(self, key: bytes, seconds: float) -> bool:
         """``p2pwall block``: a peer blocked by hand, for every LAN host, locking nobody."""
-        return self._block_key(key, seconds, OPERATOR, "blocked by an operator", None, self.clock())
+        return self._block_key(key, seconds, OPERATOR, "blocked by an operator", None, self.clock(),
+                               OPERATOR_KIND, None, True)
 
     def apply_remote(self, op: str, key: bytes, left: float, detector: str, reason: str, note,
-                     why: str = "") -> bool:
+                     why: str = "", kind: str = OWN, client: bytes | None = None, lanwide: bool = False) -> bool:
         """Apply a change another gateway made, through the same checks as a local one
-        (allowlist, LAN, unicast, bounds); it is not published again."""
+        (allowlist, protected, LAN, unicast, bounds); it is not published again.  Its
+        evidence joins this gateway's: two clients behind two gateways corroborate."""
         now = self.clock()
         if op in ("block", "lock"):
             if not 0 < left <= act.MAX_SECONDS:
                 return False
             if op == "block":
-                return self._block_key(key, left, detector, reason, note, now, quiet=True, remote=True)
+                if kind not in (OWN, NAMED, "reply", OPERATOR_KIND):
+                    return False
+                return self._block_key(key, left, detector, reason, note, now, kind, client, lanwide,
+                                       quiet=True, remote=True)
             return self._lock_key(key, left, detector, reason, note, now, quiet=True, remote=True)
         if op == "unblock":
             return self.unblock(key, why=why, replicate=False)
@@ -386,8 +473,7 @@ class Engine:
             return False
         if self.replicate is not None and replicate:
             self.replicate("unblock", ip_text(key), 0.0, entry.detector, why, None)
-        if self.kernel is not None:
-            self.kernel.remove(self.set_kind(entry.detector), key)
+        self._kernel_forget_peer(key, entry)
         self._event(ev.PEER_UNBLOCKED, self.clock(), entry.detector, peer=ip_text(key), reason=why)
         return True
 
@@ -399,18 +485,25 @@ class Engine:
         if self.replicate is not None and replicate:
             self.replicate("unlock", ip_text(key), 0.0, entry.detector, why, None)
         self._probe_due.pop(key, None)
+        self.evidence.forget(key)
         if self.kernel is not None:
             self.kernel.remove("locks", key)
         self._event(ev.LOCK_EXPIRED, self.clock(), entry.detector, address=ip_text(key), reason=why)
         return True
 
-    def _peer_evicted(self, key: bytes) -> None:
-        self.counters["peers_evicted"] += 1
-        if self.kernel is not None:
-            self.kernel.remove("peers", key)
-            self.kernel.remove("nolock", key)
+    def _kernel_forget_peer(self, key: bytes, entry) -> None:
+        if self.kernel is None or self.monitor:
+            return
+        if entry.lanwide:
+            self.kernel.remove(self.set_kind(entry.detector), key)
+        for client in entry.clients:
+            self.kernel.remove_pair(client, key)
 
-    def _lock_evicted(self, key: bytes) -> None:
+    def _peer_evicted(self, key: bytes, entry) -> None:
+        self.counters["peers_evicted"] += 1
+        self._kernel_forget_peer(key, entry)
+
+    def _lock_evicted(self, key: bytes, entry) -> None:
         self.counters["locks_evicted"] += 1
         self._probe_due.pop(key, None)
         if self.kernel is not None:
@@ -420,8 +513,9 @@ class Engine:
         """Kernel set kind -> [(address, seconds left)], for rebuilding kernel sets."""
         now = self.clock()
         out: dict[str, list] = {"peers": [], "nolock": [], "locks": []}
-        for key, left, detector, _ in self.peers.entries(now):
-            out[self.set_kind(detector)].append((key, left))
+        for key, left, entry in self.peers.full_entries(now):
+            if entry.lanwide:
+                out[self.set_kind(entry.detector)].append((key, left))
         out["locks"] = [(key, left) for key, left, _, _ in self.locks.entries(now)]
         return out
 
@@ -441,9 +535,10 @@ class Engine:
         for key, entry in self.peers.expire(now):
             self.counters["peers_expired"] += 1
             if kernel is not None:
-                kernel.remove(self.set_kind(entry.detector), key)
+                self._kernel_forget_peer(key, entry)
         for key, entry in self.locks.expire(now):
             self._probe_due.pop(key, None)
+            self.evidence.forget(key)
             if kernel is not None:
                 kernel.remove("locks", key)
             self._event(ev.LOCK_EXPIRED, now, entry.detector, address=ip_text(key))
@@ -522,11 +617,16 @@ class Engine:
         key = self._address(dst, name, action, now)
         if key is None:
             return
-        if key not in self.lan or not valid_element(key):  # never outward, whatever a detector asks
+        onlink = self.onlink if self.onlink is not None else self.lan
+        if key not in self.lan or key not in onlink or not valid_element(key):
+            # never outward, never beyond the LAN interfaces' own networks, whatever a detector asks
             self.counters["send_refused"] += 1
-            self._event(ev.SEND_REFUSED, now, name, address=ip_text(key), reason="not in LAN")
+            self._event(ev.SEND_REFUSED, now, name, address=ip_text(key), reason="not an on-link LAN host")
             return
         kind = ev.SPOOF_SENT if isinstance(action, Spoof) else ev.PROBE_SENT
+        if isinstance(action, Probe):
+            entry = self.locks.get(key, now)
+            self.evidence.probe_sent(key, action.dport, now, entry.until if entry else now + self.settings.lock_seconds)
         if self.monitor:
             self.counters["would_send"] += 1
             return

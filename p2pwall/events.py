@@ -27,11 +27,12 @@ PROBE_ANSWERED = "probe_answered"
 SPOOF_SENT = "spoof_sent"  # counted, not logged: one per spoofed reply
 DETECTOR_ERROR = "detector_error"
 ACTION_REFUSED = "action_refused"
+REPORTED = "reported"  # a detector saw something it will not act on (a browser-shaped request)
 SEND_REFUSED = "send_refused"
 
 # what p2pwall_event observers can receive
 KINDS = (PEER_BLOCKED, PEER_UNBLOCKED, CLIENT_LOCKED, LOCK_RESTARTED, LOCK_EXPIRED, PROBE_SENT,
-         PROBE_ANSWERED, SEND_REFUSED, ACTION_REFUSED, DETECTOR_ERROR)
+         PROBE_ANSWERED, SEND_REFUSED, ACTION_REFUSED, DETECTOR_ERROR, REPORTED)
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\[\]-]+")
 
@@ -64,6 +65,8 @@ class Event:
     peer: str | None = None
     until: float | None = None
     reason: str = ""
+    scope: str | None = None  # peer_blocked: "lan" or "client"
+    evidence: str | None = None  # peer_blocked: own, reply, named, operator
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}

@@ -82,10 +82,25 @@ def p2pwall_configure(table, settings):
 def p2pwall_inspect(packet, context):
     """Look at one queued packet and return the actions wanted, or None.
 
-    ``packet`` is a read-only :class:`p2pwall.packet.Packet` of a kind this detector
-    declared in ``wants``.  ``context`` (:class:`p2pwall.engine.Context`) tells the time
-    (``context.now``) and answers ``is_blocked(addr)``, ``is_locked(addr)`` and
-    ``in_lan(addr)``.  Return an action, a list of actions, or None.  Any ``Drop`` from
+    Say what you saw; the core decides what it earns (:mod:`p2pwall.evidence`): a
+    ``Block`` of the address a LAN client's own packet went to blocks it for that client
+    only (LAN-wide once ``[peers] corroborate`` clients did the same); a ``Block`` of the
+    address that sent a reply towards the LAN blocks it for everyone (the peer itself
+    answered with P2P); a ``Block`` of any other address (named in a reply or a request)
+    blocks it for the client concerned, and from a reply only on a flow where this
+    detector's Block of the client's request was accepted.  For TCP only the first
+    payload of a connection in each direction counts (``packet.first``); a ``Lock`` needs
+    the client's own packet or the answer to a probe p2pwall sent; the allowlist,
+    ``[peers] protect`` and the gateway's nameservers are never blocked.  Anything a web
+    page can make a browser send (plain HTTP) must not be evidence: when
+    :func:`p2pwall.browser_shaped` says so, return ``Drop`` and ``Report`` instead.
+
+    ``packet`` is a read-only :class:`p2pwall.Packet` of a kind this detector declared
+    in ``wants``.  ``context`` (:class:`p2pwall.Context`) tells the time
+    (``context.now``), answers ``is_blocked(addr)``, ``is_locked(addr)``,
+    ``in_lan(addr)`` and, for a reply, ``requested(packet)`` (did this detector act on the
+    client's request on this same flow?), and keeps small bounded notes for it
+    (``keep_note``/``note_for``).  Return an action, a list of actions, or None.  Any ``Drop`` from
     any detector (or the core tables) drops the packet.  Keep this fast: it runs for every
     packet of the declared kinds.
     """
@@ -118,7 +133,8 @@ def p2pwall_event(event):
     ``peer_unblocked`` (taken out before its time: by a reload that
     forbids it, or by an operator; plain expiry and eviction are only counted), ``client_locked``,
     ``lock_restarted``, ``lock_expired``, ``probe_sent``, ``probe_answered``,
-    ``send_refused``, ``action_refused`` and ``detector_error`` (a detector raised or
+    ``send_refused``, ``reported`` (a detector's ``Report``: seen, not acted on),
+    ``action_refused`` and ``detector_error`` (a detector raised or
     requested something malformed; its name is in ``event.detector``).  Return value
     ignored; an observer that raises is counted against it, never notified of its own
     error, and cannot cost a verdict.

@@ -51,7 +51,9 @@ class KernelSets:
         self.policy = policy
         self.command = tuple(command)  # tests prefix "ip netns exec NS"
         self.pending: list[str] = []
+        self.pending_pairs: list[tuple[str, str]] = []  # (op, "client . peer [timeout Ns]")
         self.families: list[int] = []
+        self.pairs = False  # the nft table of client-scoped blocks exists
         self.owner = False  # only the process that created the sets destroys them
         self.failures = 0  # elements the kernel refused
         self.refused = 0  # elements refused before reaching the kernel
@@ -63,6 +65,10 @@ class KernelSets:
 
     def _ipset(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([*self.command, *args], input=stdin, text=True, capture_output=True)
+
+    def _nft(self, script: str) -> subprocess.CompletedProcess:
+        prefix = self.command[:-1]  # "ip netns exec NS" in tests, nothing live
+        return subprocess.run([*prefix, "nft", "-f", "-"], input=script, text=True, capture_output=True)
 
     def _names(self, family: int) -> dict[str, str]:
         return self.policy.set_names(family)
@@ -76,10 +82,36 @@ class KernelSets:
                     raise KernelSetError(f"ipset create {spec.name}: {done.stderr.strip()}")
             self.families.append(family)
         self.owner = True
+        script = self.policy.pairs_text()
+        if script:
+            self._nft(f"table inet {self.policy.nft_table}\ndelete table inet {self.policy.nft_table}\n")
+            done = self._nft(script)
+            if done.returncode != 0:
+                raise KernelSetError(f"nft table {self.policy.nft_table}: {done.stderr.strip()[:300]}")
+            self.pairs = True
 
     def attach(self, families=(4, 6)) -> None:
         """Use sets another process created (a worker beside the main process)."""
         self.families = list(families)
+        self.pairs = bool(self.policy.pairs_text())
+
+    def add_pair(self, client: bytes, peer: bytes, seconds: float) -> bool:
+        """Block ``peer`` for ``client`` alone (the nft pair set)."""
+        if not self.pairs or len(client) != len(peer) or not valid_element(peer) or not valid_element(client):
+            if self.pairs:
+                self.refused += 1
+            return False
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.refused += 1
+            return False
+        self.pending_pairs.append(("add", f"{ip_text(client)} . {ip_text(peer)}", _timeout(seconds),
+                                   4 if len(peer) == 4 else 6))
+        return True
+
+    def remove_pair(self, client: bytes, peer: bytes) -> None:
+        if self.pairs and len(client) == len(peer) and valid_element(peer) and valid_element(client):
+            self.pending_pairs.append(("del", f"{ip_text(client)} . {ip_text(peer)}", 1,
+                                       4 if len(peer) == 4 else 6))
 
     def add(self, kind: str, addr: bytes, seconds: float) -> bool:
         """Queue an add of ``addr`` to the ``kind`` set; False (and counted) when refused."""
@@ -98,11 +130,45 @@ class KernelSets:
         if family in self.families and valid_element(addr):
             self.pending.append(f"del {self._names(family)[kind]} {ip_text(addr)} -exist")
 
+    def _pair_lines(self, op: str, element: str, timeout: int, family: int) -> list[str]:
+        table = f"inet {self.policy.nft_table} pairs{family}"
+        # nft has no "add or refresh" nor "delete if present": add (a no-op when there),
+        # delete, and add again with the new timeout, in one atomic batch
+        lines = [f"add element {table} {{ {element} timeout 1s }}", f"delete element {table} {{ {element} }}"]
+        if op == "add":
+            lines.append(f"add element {table} {{ {element} timeout {timeout}s }}")
+        return lines
+
+    def _flush_pairs(self) -> None:
+        batch, self.pending_pairs = self.pending_pairs, []
+        if not batch or not self.pairs:
+            return
+        script = "".join(line + "\n" for item in batch for line in self._pair_lines(*item))
+        if self._nft(script).returncode == 0:
+            return
+        for item in batch:  # one bad element must not cancel the others
+            done = self._nft("".join(line + "\n" for line in self._pair_lines(*item)))
+            if done.returncode != 0:
+                self.failures += 1
+                self.last_error = done.stderr.strip()[:200]
+                emit(log, logging.WARNING, "kernel_set_error", set=self.policy.nft_table, error=self.last_error)
+
+    def pair_members(self, family: int = 4) -> set[tuple[str, str]]:
+        """(client, peer) pairs the kernel holds now (for tests and checks)."""
+        prefix = self.command[:-1]
+        done = subprocess.run([*prefix, "nft", "list", "set", "inet", self.policy.nft_table, f"pairs{family}"],
+                              capture_output=True, text=True)
+        found = set()
+        for client, peer in re.findall(r"([0-9a-fA-F.:]+) \. ([0-9a-fA-F.:]+)", done.stdout):
+            found.add((client, peer))
+        return found
+
     def flush(self) -> None:
         """Write what is pending; a refused line is counted and the rest still written.
         (``ipset restore`` stops at its first bad line, and may not have applied the
         lines before it either: the batch is sent again without that line; adds and
         deletes are idempotent with ``-exist``.)"""
+        self._flush_pairs()
         batch, self.pending = self.pending, []
         for _ in range(len(batch) + 1):
             if not batch:
@@ -172,6 +238,9 @@ class KernelSets:
     def destroy(self) -> None:
         if not self.owner:
             return
+        if self.pairs:
+            self._nft(f"delete table inet {self.policy.nft_table}\n")
+            self.pairs = False
         for family in self.families:
             for name in self._names(family).values():
                 for _ in range(20):  # the rules referencing it may take a moment to go

@@ -59,12 +59,14 @@ class Packet:
     ``sport``/``dport`` are 0 and ``payload`` empty when the transport header is absent
     (non-first fragments, other protocols).  ``payload`` is a memoryview of the transport
     payload (``raw[off:end]``); ``data`` is the same as ``bytes``.  Views are made on first
-    use: most packets are judged without them.
+    use: most packets are judged without them.  ``first`` tells, for a TCP payload,
+    whether it is the first payload of its connection in its direction (the kernel
+    marks it; evidence from any later payload is refused by the core).
     """
 
     __slots__ = (
         "raw", "version", "proto", "src", "dst", "sport", "dport", "flags", "off", "end",
-        "fragment", "direction", "ts", "_data", "_payload", "_src_ip", "_dst_ip",
+        "fragment", "direction", "ts", "first", "mac", "_data", "_payload", "_src_ip", "_dst_ip",
     )
 
     def __init__(self, raw, version, proto, src, dst, sport, dport, flags, off, end, fragment):
@@ -81,6 +83,8 @@ class Packet:
         self.fragment = fragment
         self.direction = UNKNOWN
         self.ts = 0.0
+        self.first = True  # TCP: the first payload of its connection in its direction
+        self.mac = None  # the source MAC, when the queue gives it
 
     @property
     def payload(self) -> memoryview:

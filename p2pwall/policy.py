@@ -63,6 +63,7 @@ class QueuePolicy:
     peer_max: int
     lock_max: int
     locking: tuple[tuple[str, bool], ...]  # (detector, do SYNs to its peers lock?)
+    first_mark: int = 0x00200000
 
     @classmethod
     def build(cls, settings: Settings, detectors) -> "QueuePolicy":
@@ -77,7 +78,7 @@ class QueuePolicy:
             udp_packets=settings.udp_packets, payload_packets=settings.payload_packets,
             kernel_sets=settings.kernel_sets, clean_mark=settings.clean_mark,
             lock_seconds=settings.lock_seconds, peer_max=settings.peer_max, lock_max=settings.lock_max,
-            locking=tuple(sorted(detectors.locking().items())))
+            locking=tuple(sorted(detectors.locking().items())), first_mark=settings.first_mark)
 
     # ------------------------------------------------------------------ sets
     def peer_set_kind(self, detector: str | None) -> str:
@@ -93,6 +94,31 @@ class QueuePolicy:
                 size = self.lock_max if kind == "locks" else self.peer_max
                 out.append(SetSpec(kind, fam, set_name(self.queue, kind, fam), max(64, size)))
         return out
+
+    @property
+    def nft_table(self) -> str:
+        return f"p2pwall{self.queue}"
+
+    def pairs_text(self) -> str:
+        """The nftables table of client-scoped blocks: sets of (LAN client . peer) with
+        timeouts, and one chain before conntrack that drops what a client sends to a peer
+        blocked for it, except its SYNs, which go on to the queue (the engine locks the
+        client).  Empty without kernel sets or LAN interfaces."""
+        if not self.kernel_sets or not self.lan_interfaces:
+            return ""
+        names = ", ".join(f'"{n}"' for n in self.lan_interfaces)
+        size = max(64, self.peer_max)
+        return "\n".join([
+            f"table inet {self.nft_table} {{",
+            f"  set pairs4 {{ type ipv4_addr . ipv4_addr; flags timeout; size {size}; }}",
+            f"  set pairs6 {{ type ipv6_addr . ipv6_addr; flags timeout; size {size}; }}",
+            "  chain pre {",
+            "    type filter hook prerouting priority -300; policy accept;",
+            f"    iifname {{ {names} }} ip saddr . ip daddr @pairs4 tcp flags & (syn | ack) == syn accept",
+            f"    iifname {{ {names} }} ip saddr . ip daddr @pairs4 drop",
+            f"    iifname {{ {names} }} ip6 saddr . ip6 daddr @pairs6 tcp flags & (syn | ack) == syn accept",
+            f"    iifname {{ {names} }} ip6 saddr . ip6 daddr @pairs6 drop",
+            "  }", "}", ""])
 
     def set_names(self, family: int) -> dict[str, str]:
         return {kind: set_name(self.queue, kind, family) for kind in SET_KINDS}
@@ -117,6 +143,10 @@ class QueuePolicy:
         from . import rules
 
         out = []
+        pairs = self.pairs_text()
+        if pairs:
+            out.append("# first: nft -f - (client-scoped blocks)\n")
+            out += [f"#   {line}\n" for line in pairs.splitlines()]
         for rs in self.rule_sets():
             if rs.empty:
                 continue
@@ -138,11 +168,12 @@ class QueuePolicy:
 
     # ------------------------------------------------------------------ replay's model
     def kernel_verdict(self, packet, outgoing: bool, sent: int, received: int,
-                       peer_set: str | None, locked: bool) -> str:
+                       peer_set: str | None, locked: bool, solicited: bool = True) -> str:
         """What the installed rules do with a forwarded ``packet`` (QUEUE, PASS or
         KERNEL_DROP), given its flow's packet counts so far in each direction (this one
         included, as connbytes counts), the kernel set its LAN-side destination is in
-        (``peers``, ``nolock`` or None) and whether its sender is in the lock set."""
+        (``peers``, ``nolock``, ``pair`` or None), whether its sender is in the lock set,
+        and whether a LAN host opened the flow (unsolicited inbound traffic is never read)."""
         proto = packet.proto
         if proto not in (TCP, UDP):
             return PASS
@@ -153,6 +184,8 @@ class QueuePolicy:
                     return QUEUE if syn else KERNEL_DROP  # a SYN locks in the kernel and is queued
                 if peer_set == "nolock":
                     return KERNEL_DROP
+                if peer_set == "pair" and self.lan_interfaces:
+                    return QUEUE if syn else KERNEL_DROP  # the nft pair set; SYNs go on to the engine
             clean_after = self.payload_packets + 3 if proto == TCP else self.udp_packets + 1
             limited = proto == TCP or (self.udp_packets and self.kernel_sets)
             if limited and sent > clean_after:
@@ -168,6 +201,8 @@ class QueuePolicy:
             if ("tcp_payload" in self.wants and packet.end > packet.off
                     and sent <= self.payload_packets + 2 and self._payload_selected(packet)):
                 return QUEUE
+            return PASS
+        if not solicited:
             return PASS
         if proto == UDP:
             if "udp_in" in self.wants and (not self.udp_packets or received <= self.udp_packets):

@@ -33,6 +33,10 @@ class Flow:
     received: int = 0  # ... and towards it
     detector: str | None = None
     reason: str = ""
+    scope: str | None = None  # what the flagged peer is blocked for: "lan" or "client"
+    opened_by_lan: bool = True
+    payload_out: bool = False  # a TCP payload went out already
+    payload_in: bool = False
 
     def to_dict(self) -> dict:
         from .packet import ip_text
@@ -40,7 +44,8 @@ class Flow:
         return {"proto": self.proto, "client": ip_text(self.client), "client_port": self.client_port,
                 "peer": ip_text(self.peer), "peer_port": self.peer_port,
                 "first_seen": round(self.first_seen, 6), "packets": self.packets,
-                "dropped": self.dropped, "detector": self.detector, "reason": self.reason}
+                "dropped": self.dropped, "detector": self.detector, "reason": self.reason,
+                "scope": self.scope}
 
 
 class Clock:
@@ -89,7 +94,7 @@ class Replay:
         if flow is None:
             src_lan, dst_lan = src in self.lan, dst in self.lan
             if dst_lan and not src_lan:
-                flow = Flow(_PROTO[packet.proto], dst, dp, src, sp, ts)
+                flow = Flow(_PROTO[packet.proto], dst, dp, src, sp, ts, opened_by_lan=False)
             else:
                 flow = Flow(_PROTO[packet.proto], src, sp, dst, dp, ts)
             self.flows[key] = flow
@@ -101,21 +106,34 @@ class Replay:
             flow.received += 1
         packet.direction = FROM_LAN if outgoing else TO_LAN
         packet.ts = ts
+        if packet.proto == TCP and packet.end > packet.off:
+            if outgoing:
+                packet.first, flow.payload_out = not flow.payload_out, True
+            else:
+                packet.first, flow.payload_in = not flow.payload_in, True
         engine = self.engine
         peer_set = None
         locked = False
+        peer = None
         if outgoing:
             peer = engine.peers.get(packet.dst, ts)
             if peer is not None:
-                peer_set = engine.set_kind(peer.detector)
+                if peer.lanwide:
+                    peer_set = engine.set_kind(peer.detector)
+                elif packet.src in peer.clients:
+                    peer_set = "pair"
+                else:
+                    peer = None
             locked = engine.locks.live(packet.src, ts)
-        where = self.policy.kernel_verdict(packet, outgoing, flow.sent, flow.received, peer_set, locked)
+        where = self.policy.kernel_verdict(packet, outgoing, flow.sent, flow.received, peer_set, locked,
+                                           solicited=flow.opened_by_lan)
         if where == KERNEL_DROP:
             self.kernel["kernel_drop"] += 1
             flow.dropped += 1
             if flow.detector is None:
                 flow.detector = peer.detector if peer is not None else engine.locks.get(packet.src, ts).detector
                 flow.reason = "peer blocked" if peer is not None else "client locked"
+                flow.scope = ("lan" if peer.lanwide else "client") if peer is not None else None
             return True
         if where != QUEUE:
             self.kernel["pass"] += 1
@@ -125,6 +143,9 @@ class Replay:
         engine.outbox.clear()
         if verdict.detector and flow.detector is None:
             flow.detector, flow.reason = verdict.detector, verdict.reason
+            found = engine.peers.get(flow.peer, ts)
+            if found is not None:
+                flow.scope = "lan" if found.lanwide else "client"
         if verdict.drop:
             flow.dropped += 1
         return verdict.drop

@@ -90,6 +90,14 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         return RuleSet(policy.queue, family, chains, [])
     wants = policy.wants
     early: list[str] = []
+    first = policy.first_mark  # packet mark: the first payload of its connection, this direction
+    spoofed = first << 1  # packet mark: failed the reverse-path check
+    seen_out, seen_in = first, first << 1  # conntrack mark: a first payload went out / came in
+    if policy.lan_interfaces:
+        # nothing that fails the reverse-path check is ever queued or locked: a LAN host
+        # cannot speak for another network, nor a WAN host for the LAN
+        for src in sources:
+            early.append(f"{src} -m rpfilter --invert -j MARK --or-mark 0x{spoofed:x}")
     lan, payload = chains[names["lan"]], chains[names["payload"]]
     reply, reply_payload = chains[names["reply"]], chains[names["reply_payload"]]
     # A connection past its first packets, sent to no blocked peer, is marked clean in
@@ -97,15 +105,13 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     clean = f"0x{policy.clean_mark:x}/0x{policy.clean_mark:x}"
     if policy.kernel_sets:
         # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
-        # locking peer (re)locks its sender there and is still queued so the engine keeps
-        # step; a peer of a detector with lock = false is only dropped; anything else to
-        # a peer is dropped before any other test (floods stay cheap)
+        # locking peer is queued, and the engine locks its sender (after checking that the
+        # sender is who it says it is); a peer of a detector with lock = false is only
+        # dropped; anything else to a peer is dropped before any other test
         sets = policy.set_names(family)
         to_peer = f"-m set --match-set {sets['peers']} dst"
         to_quiet = f"-m set --match-set {sets['nolock']} dst"
-        lan.append(f"-p tcp --syn {to_peer} -j SET --add-set {sets['locks']} src --exist "
-                   f"--timeout {policy.lock_timeout}")
-        lan.append(f"-p tcp --syn {to_peer} {target}")
+        lan.append(f"-p tcp --syn {to_peer} {target}")  # the engine locks (after its anti-spoof checks)
         lan.append(f"{to_peer} -j DROP")
         lan.append(f"{to_quiet} -j DROP")
         # UDP to a learned peer goes in the raw table, before conntrack sees it: a flood
@@ -114,6 +120,9 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         for src in sources:
             early.append(f"{src} -p udp {to_peer} -j DROP")
             early.append(f"{src} -p udp {to_quiet} -j DROP")
+    not_spoofed = f"-m mark --mark 0x{spoofed:x}/0x{spoofed:x} -j RETURN"
+    chains[names["forward"]].append(not_spoofed)
+    chains[names["input"]].append(not_spoofed)
     lan.append(f"-m connmark --mark {clean} -j RETURN")
     reply.append(f"-m connmark --mark {clean} -j RETURN")
     if policy.kernel_sets:
@@ -123,8 +132,10 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         if "udp" in wants:
             chains[names["input"]].append(f"{src} -p udp {target}")
     if "udp_in" in wants or "tcp_payload_in" in wants:
+        # only answers on flows a LAN host opened: unsolicited inbound traffic is never read
         for dst in policy.lan_sources(family, towards=True):
-            chains[names["forward"]].append(f"{dst} -j {names['reply']}")
+            chains[names["forward"]].append(f"{dst} -m conntrack --ctstate ESTABLISHED --ctdir REPLY "
+                                            f"-j {names['reply']}")
     tcp_done = policy.payload_packets + 3
     lan.append(f"-p tcp {_first_after(tcp_done)} -j CONNMARK --or-mark 0x{policy.clean_mark:x}")
     # without kernel sets, every UDP packet must be queued so learned peers stay blocked
@@ -137,8 +148,13 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     lan.append(f"-p tcp --syn {target}")
     # payloads: only the first packets of a connection, so established flows never visit
     # user space and the kernel's string search never runs over bulk data
+    has_payload = f"-m length --length {53 if family == 4 else 73}:65535"
     if "tcp_payload" in wants:
         tcp_strings = policy.tcp_strings
+        # a segment picked up mid-stream (no handshake seen: a spoofed one) is never a first payload
+        lan.append(f"-p tcp --tcp-flags SYN,RST NONE -m conntrack --ctstatus SEEN_REPLY "
+                   f"-m connmark ! --mark 0x{seen_out:x}/0x{seen_out:x} {has_payload} -j MARK --or-mark 0x{first:x}")
+        lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_out:x}")
         lan.append(f"-p tcp ! --syn {_first(policy.payload_packets + 2, 'original')} -j {names['payload']}")
         if policy.tcp_prefixes and family == 6:
             tcp_strings = None  # u32 reads IPv4 headers only: queue every first payload
@@ -149,10 +165,13 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         reply_limit = f" {_first(policy.udp_packets, 'reply')}" if policy.udp_packets else ""
         reply.append(f"-p udp{reply_limit} {target}")
     if "tcp_payload_in" in wants:
+        reply.append(f"-p tcp --tcp-flags SYN,RST NONE -m connmark ! --mark 0x{seen_in:x}/0x{seen_in:x} "
+                     f"{has_payload} -j MARK --or-mark 0x{first:x}")
+        reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_in:x}")
         reply.append(f"-p tcp ! --syn {_first(policy.payload_packets + 2, 'reply')} -j {names['reply_payload']}")
         reply_payload.extend(_payload_rules(policy.tcp_strings_in, family, target))
     jumps = [("FORWARD", names["forward"])]
-    if chains[names["input"]]:
+    if len(chains[names["input"]]) > 1:  # more than the reverse-path test
         jumps.append(("INPUT", names["input"]))
     return RuleSet(policy.queue, family, chains, jumps, early)
 

@@ -20,7 +20,7 @@ from .actions import MAX_NOTE, MAX_SECONDS
 from .packet import ip_bytes, ip_text
 
 log = logging.getLogger("p2pwall.state")
-VERSION = 2  # 2: entries may carry a detector's note (hex)
+VERSION = 3  # 2: entries may carry a detector's note (hex); 3: peers carry their evidence
 
 
 class StateError(Exception):
@@ -33,11 +33,14 @@ def save(path: str, tables: dict, now: float, wall: float | None = None) -> None
     doc = {"version": VERSION, "saved": wall}
     for name, table in tables.items():
         rows = []
-        for key, left, detector, reason in table.entries(now):
-            row = {"address": ip_text(key), "until": round(wall + left, 3), "detector": detector, "reason": reason}
-            note = table.note(key)
-            if note is not None:
-                row["note"] = note.hex()
+        for key, left, entry in table.full_entries(now):
+            row = {"address": ip_text(key), "until": round(wall + left, 3), "detector": entry.detector,
+                   "reason": entry.reason}
+            if entry.note is not None:
+                row["note"] = entry.note.hex()
+            if table.evidence:
+                row.update(evidence=entry.kind, lanwide=entry.lanwide,
+                           clients=[ip_text(c) for c in entry.clients], own=entry.own)
             rows.append(row)
         doc[name] = rows
     directory = os.path.dirname(os.path.abspath(path))
@@ -58,9 +61,9 @@ def save(path: str, tables: dict, now: float, wall: float | None = None) -> None
         raise
 
 
-def load(path: str, wall: float | None = None) -> dict[str, list[tuple[bytes, float, str, str, bytes | None]]]:
-    """{"peers": [(address, seconds_left, detector, reason, note)], "locks": [...]}; {} if
-    no file.  Every entry is checked for shape and range here; the engine then checks it
+def load(path: str, wall: float | None = None) -> dict[str, list[tuple]]:
+    """{"peers": [(address, seconds_left, detector, reason, note, kind, lanwide, clients,
+    own)], "locks": [(address, seconds_left, detector, reason, note)]}; {} if no file.  Every entry is checked for shape and range here; the engine then checks it
     as it checks a live one (LAN, allowlist, unicast)."""
     wall = time.time() if wall is None else wall
     try:
@@ -70,7 +73,7 @@ def load(path: str, wall: float | None = None) -> dict[str, list[tuple[bytes, fl
         return {}
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise StateError(f"{path}: unreadable state: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("version") not in (1, VERSION):
+    if not isinstance(doc, dict) or doc.get("version") not in (1, 2, VERSION):
         raise StateError(f"{path}: not a p2pwall state file of version {VERSION}")
     out = {}
     for name in ("peers", "locks"):
@@ -93,12 +96,28 @@ def load(path: str, wall: float | None = None) -> dict[str, list[tuple[bytes, fl
                 if note is not None and len(note) > MAX_NOTE:
                     raise ValueError("note too long")
                 item = (ip_bytes(str(e["address"])), left, e["detector"][:64], e.get("reason", "")[:200], note)
+                if name == "peers":
+                    item += _evidence(e)
             except (KeyError, TypeError, ValueError) as exc:
                 raise StateError(f"{path}: bad entry in '{name}': {exc}") from None
             if left > 0:
                 kept.append(item)
         out[name] = kept
     return out
+
+
+def _evidence(e: dict) -> tuple:
+    """(kind, lanwide, clients, own) of a saved peer; a file from before evidence existed
+    restores its peers as LAN-wide, as they were enforced then."""
+    if "evidence" not in e:
+        return ("own", True, [], 0)
+    kind, lanwide, own = e["evidence"], e.get("lanwide", False), e.get("own", 0)
+    clients = e.get("clients", [])
+    if kind not in ("own", "reply", "named", "operator") or not isinstance(lanwide, bool):
+        raise ValueError("bad evidence")
+    if not isinstance(clients, list) or len(clients) > 4 or not isinstance(own, int) or not 0 <= own < 16:
+        raise ValueError("bad clients")
+    return kind, lanwide, [ip_bytes(str(c)) for c in clients], own
 
 
 def set_aside(path: str) -> str:

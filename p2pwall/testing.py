@@ -94,12 +94,14 @@ class DetectorHarness:
         self.engine = Engine(self.settings, self.detectors, clock=self.clock, keep_events=10000)
         self.sent: list = []
 
-    def feed(self, raw: bytes, direction: str = FROM_LAN) -> Verdict:
-        """Judge one raw packet."""
+    def feed(self, raw: bytes, direction: str = FROM_LAN, first: bool = True) -> Verdict:
+        """Judge one raw packet; ``first``: for a TCP payload, whether it is the first of
+        its connection in its direction (as the kernel marks it live)."""
         packet = parse(raw)
         if packet is None:
             raise ValueError("not a parseable packet")
         packet.direction = direction
+        packet.first = first
         result = self.engine.handle(packet)
         self._collect()
         return result

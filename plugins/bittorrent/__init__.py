@@ -15,6 +15,29 @@ of HTTP tracker responses (``5:peers``) and DHT ``values``/``nodes``, so later (
 encrypted, MSE) connections to them are blocked too.  Lock: yes (``lock = true``):
 clients hold many peers and retry, and encrypted connections to peers nobody named are
 recognisable only by the time lock.
+
+Can a browser, an ordinary protocol or one hostile LAN host make it fire?
+- Peer-wire handshake: only as the first payload of a connection (the core refuses any
+  later one), which a browser always fills with an HTTP request line or a TLS hello: a
+  web page cannot make a browser send it, however it pads a POST body.
+- HTTP tracker announce/scrape: any page can make a browser request
+  ``/announce?info_hash=`` (``<img src=...>``), so a browser-shaped request
+  (:func:`p2pwall.browser_shaped`) is dropped and reported, never evidence: it blocks and
+  locks nothing.  A client's own announce blocks the tracker for that client and locks it.
+- DHT, uTP SYN, UDP tracker connect: a browser cannot send UDP of its choosing (WebRTC
+  sends only STUN/DTLS/SRTP).  Random data matches a KRPC message below 1 in 10^12
+  (``d``...``e`` with ``1:y1:`` and ``1:t``), a uTP SYN about 1 in 10^13 (a 20-byte
+  datagram, ``0x41``, a consistent extension chain, zero timestamp difference and
+  acknowledgement), a tracker connect 1 in 2^64; the chance test
+  (``tests/plugins/test_chance.py``) measures 0 blocks on 100,000 each of randomised
+  DNS, IKEv2, QUIC, STUN, RTP and random payloads.
+- Replies: a DHT response or a peer-wire handshake from the address itself (the first
+  reply payload of a flow a LAN client opened) blocks it for the whole LAN.  A tracker
+  response, and the peers and nodes a reply names, count only on a flow where this
+  detector recognised the client's request (the core keeps that memory): a hostile web
+  server answering an ordinary request with ``d5:peers...`` teaches nothing, and named
+  peers are blocked only for the client that received the reply, at most 50 per reply.
+- A hostile LAN host can fire any of them against any address, for itself only.
 """
 
 from __future__ import annotations
@@ -22,7 +45,7 @@ from __future__ import annotations
 import re
 from struct import unpack_from
 
-from p2pwall import FROM_LAN, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, hookimpl
+from p2pwall import FROM_LAN, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, Report, browser_shaped, hookimpl
 from p2pwall_plugins._common import switches
 
 __version__ = "1.0.0"
@@ -30,7 +53,7 @@ __version__ = "1.0.0"
 HANDSHAKE = b"\x13BitTorrent protocol"
 TRACKER_PROTOCOL_ID = bytes.fromhex("0000041727101980")
 LSD = b"BT-SEARCH * HTTP/1.1"
-MAX_LEARNED = 200  # peers taken from one reply
+MAX_LEARNED = 50  # peers taken from one reply (the core bounds it too)
 
 _PEERS = re.compile(rb"5:peers([0-9]{1,5}):")
 _VALUES = re.compile(rb"6:valuesl")
@@ -72,7 +95,10 @@ def is_utp_syn(p) -> bool:
         off += 2 + length
     else:
         return False
-    return off == n and unpack_from("!I", p, 12)[0] > 0  # no payload; a receive window
+    # no payload; a receive window; nothing received yet, so no timestamp difference and
+    # nothing acknowledged
+    return (off == n and unpack_from("!I", p, 12)[0] > 0 and unpack_from("!I", p, 8)[0] == 0
+            and unpack_from("!H", p, 18)[0] == 0)
 
 
 def is_tracker_connect(p) -> bool:
@@ -163,6 +189,8 @@ class BitTorrentDetector:
             return [Block(packet.dst, reason=reason), Drop(reason)]
         if c["trackers"] and is_tracker_request(data):
             reason = "BitTorrent tracker announce"
+            if browser_shaped(data):
+                return [Drop(reason), Report(f"browser-shaped {reason}")]
             return [Block(packet.dst, reason=reason), Drop(reason), Lock(packet.src, reason=reason)]
         return None
 
@@ -172,13 +200,15 @@ class BitTorrentDetector:
             return None
         data = packet.data
         if packet.proto == UDP:
-            if not is_krpc(data):
+            if not is_krpc(data) or b"1:y1:r" not in data:
                 return None
-            learned = peers_in_dht(data)
+            learned = peers_in_dht(data) if context.requested(packet) else []
             reason = "BitTorrent DHT node"
         elif data.startswith(HANDSHAKE):
             return [Block(packet.src, reason="BitTorrent handshake"), Drop("BitTorrent handshake")]
         elif b"5:peers" in data and (data.startswith(b"HTTP/1.") or data.startswith(b"d")):
+            if not context.requested(packet):
+                return None  # an answer to a request nobody recognised as an announce: not a tracker
             learned = peers_in_tracker_reply(data)
             reason = "BitTorrent tracker"
         else:

@@ -14,6 +14,26 @@ client is locked this detector supplies a probe (a copy of the client's own ping
 as the note of the peer entry it blocked, which the engine hands over with the lock); a
 pong from the client to the firewall restarts the lock.  A transfer request blocks its
 target and the supernode named in ``X-Kazaa-SupernodeIP`` and locks the client.
+
+Can a browser, an ordinary protocol or one hostile LAN host make it fire?
+- UDP ping and pong: five fixed bytes, a printable network name that fills the rest and
+  a NUL at the very end: random datagrams match below 1 in 10^11, and the chance test
+  (``tests/plugins/test_chance.py``, 100,000 each of randomised DNS, IKEv2, QUIC, STUN,
+  RTP and random payloads) measures 0 blocks.  A browser cannot send UDP.
+- A hostile LAN host can send a crafted ping to any address (the resolver, a CDN): it
+  blocks that address *for that host alone* (the core's scope rule), never for the LAN
+  unless a second client does the same, and never the gateway's nameservers, the
+  allowlist or ``[peers] protect``.
+- HTTP transfers: any web page can make a browser request ``/.hash=...`` or ``/.files``
+  (``<img src=...>``): a browser-shaped request (:func:`p2pwall.browser_shaped`) is
+  dropped and reported, never evidence.  A non-browser request counts only as the first
+  payload of its connection (the core's rule), with a FastTrack request line or Kazaa
+  headers in its header block (a POST body cannot carry them in); ``GIVE <n>`` only as
+  a first payload, which a browser never sends.
+- ``X-Kazaa-SupernodeIP`` names an address: it is blocked only for the client whose
+  genuine Kazaa request named it (evidence "named"), never on that word alone.
+- Probe answers: only from a host p2pwall actually probed, from the probed port, while
+  its lock lasts (the core checks), so a spoofed pong locks nobody.
 """
 
 from __future__ import annotations
@@ -22,7 +42,8 @@ import ipaddress
 import re
 import struct
 
-from p2pwall import FROM_LAN, TO_FIREWALL, UDP, Block, ConfigError, DetectorInfo, Drop, Lock, Probe, Spoof, hookimpl
+from p2pwall import (FROM_LAN, TO_FIREWALL, UDP, Block, ConfigError, DetectorInfo, Drop, Lock, Probe, Report,
+                     Spoof, browser_shaped, header_block, hookimpl)
 
 __version__ = "1.0.0"
 
@@ -64,13 +85,28 @@ def parse_ping(payload) -> bytes | None:
 
 
 def parse_pong(payload) -> bool:
-    """True for a FastTrack pong: a full 0x28 reply or the short 5-byte 0x29 form."""
+    """True for every documented answer to a ping: the supernode's ``0x28`` pong (six
+    bytes of state, then the network name), an ordinary node's ``0x29`` "node pong" (13
+    or 21 bytes: ``01|02``, a flag, ``00 00``, a 4-byte id and, with the flag set, an
+    address, a port and two bytes), and giFT's bare 5-byte ``0x29``."""
     n = len(payload)
     if n < 5 or payload[1] or payload[2] or payload[3] or payload[4] not in ENC_TYPES:
         return False
     if payload[0] == SETUP:
-        return n == 5
+        if n == 5:
+            return True
+        if n not in (13, 21) or payload[5] not in (1, 2) or payload[6] not in (0, 1):
+            return False
+        return payload[7] == 0 and payload[8] == 0 and n == (21 if payload[6] else 13)
     return payload[0] == PONG and n >= 13 and _network_name(payload, 11) is not None
+
+
+def make_node_pong(node_id: int = 0x01020304, address: tuple[bytes, int] | None = None) -> bytes:
+    """A 0x29 node pong as an ordinary node sends it (13 bytes, or 21 with its address)."""
+    body = bytes([SETUP, 0, 0, 0, 0x29, 0x01, 1 if address else 0, 0, 0]) + node_id.to_bytes(4, "big")
+    if address:
+        body += address[0] + address[1].to_bytes(2, "big") + b"\x00\x00"
+    return body
 
 
 def make_pong(network: bytes = DEFAULT_NETWORK, load: int = 20) -> bytes:
@@ -83,18 +119,20 @@ def make_ping(network: bytes = DEFAULT_NETWORK, enc: int = 0x29) -> bytes:
 
 
 def parse_http(data: bytes) -> tuple[str, tuple[str, int] | None] | None:
-    """(reason, supernode address or None) for a FastTrack transfer request, else None."""
+    """(reason, supernode address or None) for a FastTrack transfer request, else None.
+    Headers are read in the header block only: a request body never makes one."""
     if _GIVE.match(data):
         return "FastTrack GIVE push", None
-    if not _HTTP_METHOD.match(data):
+    if not _HTTP_METHOD.match(data) or data.startswith(b"POST"):
         return None
-    if _REQUEST.match(data):
+    head = header_block(data)
+    if _REQUEST.match(head):
         reason = "FastTrack HTTP request"
-    elif _HEADER.search(data):
+    elif _HEADER.search(head):
         reason = "FastTrack HTTP headers"
     else:
         return None
-    return reason, _supernode(data)
+    return reason, _supernode(head)
 
 
 def _supernode(data: bytes) -> tuple[str, int] | None:
@@ -184,9 +222,12 @@ class FastTrackDetector:
         if found is None:
             return None
         reason, supernode = found
+        if reason != "FastTrack GIVE push" and browser_shaped(packet.data):
+            return [Drop(reason), Report(f"browser-shaped {reason}")]
         actions = [Drop(reason), Block(packet.dst, reason=reason), Lock(packet.src, reason=reason)]
         if supernode is not None:
-            actions.append(Block(supernode[0], reason="FastTrack supernode (X-Kazaa-SupernodeIP)"))
+            actions.append(Block(supernode[0], reason="FastTrack supernode (X-Kazaa-SupernodeIP)",
+                                 evidence="named"))
         return actions
 
     @hookimpl

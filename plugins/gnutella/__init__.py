@@ -14,6 +14,23 @@ Signatures (``shared/protocols.md``; nDPI ``gnutella.c``, ipp2p, l7-filter):
 Requests: block the remote peer, drop the packet.  Lock: yes (``lock = true``): a
 servent tries its host cache one peer after another, so a SYN to a known peer
 time-locks the host, as ftwall does for FastTrack.
+
+Can a browser, an ordinary protocol or one hostile LAN host make it fire?
+- Handshakes and ``GIV`` pushes: only as the first payload of a connection (the core
+  refuses evidence from any later one), which a browser always fills with its own HTTP
+  request line or TLS hello: a web page cannot make a browser send them.
+- HTTP transfers (``/uri-res/``, ``/gnutella/``, ``/get/<n>/``): any page can make a
+  browser request such a URL (``<img src=...>``), so a browser-shaped request
+  (:func:`p2pwall.browser_shaped`: ``Sec-Fetch-*``, a ``Mozilla/`` agent, ``Accept:
+  text/html`` or ``image/*``) is dropped and reported but blocks and locks nothing;
+  ``/get/<n>/`` also needs a Gnutella header in the header block (never the body).
+- UDP descriptors: a 16-byte GUID, a known type, TTL and hops within 16 and a length
+  field that matches the datagram exactly; G2 needs ``GND``, valid flags and part <=
+  count.  Measured on 100,000 randomised datagrams each of DNS, IKEv2, QUIC, STUN, RTP
+  and random payloads (``tests/plugins/test_chance.py``): 0 blocks; for random data
+  the chance is below 1 in 10^9 per datagram (descriptor) and about 1 in 10^7 (G2).
+- A hostile LAN host can fire any of them against any address, for itself only: its
+  own packets block that address for it alone.
 """
 
 from __future__ import annotations
@@ -21,7 +38,7 @@ from __future__ import annotations
 import re
 from struct import unpack_from
 
-from p2pwall import FROM_LAN, UDP, Block, DetectorInfo, Drop, hookimpl
+from p2pwall import FROM_LAN, UDP, Block, DetectorInfo, Drop, Report, browser_shaped, header_block, hookimpl
 from p2pwall_plugins._common import switches
 
 __version__ = "1.0.0"
@@ -65,7 +82,7 @@ def tcp_reason(data: bytes) -> str | None:
         return "Gnutella push (GIV)"
     if _HTTP.match(data):
         if data.startswith(b"GET /get/") or data.startswith(b"HEAD /get/"):
-            return "Gnutella HTTP transfer" if _HEADER.search(data) else None
+            return "Gnutella HTTP transfer" if _HEADER.search(header_block(data)) else None
         return "Gnutella HTTP transfer"
     return None
 
@@ -100,7 +117,10 @@ class GnutellaDetector:
             else:
                 return None
         else:
-            reason = tcp_reason(packet.data)
+            data = packet.data
+            reason = tcp_reason(data)
             if reason is None:
                 return None
+            if reason == "Gnutella HTTP transfer" and browser_shaped(data):
+                return [Drop(reason), Report(f"browser-shaped {reason}")]
         return [Block(packet.dst, reason=reason), Drop(reason)]

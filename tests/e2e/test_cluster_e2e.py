@@ -71,6 +71,13 @@ def locks_of(d) -> set:
     return {e["address"] for e in d.status()["locks"]["entries"]}
 
 
+def _scope(d, addr):
+    for e in d.status()["peers"]["entries"]:
+        if e["address"] == addr:
+            return e["scope"]
+    return None
+
+
 def wait_for(predicate, timeout, step=0.05):
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -96,8 +103,15 @@ def test_what_one_gateway_learns_the_other_enforces_within_a_second(cnet, gatewa
     print(f"propagation: peer and lock applied on gateway 2 {time.monotonic() - start:.2f} s after the ping "
           f"(cluster lag {gw2.status()['cluster']['lag_max_seconds'] * 1000:.0f} ms)")
     assert gw2.status()["cluster"]["lag_max_seconds"] < 1.0
-    assert peer in cnet.exec(cnet.fws[1], "ipset", "list", "p2pwall-peers0").stdout  # in gateway 2's kernel
-    assert not connects(cnet, lan2, peer, 1214)  # and enforced there
+    pairs = cnet.exec(cnet.fws[1], "nft", "list", "set", "inet", "p2pwall0", "pairs4").stdout
+    assert f"{cnet.lan_ips[0]} . {peer}" in pairs  # in gateway 2's kernel, for that client
+    # one client's evidence is that client's business: lan2 still reaches the peer ...
+    assert connects(cnet, lan2, peer, 1214)
+    # ... until it runs P2P against it too: two clients behind two gateways corroborate
+    udp(cnet, lan2, peer, 1214, make_ping(), sport=1214)
+    assert wait_for(lambda: _scope(gw1, peer) == "lan" and _scope(gw2, peer) == "lan", 5) is not None
+    assert peer in cnet.exec(cnet.fws[0], "ipset", "list", "p2pwall-peers0").stdout
+    assert not connects(cnet, lan2, peer, 1214)
 
 
 def test_ha_failover_lets_nothing_through_the_second_gateway(cnet, gateways):
@@ -151,7 +165,7 @@ def test_a_redis_outage_costs_no_filtering_and_no_entry(cnet, gateways):
     assert took is not None and took < 5, gw2.status()["cluster"]
     print(f"resync after Redis came back: {took:.2f} s")
     live = {e["address"] for e in gw1.status()["peers"]["entries"]}
-    keys = {k.rsplit(":", 1)[1] for k in cnet.redis_cli("--scan", "--pattern", "p2pwall:peers:*").split()}
+    keys = {k.split(":", 2)[2].split("@")[0] for k in cnet.redis_cli("--scan", "--pattern", "p2pwall:peers:*").split()}
     assert live <= keys  # no live entry lost: every one is back in Redis
     assert live <= peers_of(gw2)
     logs = gw1.output()

@@ -33,6 +33,7 @@ def test_lock_false_is_kept_by_the_kernel_and_rules_print_what_run_installed(net
     try:
         lan, peer, web = net.lans[0], net.outside[3], net.outside[4]
         assert udp(net, lan, peer, 6346, GNUTELLA_PING, wait=0.5)[0]["reply"] is None
+        assert udp(net, net.lans[1], peer, 6346, GNUTELLA_PING, wait=0.5)[0]["reply"] is None  # LAN-wide now
         assert not tcp(net, lan, peer, 6346, timeout=1)["connected"]  # the peer stays blocked ...
         assert tcp(net, lan, web, 80)["connected"]  # ... and nobody is locked
         assert tcp(net, lan, web, 80)["connected"]

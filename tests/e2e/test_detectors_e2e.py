@@ -113,10 +113,12 @@ def test_edonkey_tcp_hello_and_kad_udp_through_the_kernel(net, testdet_env):
                          "--port", "4662", "--hex", hello.hex(), "--timeout", "1.5")
         assert json.loads(first.stdout)["connected"]  # the SYN passed: nothing was known yet
         assert [a["data"] for a in arrivals(log, dst=peer_tcp)] == [""]  # but the hello never arrived
-        assert not tcp(net, net.lans[1], peer_tcp, 4662, timeout=1)["connected"]  # peer blocked for all
+        assert not tcp(net, net.lans[0], peer_tcp, 4662, timeout=1)["connected"]  # blocked for that client
+        assert tcp(net, net.lans[1], peer_tcp, 4662, timeout=1)["connected"]  # not for the other one
         assert udp(net, net.lans[1], peer_udp, 4672, b"\xe4\x01", wait=0.5)[0]["reply"] is None
         assert not [a for a in arrivals(log) if a["data"]]
-        blocked = {e["address"] for e in daemon.status()["peers"]["entries"]}
-        assert {peer_tcp, peer_udp} <= blocked
+        entries = {e["address"]: e for e in daemon.status()["peers"]["entries"]}
+        assert entries[peer_tcp]["own_clients"] == [net.lan_ips[0]] and entries[peer_tcp]["scope"] == "client"
+        assert entries[peer_udp]["own_clients"] == [net.lan_ips[1]]
     finally:
         daemon.stop()

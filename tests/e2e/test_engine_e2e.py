@@ -41,18 +41,25 @@ def test_accepted_packets_cross_and_dropped_ones_do_not(net, server, daemon):
     assert snap["counters"]["dropped"] >= 1
 
 
-def test_block_stops_later_packets_to_that_peer_from_every_lan_host(net, server, daemon):
+def test_block_stops_that_client_then_every_lan_host_once_corroborated(net, server, daemon):
     lan1, lan2 = net.lans
     blocked, other = net.outside[1], net.outside[2]
     assert udp(net, lan2, blocked, 5000, b"BLOCK-2", wait=0.5)[0]["reply"] is None
-    # later UDP and TCP to the noted peer are dropped, whoever sends them
-    assert udp(net, lan1, blocked, 5000, b"AFTER-2", wait=0.5)[0]["reply"] is None
-    assert not tcp(net, lan1, blocked, 80, timeout=1.5)["connected"]
+    # later UDP to the noted peer is dropped in the kernel for that client (the nft pair set) ...
+    assert udp(net, lan2, blocked, 5000, b"AFTER-2", wait=0.5)[0]["reply"] is None
     assert not arrivals(server, dst=blocked)
+    # ... while one client's packet proves nothing about the other
+    assert udp(net, lan1, blocked, 5000, b"FREE-1", wait=0.5)[0]["reply"] is not None
+    snap = daemon.status()
+    assert [(e["address"], e["scope"], e["own_clients"]) for e in snap["peers"]["entries"]] == \
+        [(blocked, "client", [net.lan_ips[1]])]
+    # a second client's own evidence makes it LAN-wide: TCP too, whoever sends it
+    assert udp(net, lan1, blocked, 5000, b"BLOCK-1", wait=0.5)[0]["reply"] is None
+    assert daemon.status()["peers"]["entries"][0]["scope"] == "lan"
+    assert not tcp(net, lan1, blocked, 80, timeout=1.5)["connected"]
+    assert not [a for a in arrivals(server, dst=blocked) if a.get("proto") == "tcp"]
     # lan2 never sent a SYN to the peer: its web traffic elsewhere is untouched
     assert tcp(net, lan2, other, 80)["connected"]
-    snap = daemon.status()
-    assert [e["address"] for e in snap["peers"]["entries"]] == [blocked]
 
 
 def test_syn_to_blocked_peer_locks_the_client_until_the_lock_expires(net, server, daemon):

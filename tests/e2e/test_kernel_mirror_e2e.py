@@ -63,14 +63,18 @@ def feed(engine, src, dst):
 
 
 def assert_mirror(engine, kernel, clock):
-    peers = {ip_text(k) for k, *_ in engine.peers.entries(clock.now)}
+    entries = list(engine.peers.full_entries(clock.now))
+    lanwide = {ip_text(k) for k, _, e in entries if e.lanwide}
+    pairs = {(ip_text(c), ip_text(k)) for k, _, e in entries if not e.lanwide for c in e.clients}
     locks = {ip_text(k) for k, *_ in engine.locks.entries(clock.now)}
-    assert set(kernel.members("peers")) == peers
+    assert set(kernel.members("peers")) == lanwide
+    assert kernel.pair_members() == pairs
     assert set(kernel.members("locks")) == locks
     assert kernel.members("nolock") == {}
 
 
-CONFIG = {"network": {"lan_networks": ["192.0.2.0/24"]}, "peers": {"max": 100}, "lock": {"max": 10}}
+CONFIG = {"network": {"lan_networks": ["192.0.2.0/24"], "lan_interfaces": ["lo"]},
+          "peers": {"max": 100}, "lock": {"max": 10}}
 
 
 def test_the_kernel_follows_every_change_of_the_tables(ns):
@@ -78,9 +82,11 @@ def test_the_kernel_follows_every_change_of_the_tables(ns):
     engine, kernel, detectors = build(ns, CONFIG, clock)
     try:
         for i in range(1, 11):
-            feed(engine, f"192.0.2.{i}", f"203.0.113.{i}")
+            feed(engine, f"192.0.2.{i}", f"203.0.113.{i}")  # one client each: client-scoped
+        for i in range(1, 6):
+            feed(engine, f"192.0.2.{i + 20}", f"203.0.113.{i}")  # a second client: LAN-wide
         assert_mirror(engine, kernel, clock)
-        assert len(kernel.members("peers")) == 10
+        assert len(kernel.members("peers")) == 5 and len(kernel.pair_members()) == 5
         # eviction: 5 more clients than the lock table holds
         for i in range(11, 16):
             feed(engine, f"192.0.2.{i}", "203.0.113.200")
@@ -96,9 +102,13 @@ def test_the_kernel_follows_every_change_of_the_tables(ns):
         engine.flush()
         assert len(engine.locks) == 0 and len(engine.peers) == 10
         assert_mirror(engine, kernel, clock)
+        # the client-scoped peer 203.0.113.8 is forgotten for its client, in the kernel too
+        assert engine.unblock(bytes([203, 0, 113, 8]))
+        engine.flush()
+        assert_mirror(engine, kernel, clock)
         # reload: 203.0.113.2 is now allowlisted, 203.0.113.3 now inside the LAN
         wider = dict(CONFIG, network={"lan_networks": ["192.0.2.0/24", "203.0.113.3/32"],
-                                      "allow": ["203.0.113.2"]})
+                                      "allow": ["203.0.113.2"], "lan_interfaces": ["lo"]})
         settings = from_dict(wider)
         engine.reconfigure(settings, detectors)
         engine.flush()

@@ -165,7 +165,8 @@ def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_
         assert caps["CapEff"] == (1 << 12) | (1 << 13) and caps["CapPrm"] == caps["CapEff"]
         peer = net.outside[0]
         udp(net, net.lans[0], peer, 5000, b"BLOCK-p", wait=0.3)  # kernel set update runs unprivileged
-        assert wait_until(lambda: peer in net.exec(net.fw, "ipset", "list", "p2pwall-peers0").stdout, timeout=3)
+        assert wait_until(lambda: f"{net.lan_ips[0]} . {peer}" in net.exec(
+            net.fw, "nft", "list", "set", "inet", "p2pwall0", "pairs4").stdout, timeout=3)
         got = udp(net, net.lans[0], net.outside[2], 5000, b"SPOOF-p", sport=7777, wait=2)
         assert got[0]["reply"] == b"SPOOFED".hex()  # the raw socket opened as root still sends
         assert d.status()["counters"]["packets"] >= 2
@@ -213,8 +214,9 @@ def test_two_workers_share_the_kernel_sets_and_status_merges_them(net, server, t
         assert all(w["packets"] > 0 for w in snap["workers"]), snap["workers"]
         assert snap["counters"]["packets"] >= 11
         assert [e["address"] for e in snap["peers"]["entries"]] == [peer]
-        # whichever worker learned it, the shared kernel set stops every LAN host
-        assert udp(net, net.lans[1], peer, 5000, b"after", wait=0.5)[0]["reply"] is None
+        # whichever worker learned it, the shared kernel set stops that LAN host (and only it)
+        assert udp(net, net.lans[0], peer, 5000, b"after", wait=0.5)[0]["reply"] is None
+        assert udp(net, net.lans[1], peer, 5000, b"other", wait=0.5)[0]["reply"] is not None
         pids = [w["pid"] for w in snap["workers"]]
     finally:
         assert d.stop() == 0

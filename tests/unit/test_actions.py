@@ -99,6 +99,9 @@ def test_locks_only_for_unicast_lan_hosts():
     h = DetectorHarness(det)
     for bad in ("0.0.0.0", "255.255.255.255", "224.0.0.1", "203.0.113.5", "127.0.0.1"):
         det.wanted = [Lock(bad)]
-        h.feed(udp(LAN, PEER, 1, 2, b"x"))
+        h.feed(udp(bad, PEER, 1, 2, b"x"))
     assert len(h.engine.locks) == 0 and h.counter("lock_refused") == 5
+    det.wanted = [Lock("192.168.1.77")]  # a packet of one host never locks another
+    h.feed(udp(LAN, PEER, 1, 2, b"x"))
+    assert len(h.engine.locks) == 0 and h.counter("evidence_refused.not_own_packet") == 1
     assert not h.feed(tcp(LAN, PEER, 1, 80)).drop

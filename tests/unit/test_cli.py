@@ -108,6 +108,8 @@ def test_replay_json_shape_for_every_bundled_capture():
         assert report["flows"], path
         for flow in report["flows"]:
             assert set(flow) == {"proto", "client", "client_port", "peer", "peer_port", "first_seen",
-                                 "packets", "dropped", "detector", "reason"}
+                                 "packets", "dropped", "detector", "reason", "scope"}
+            assert flow["scope"] in (None, "lan", "client") and (flow["scope"] is None) == (flow["detector"] is None
+                                                                                          or flow["scope"] is None)
             assert flow["proto"] in ("udp", "tcp")
         assert isinstance(report["events"], list)

@@ -42,12 +42,17 @@ class Scripted:
         return Probe(client, 1214, b"ping")
 
 
-def test_block_drops_later_packets_to_the_peer_from_any_lan_host():
+def test_one_clients_evidence_blocks_the_peer_for_that_client_two_for_everyone():
     h = DetectorHarness(Scripted())
     assert h.feed(udp(LAN, PEER, 1, 2, b"block"))[0]
-    assert h.feed(udp(LAN2, PEER, 1, 2, b"other"))[0]
+    assert h.feed(udp(LAN, PEER, 1, 2, b"other"))[0]
+    assert not h.feed(udp(LAN2, PEER, 1, 2, b"other"))[0]
+    (event,) = h.events("peer_blocked")
+    assert event.scope == "client" and event.address == LAN and event.evidence == "own"
+    assert h.feed(udp(LAN2, PEER, 1, 2, b"block"))[0]  # a second client: corroborated
+    assert h.feed(udp("192.168.1.99", PEER, 1, 2, b"other"))[0]
+    assert h.events("peer_blocked")[-1].scope == "lan"
     assert not h.feed(udp(LAN2, WEB, 1, 2, b"other"))[0]
-    assert [e.kind for e in h.events()] == ["peer_blocked"]
 
 
 def test_syn_to_peer_locks_sender_only_and_lock_expires_with_the_clock():

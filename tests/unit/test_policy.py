@@ -25,6 +25,13 @@ class FakeKernel:
         self.sets[kind][addr] = seconds
         return True
 
+    def add_pair(self, client, peer, seconds):
+        self.sets.setdefault("pairs", {})[(client, peer)] = seconds
+        return True
+
+    def remove_pair(self, client, peer):
+        self.sets.setdefault("pairs", {}).pop((client, peer), None)
+
     def remove(self, kind, addr):
         self.sets[kind].pop(addr, None)
 
@@ -46,8 +53,9 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
                                           "detectors": {"gnutella": {"lock": False}}})
     assert policy.peer_set_kind("gnutella") == "nolock" and policy.peer_set_kind("fasttrack") == "peers"
     text = policy.iptables_text()
-    lock_rules = [line for line in text.splitlines() if "--add-set p2pwall-locks0 " in line]
-    assert lock_rules and all("--match-set p2pwall-peers0 dst" in line for line in lock_rules)
+    assert "--add-set" not in text  # only the engine locks (the kernel mirrors it)
+    assert "-A P2PWALL-L0 -p tcp --syn -m set --match-set p2pwall-peers0 dst -j NFQUEUE" in text
+    assert "p2pwall-nolock0 dst -j NFQUEUE" not in text
     assert "-A P2PWALL-L0 -m set --match-set p2pwall-nolock0 dst -j DROP" in text
     assert "-i eth1 -p udp -m set --match-set p2pwall-nolock0 dst -j DROP" in text
     assert "# first: ipset create p2pwall-nolock0 hash:ip family inet timeout 0 maxelem 1000000" in text
@@ -68,12 +76,17 @@ def test_the_engine_puts_each_peer_in_the_set_its_detector_asks_for():
         return engine.handle(p)
 
     assert feed(udp(LAN, PEER, 6346, 6346, GNUTELLA_PING)).detector == "gnutella"
+    lan, lan2 = bytes([192, 168, 1, 5]), bytes([192, 168, 1, 6])
+    assert set(kernel.sets["pairs"]) == {(lan, bytes([203, 0, 113, 9]))} and not kernel.sets["nolock"]
+    assert feed(udp("192.168.1.6", PEER, 6346, 6346, GNUTELLA_PING)).drop  # corroborated: LAN-wide
     assert set(kernel.sets["nolock"]) == {bytes([203, 0, 113, 9])} and not kernel.sets["peers"]
+    assert (lan2, bytes([203, 0, 113, 9])) not in kernel.sets["pairs"]
     assert feed(tcp(LAN, PEER, 40000, 6346)).drop  # the SYN is dropped ...
     assert not engine.locks.live(bytes([192, 168, 1, 5]), clock.now) and not kernel.sets["locks"]  # ... nobody locked
     assert not feed(tcp(LAN, "198.51.100.80", 40001, 80)).drop
     other = "203.0.113.10"
     assert feed(udp(LAN, other, 1214, 1214, make_ping())).drop
+    assert feed(udp("192.168.1.6", other, 1214, 1214, make_ping())).drop
     assert set(kernel.sets["peers"]) == {bytes([203, 0, 113, 10])}
     assert feed(tcp(LAN, other, 40002, 1214)).drop
     assert set(kernel.sets["locks"]) == {bytes([192, 168, 1, 5])}

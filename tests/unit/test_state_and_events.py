@@ -40,7 +40,7 @@ def locked_fasttrack_client(clock):
 
 def probes(e):
     sent = [a for _, a in e.outbox if type(a).__name__ == "Probe"]
-    e.outbox.clear()
+    e.flush()  # "sends" them (no sender here): the engine now expects their answers
     return sent
 
 
@@ -130,3 +130,20 @@ def test_event_log_keeps_counts_and_a_bounded_recent_list():
     for i in range(10):
         log.record(events.Event("peer_blocked", float(i), "d", peer=f"203.0.113.{i}"))
     assert log.counters["peer_blocked"] == 10 and len(log.recent) == 3
+
+
+def test_evidence_and_scope_survive_a_restart(tmp_path):
+    from p2pwall_plugins.fasttrack import make_ping
+
+    clock = Clock()
+    e, _ = engine(clock)
+    feed(e, udp(LAN, PEER, 1214, 1214, make_ping()))  # one client: client-scoped
+    feed(e, udp(LAN, "203.0.113.10", 1214, 1214, make_ping()))
+    feed(e, udp("192.168.1.6", "203.0.113.10", 1214, 1214, make_ping()))  # two: LAN-wide
+    path = tmp_path / "state.json"
+    state.save(str(path), {"peers": e.peers, "locks": e.locks}, clock.now, wall=1000.0)
+    fresh, _ = engine(Clock(50.0))
+    assert fresh.restore(state.load(str(path), wall=1001.0)) == 2
+    one, two = fresh.peers.get(ip_bytes(PEER), 50.0), fresh.peers.get(ip_bytes("203.0.113.10"), 50.0)
+    assert not one.lanwide and one.clients == (ip_bytes(LAN),) and one.kind == "own"
+    assert two.lanwide and set(two.clients) == {ip_bytes(LAN), ip_bytes("192.168.1.6")}

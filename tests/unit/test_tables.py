@@ -47,7 +47,27 @@ def test_detector_and_reason_are_kept_compactly():
     e = t.get(B, 1)
     assert (e.detector, e.reason, e.until) == ("fasttrack", "FastTrack UDP ping", 10.0)
     assert len(t._metas) == 2
-    assert t.snapshot(4) == [{"address": "1.2.3.4", "remaining": 6.0, "detector": "fasttrack",
-                              "reason": "FastTrack UDP ping"},
-                             {"address": "1.2.3.5", "remaining": 6.0, "detector": "fasttrack",
-                              "reason": "FastTrack UDP ping"}]
+    snap = t.snapshot(4)
+    assert [(e["address"], e["remaining"], e["detector"], e["reason"]) for e in snap] == [
+        ("1.2.3.4", 6.0, "fasttrack", "FastTrack UDP ping"), ("1.2.3.5", 6.0, "fasttrack", "FastTrack UDP ping")]
+
+
+def test_evidence_scope_and_corroboration_are_packed_with_the_entry():
+    from p2pwall.tables import NAMED, OWN, REPLY
+
+    t = PeerTable(10)
+    c1, c2, c3 = b"\xc0\x00\x02\x0a", b"\xc0\x00\x02\x0b", b"\xc0\x00\x02\x0c"
+    e, new, wide = t.learn(A, 100.0, 60, "bt", "named", None, NAMED, c3, False, 2)
+    assert new and not wide and not e.lanwide and e.blocks(c3) and not e.blocks(c1)
+    e, new, wide = t.learn(A, 101.0, 60, "bt", "handshake", None, OWN, c1, False, 2)
+    assert not new and not wide and e.kind == OWN and e.blocks(c1) and not e.blocks(c2)
+    e, _, wide = t.learn(A, 102.0, 60, "bt", "handshake", None, OWN, c1, False, 2)  # the same client again
+    assert not wide and e.own_clients() == [c1]
+    e, _, wide = t.learn(A, 103.0, 60, "bt", "handshake", None, OWN, c2, False, 2)  # a second one: LAN-wide
+    assert wide and e.lanwide and e.blocks(b"\xc0\x00\x02\x63")
+    assert e.first_seen == 100.0 and e.last_seen == 103.0 and set(e.clients) == {c1, c2, c3}
+    e, _, wide = t.learn(B, 104.0, 60, "bt", "answered", None, REPLY, c1, True, 2)
+    assert wide and e.lanwide and e.kind == REPLY
+    v6 = bytes(15) + b"\x09"
+    e, _, _ = t.learn(v6, 0.0, 60, "bt", "x", None, OWN, bytes(15) + b"\x01", False, 2)
+    assert e.clients == (bytes(15) + b"\x01",)

@@ -3,6 +3,14 @@
 Recognises the NMDC hub/client handshake commands over TCP (``$MyNick``, ``$Lock``,
 ``$Key``) and the UDP search replies and pings (``$SR ``/``$Ping `` ending in ``|``).
 Requests: block the remote peer and drop the packet.
+
+Can a browser, an ordinary protocol or one hostile LAN host make it fire?  The TCP
+commands count only as the first payload of a connection (p2pwall's core refuses any
+later one), which a browser always fills with its own HTTP request line or TLS hello.
+The UDP forms need ``$SR ``/``$Ping `` at the start and ``|`` at the very end: a browser
+cannot send such UDP, and random datagrams match about 1 in 10^12.  A hostile LAN host
+can fire them against any address, for itself only: its own packets block the address
+for it alone.  p2pwall's core applies all of that; this detector only says what it saw.
 """
 
 from p2pwall import TCP, Block, ConfigError, Drop, hookimpl

@@ -66,8 +66,14 @@ def test_peers_learned_from_tracker_reply_and_dht():
     reply = b"HTTP/1.1 200 OK\r\n\r\nd8:intervali1800e5:peers12:" + compact + b"e"
     assert peers_in_tracker_reply(reply) == ["203.0.113.50", "203.0.113.51"]
     x = h()
+    x.feed(tcp("198.51.100.9", LAN, 80, 50000, reply), direction=TO_LAN)  # unasked: names nothing
+    assert not x.blocked("203.0.113.50") and not x.blocked("198.51.100.9")  # a web server's reply
+    announce = b"GET /announce?info_hash=%01%02&peer_id=x HTTP/1.1\r\nUser-Agent: aria2/1.37\r\n\r\n"
+    x.feed(tcp(LAN, TRACKER, 50001, 6969, announce))  # the request the detector recognised on this flow
     x.feed(tcp(TRACKER, LAN, 6969, 50001, reply), direction=TO_LAN)
-    assert x.engine.context.is_blocked("203.0.113.50") and x.engine.context.is_blocked(TRACKER)
+    named = x.peer("203.0.113.50")
+    assert named.kind == "named" and not named.lanwide and named.blocks(bytes([192, 168, 1, 5]))
+    assert x.peer(TRACKER).lanwide  # the tracker answered as a tracker: the whole LAN
     dht = (b"d1:rd2:id20:" + bytes(20) + b"5:token2:xx6:valuesl6:" + compact[:6] + b"6:" + compact[6:]
            + b"ee1:t2:aa1:y1:re")
     assert peers_in_dht(dht) == ["203.0.113.50", "203.0.113.51"]

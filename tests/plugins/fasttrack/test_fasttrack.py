@@ -66,12 +66,23 @@ def test_ping_blocks_peer_drops_and_spoofs_pong_from_the_peer():
     assert parse_pong(spoof.payload)
 
 
-def test_follow_ups_and_syns_to_noted_peer_are_dropped_from_any_lan_host():
+def test_follow_ups_and_syns_to_noted_peer_are_dropped_for_the_client_that_pinged():
     h = harness()
     h.feed(udp(LAN, PEER, 3000, 1214, PING))
     assert h.feed(udp(LAN, PEER, 3000, 1214, bytes.fromhex("2900000029") + b"\x01\x02"))[0]
-    assert h.feed(tcp(LAN2, PEER, 4000, 1214))[0]
-    assert h.engine.context.is_locked(LAN2) and not h.engine.context.is_locked(LAN)
+    assert not h.feed(tcp(LAN2, PEER, 4000, 1214))[0]  # one client's ping proves nothing about another
+    assert not h.locked(LAN2)
+    assert h.feed(tcp(LAN, PEER, 4001, 1214))[0]
+    assert h.locked(LAN) and not h.locked(LAN2)
+
+
+def test_a_second_client_pinging_the_same_peer_makes_it_lan_wide():
+    h = harness()
+    h.feed(udp(LAN, PEER, 3000, 1214, PING))
+    assert not h.peer(PEER).lanwide
+    h.feed(udp(LAN2, PEER, 3000, 1214, PING))
+    assert h.peer(PEER).lanwide
+    assert h.feed(tcp("192.168.1.99", PEER, 4000, 1214))[0] and h.locked("192.168.1.99")
 
 
 def test_time_lock_default_is_120s_and_restarts():

@@ -1,0 +1,59 @@
+"""Who is who on the LAN's own segment: the gateway's neighbour table (ARP for IPv4, NDP
+for IPv6), so that a LAN host cannot speak for another one.
+
+The reverse-path check stops a host from sending as an address of another network; it
+cannot stop a host from sending as its neighbour on the same segment.  Here the source
+MAC of the packet that would earn evidence or a lock is compared with the MAC the
+gateway itself resolved for that address: a mismatch is a spoofed packet and earns
+nothing.  An address the gateway has not resolved (yet) is taken as it comes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from .packet import ip_bytes
+
+
+class Neighbours:
+    def __init__(self, interfaces, refresh: float = 1.0, clock=time.monotonic):
+        self.interfaces = set(interfaces)
+        self.refresh = refresh
+        self.clock = clock
+        self._table: dict[bytes, bytes] = {}
+        self._read_at = -1e9
+
+    def _reload(self) -> None:
+        table: dict[bytes, bytes] = {}
+        try:
+            with open("/proc/net/arp") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 6 and parts[5] in self.interfaces and parts[2] != "0x0":
+                        table[ip_bytes(parts[0])] = bytes.fromhex(parts[3].replace(":", ""))
+        except (OSError, ValueError):
+            pass
+        done = subprocess.run(["ip", "-j", "-6", "neigh", "show"], capture_output=True, text=True)
+        try:
+            for n in json.loads(done.stdout or "[]"):
+                if n.get("dev") in self.interfaces and n.get("lladdr"):
+                    table[ip_bytes(n["dst"])] = bytes.fromhex(n["lladdr"].replace(":", ""))
+        except (ValueError, KeyError, TypeError):
+            pass
+        self._table = table
+        self._read_at = self.clock()
+
+    def genuine(self, addr: bytes, mac: bytes | None) -> bool:
+        """False when the gateway knows ``addr`` lives at another MAC than ``mac``."""
+        if not mac:
+            return True
+        known = self._table.get(addr)
+        if known is not None and known == mac[:len(known)]:
+            return True
+        if self.clock() - self._read_at >= self.refresh:
+            self._reload()
+            known = self._table.get(addr)
+        return known is None or known == mac[:len(known)]
