@@ -28,15 +28,18 @@ def _count(net: Network, chain: str, match: str, table: str) -> int:
 
 
 def learn(net: Network, peer: str) -> None:
-    net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", peer,
-             "--port", "1214", "--hex", PING.hex(), "--wait", "0.3")
+    """Both LAN hosts ping the peer: corroborated, it is blocked for the whole LAN (in the
+    raw table's ipset rule, which the flood then meets)."""
+    for ns in net.lans:
+        net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", peer,
+                 "--port", "1214", "--hex", PING.hex(), "--wait", "0.3")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4)
     args = ap.parse_args()
-    with Network(lan_hosts=1, outside_addresses=3) as net:
+    with Network(lan_hosts=2, outside_addresses=3) as net:
         peer = net.outside[0]
         net.exec(net.fw, "ipset", "create", "bench-peers", "hash:ip", "timeout", "0")
         net.exec(net.fw, "ipset", "add", "bench-peers", peer, "timeout", "600")

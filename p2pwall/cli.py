@@ -103,6 +103,7 @@ def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_
     settings = _settings(config_path)
     if queue is not None:
         settings.queue_number = queue
+    settings = config_mod.per_queue(settings)
     _setup_logging(log_level or settings.log_level, log_format or settings.log_format)
     detectors = _detectors(plugins, settings)
     _need_root("p2pwall run")
@@ -114,6 +115,7 @@ def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_
         fresh = config_mod.load(config_path)
         if queue is not None:
             fresh.queue_number = queue
+        fresh = config_mod.per_queue(fresh)
         return fresh, plugins_mod.load(list(plugins) or None, fresh)
 
     try:
@@ -204,6 +206,8 @@ def replay(pcaps, config_path, plugins, lans, fmt):
         except pcap.PcapError as exc:
             raise Failure(str(exc), EXIT_USAGE) from None
     report = rp.report()
+    for warning in report["warnings"]:
+        click.echo(f"p2pwall: warning: {warning}", err=True)
     if fmt == "json":
         click.echo(json.dumps(report))
         return
@@ -232,7 +236,7 @@ socket_option = click.option("--socket", "socket_path", help="Status socket (ove
 def _ask(config_path, socket_path, request: dict) -> dict:
     from .status import StatusError, query
 
-    settings = _settings(config_path)
+    settings = config_mod.per_queue(_settings(config_path))
     try:
         return query(socket_path or settings.status_socket, request)
     except StatusError as exc:
@@ -268,6 +272,12 @@ def status(config_path, socket_path, address, fmt):
     if c.get("kernel_set_failures") or c.get("kernel_set_refused"):
         click.echo(f"kernel sets: {c.get('kernel_set_failures', 0)} elements refused by the kernel, "
                    f"{c.get('kernel_set_refused', 0)} refused before it")
+    health = snap.get("queue_health") or {}
+    if health:
+        click.echo(f"queue: overflow {health['overflow']}"
+                   f"{' (fail open: what passes unjudged is not counted by the kernel)' if health['overflow'] == 'accept' else ''}; "
+                   f"{health['queue_dropped']} dropped full, {health['user_dropped']} lost to the socket, "
+                   f"{health['fairness_dropped']} over the per-host bound ({health['per_host_rate']}/s)")
     cluster = snap.get("cluster")
     if cluster:
         others = ", ".join(f"{gw} ({age:.0f} s ago)" for gw, age in cluster["gateways"].items()) or "none yet"

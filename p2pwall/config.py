@@ -42,6 +42,8 @@ class Settings:
     kernel_sets: bool = True
     clean_mark: int = 0x00100000
     first_mark: int = 0x00200000  # and the bit above it
+    per_host_rate: int = 2000  # packets per second one LAN host may have queued (0: no bound)
+    overflow: str = "accept"  # what a full queue does: "accept" (fail open) or "drop"
     # [lock]
     lock_seconds: float = 120.0
     lock_max: int = 65536
@@ -77,6 +79,7 @@ class Settings:
     log_format: str = "text"
     # [detectors.<name>]
     detectors: dict = field(default_factory=dict)
+    explicit: frozenset = frozenset()  # the attributes the file set (the rest are defaults)
 
 
 def _range(low=None, high=None):
@@ -105,6 +108,8 @@ _SCHEMA = {
         "kernel_sets": ("kernel_sets", "bool", None),
         "clean_mark": ("clean_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**32,
                                               "a single bit of the 32-bit conntrack mark")),
+        "per_host_rate": ("per_host_rate", "int", _range(0, 10_000_000)),
+        "overflow": ("overflow", "choice:accept,drop", None),
         "first_mark": ("first_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**31,
                                               "a single bit of the 32-bit mark, below the top bit")),
     },
@@ -242,9 +247,26 @@ def from_dict(data: dict) -> Settings:
             setattr(settings, attr, _check(section, key, value, kind, check))
             if attr == "lan_networks":
                 settings.lan_networks_set = True
+            settings.explicit = settings.explicit | {attr}
     if settings.clean_mark in (settings.first_mark, settings.first_mark << 1):
         raise ConfigError("[queue] first_mark: its bit and the one above it must differ from clean_mark")
     return settings
+
+
+def per_queue(settings: Settings) -> Settings:
+    """Two instances on one host (different ``[queue] number``) never share a default
+    status socket or state file: the defaults name the queue unless it is 0."""
+    import dataclasses
+
+    q = settings.queue_number
+    if q == 0:
+        return settings
+    changes = {}
+    if "status_socket" not in settings.explicit and settings.status_socket == Settings.status_socket:
+        changes["status_socket"] = f"/run/p2pwall/p2pwall-{q}.sock"
+    if "state_file" not in settings.explicit and settings.state_file == Settings.state_file:
+        changes["state_file"] = f"/var/lib/p2pwall/state-{q}.json"
+    return dataclasses.replace(settings, **changes) if changes else settings
 
 
 def load(path: str | Path | None) -> Settings:

@@ -85,8 +85,10 @@ def with_lan(settings: Settings) -> Settings:
 class NfqueueSource:
     """Binds an NFQUEUE queue; its fd is non-blocking and polled in the engine's loop."""
 
-    def __init__(self, number: int, maxlen: int, callback):
+    def __init__(self, number: int, maxlen: int, callback, fail_open: bool = True):
         from netfilterqueue import NetfilterQueue
+
+        from .queueflags import set_fail_open
 
         self.number = number
         try:
@@ -99,6 +101,10 @@ class NfqueueSource:
             raise QueueBusy(f"queue {number} is already in use by another process "
                             f"(another p2pwall?); choose another with --queue") from None
         self.fd = self.nfq.get_fd()
+        try:  # a full queue: accept unjudged (fail open) or drop, as [queue] overflow says
+            set_fail_open(self.fd, number, fail_open)
+        except OSError as exc:
+            raise DaemonError(f"queue {number}: cannot set the overflow policy: {exc.strerror or exc}") from None
 
     def fileno(self) -> int:
         return self.fd
@@ -130,7 +136,6 @@ class Daemon:
         self.policy = QueuePolicy.build(settings, detectors)
         self.install_rules = install_rules
         self.monitor = monitor
-        self._first_bit = settings.first_mark
         self.reload = reload
         self.engine: Engine | None = None
         self.kernel = None
@@ -141,12 +146,21 @@ class Daemon:
         self._installed: list[int] = []
         self._rules_text = ""
         self._saved_at = time.monotonic()
+        self._overload_at = 0.0
+        self._overload_seen = {"queue_dropped": 0, "user_dropped": 0, "fairness_dropped": 0}
+        self.overload: dict = {}
+        if settings.user:  # paths it must keep writing, checked before anything is touched
+            from .privileges import PrivilegeError
+
+            try:
+                self._owned_paths()
+            except PrivilegeError as exc:
+                raise ConfigError(str(exc)) from None
 
     # the verdict path: parse, decide, verdict, nothing else
     def _callback(self, pkt) -> None:
         try:
-            drop = self.engine.process_raw(pkt.get_payload(), pkt.hook, pkt.indev in self.lan_ifs,
-                                           bool(pkt.get_mark() & self._first_bit), pkt.get_hw()).drop
+            drop = self.engine.process_raw(pkt.get_payload(), pkt.hook, pkt.indev in self.lan_ifs, pkt).drop
         except Exception as exc:  # never leave a packet without a verdict
             self.engine.counters["engine_errors"] += 1
             emit(log, logging.ERROR, "engine_error", error=f"{type(exc).__name__}: {exc}")
@@ -181,7 +195,7 @@ class Daemon:
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor)
             self._set_onlink()
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
-                                   self._callback)
+                                   self._callback, fail_open=self.settings.overflow == "accept")
             try:
                 status = StatusServer(self._status_path())
             except OSError as exc:
@@ -275,6 +289,7 @@ class Daemon:
         snap["pid"] = os.getpid()
         if not self.worker:
             snap["rules"] = self._rules_text
+        snap["queue_health"] = dict(self.overload)
         if self.cluster is not None:
             snap["cluster"] = self.cluster.status()
         if self._children:
@@ -323,6 +338,8 @@ class Daemon:
             engine.flush()
             if time.monotonic() - self._saved_at >= self.settings.state_save_seconds:
                 self._save_state()
+            if time.monotonic() >= self._overload_at:
+                self._watch_overload()
 
     def _set_onlink(self) -> None:
         from .engine import AddressSet
@@ -330,6 +347,41 @@ class Daemon:
 
         self.engine.onlink = AddressSet(interface_networks(self.settings.lan_interfaces))
         self.engine.evidence.neighbours = Neighbours(self.settings.lan_interfaces)
+
+    # ---------------------------------------------------------------- overload
+    def _fairness_dropped(self) -> int:
+        """Packets the per-host bound dropped (the kernel's counters of its rules)."""
+        import subprocess
+
+        if not self.install_rules or not self.settings.per_host_rate:
+            return 0
+        total = 0
+        names = rules.chain_names(self.settings.queue_number)
+        for family in self._installed:
+            tool = "iptables" if family == 4 else "ip6tables"
+            for chain in (names["lan"], names["input"]):
+                out = subprocess.run([tool, "-w", "-L", chain, "-v", "-x", "-n"], capture_output=True,
+                                     text=True).stdout
+                total += sum(int(line.split()[0]) for line in out.splitlines()
+                             if "limit: above" in line and "DROP" in line)
+        return total
+
+    def _watch_overload(self) -> None:
+        """Every 2 s, off the packet path: the queue's and the fairness bound's drops;
+        ``event=queue_overflow`` (at most one line per 2 s) when they grew."""
+        from .metrics import queue_stats
+
+        self._overload_at = time.monotonic() + 2.0
+        figures = dict(queue_stats(self.settings.queue_number + self.worker))
+        figures["fairness_dropped"] = self._fairness_dropped() if not self.worker else 0
+        grew = {k: figures.get(k, 0) - v for k, v in self._overload_seen.items() if figures.get(k, 0) > v}
+        self._overload_seen = {k: max(v, figures.get(k, 0)) for k, v in self._overload_seen.items()}
+        self.overload = {"overflow": self.settings.overflow, "per_host_rate": self.settings.per_host_rate,
+                         **{k: figures.get(k, 0) for k in ("waiting", "queue_dropped", "user_dropped",
+                                                           "fairness_dropped")}}
+        if grew:
+            emit(log, logging.WARNING, "queue_overflow", **{f"new_{k}": v for k, v in grew.items()},
+                 overflow=self.settings.overflow)
 
     # ---------------------------------------------------------------- requests
     def _answer(self, request) -> bytes:
@@ -522,9 +574,15 @@ class Daemon:
             emit(log, logging.WARNING, "state_save_failed", file=self.settings.state_file, error=str(exc))
 
     def _owned_paths(self) -> list[str]:
-        paths = [os.path.dirname(self.settings.status_socket)]
+        """The files the daemon writes after dropping root, each checked to live in a
+        directory of p2pwall's own (a clear error otherwise, before anything changes)."""
+        from .privileges import own_directory
+
+        paths = [self._status_path()]
+        own_directory(paths[0], "[status] socket")
         if self.settings.state_file:
-            paths.append(os.path.dirname(os.path.abspath(self.settings.state_file)))
+            own_directory(self.settings.state_file, "[state] file")
+            paths.append(self._state_path())
         return paths
 
     # ---------------------------------------------------------------- rules
@@ -535,11 +593,16 @@ class Daemon:
             raise DaemonError("ipset not found: install it, or set [queue] kernel_sets = false")
         kernel = KernelSets(self.policy)
         self.kernel = kernel
+        leftovers = kernel.leftovers()  # a crashed run's entries, before the sets are made anew
         try:
             kernel.create()
         except KernelSetError as exc:
             raise DaemonError(str(exc)) from None
         self.engine.kernel = kernel
+        taken = self.engine.restore_kernel(leftovers)
+        if taken:
+            self.engine.flush()
+            emit(log, logging.INFO, "kernel_sets_recovered", entries=taken)
 
     def _install(self) -> None:
         """Install the policy's rules; what was installed is what ``status`` shows and

@@ -120,6 +120,11 @@ def _key(addr) -> bytes:
     return ip_bytes(addr)
 
 
+def _tag(detector: str, kind: str, reason: str) -> str:
+    """The comment a kernel set element carries: enough to take it back after a crash."""
+    return f"{detector}|{kind}|{reason}"
+
+
 class Engine:
     """Applies the tables and detectors to packets; owns the tables and the timers."""
 
@@ -158,6 +163,7 @@ class Engine:
         move to the matching kernel set."""
         self.settings = settings
         self.detectors = detectors
+        self._first_bit = settings.first_mark
         self.lan = AddressSet(settings.lan_networks)
         self.allow = AddressSet(settings.allow)
         self._no_allow = not settings.allow
@@ -184,7 +190,8 @@ class Engine:
                 if self.kernel is not None:
                     entry = self.peers.get(key, now)
                     self.kernel.remove(self.set_kind(detector, old_locking), key)
-                    self.kernel.add(self.set_kind(detector), key, entry.until - now)
+                    self.kernel.add(self.set_kind(detector), key, entry.until - now,
+                                    _tag(entry.detector, entry.kind, entry.reason))
         for key, _, _, _ in list(self.locks.entries(now)):
             if key in self.allow or key not in self.lan:
                 self.unlock(key, why="no longer allowed by the configuration", replicate=False)
@@ -211,16 +218,16 @@ class Engine:
 
     # ------------------------------------------------------------------ packets
     def process_raw(self, raw: bytes, hook: int | None = None, from_lan_if: bool | None = None,
-                    first: bool = True, mac: bytes | None = None) -> Verdict:
-        """Parse and judge one queued packet; ``first``: the kernel marked it as the first
-        payload of its connection in its direction."""
+                    source=None) -> Verdict:
+        """Parse and judge one queued packet.  ``source``, the queue's own packet, is asked
+        only when needed: its mark (the kernel's "first payload" bit) for TCP payloads,
+        its source MAC for evidence and locks."""
         packet = parse(raw)
         if packet is None:
             self.counters["unparsed"] += 1
             return UNPARSED
         packet.direction = self.direction(packet, hook, from_lan_if)
-        packet.first = first
-        packet.mac = mac
+        packet.mac = source
         return self.handle(packet)
 
     def direction(self, packet: Packet, hook: int | None, from_lan_if: bool | None) -> str:
@@ -282,6 +289,9 @@ class Engine:
                 kind = None if incoming else "tcp_syn"
             elif packet.end > packet.off:
                 kind = "tcp_payload_in" if incoming else "tcp_payload"
+                source = packet.mac
+                if source is not None and not isinstance(source, bytes):
+                    packet.first = bool(source.get_mark() & self._first_bit)
             else:
                 kind = None
         else:
@@ -399,12 +409,12 @@ class Engine:
                 set_kind = self.set_kind(entry.detector)
                 if old is not None and old.lanwide and self.set_kind(old.detector) != set_kind:
                     self.kernel.remove(self.set_kind(old.detector), key)
-                self.kernel.add(set_kind, key, left)
+                self.kernel.add(set_kind, key, left, _tag(entry.detector, entry.kind, entry.reason))
                 if widened:  # the client-scoped entries it grew out of are covered now
                     for c in entry.clients:
                         self.kernel.remove_pair(c, key)
             elif client is not None:
-                self.kernel.add_pair(client, key, left)
+                self.kernel.add_pair(client, key, left, _tag(entry.detector, kind, entry.reason))
         if self.replicate is not None and not remote:
             self.replicate("block", ip_text(key), entry.until - now, name, entry.reason, entry.note,
                            kind=kind, client=ip_text(client) if client else None, lanwide=lanwide)
@@ -413,6 +423,42 @@ class Engine:
                         address=ip_text(client) if client and not entry.lanwide else None,
                         scope="lan" if entry.lanwide else "client", evidence=entry.kind)
         return True
+
+    def restore_kernel(self, found: dict) -> int:
+        """Take back what a crashed run left in the kernel sets (``KernelSets.leftovers``):
+        the remaining time, and the detector, evidence and reason kept in each element's
+        comment.  Every entry is checked as a live one."""
+        from .kernelsets import parse_comment
+
+        now = self.clock()
+        count = 0
+        for set_kind in ("peers", "nolock"):
+            for text, left, tag in found.get(set_kind, []):
+                detector, kind, reason = (parse_comment(tag) + ["", "", ""])[:3]
+                try:
+                    key = ip_bytes(text)
+                except ValueError:
+                    continue
+                kind = kind if kind in ("own", "reply", "named", OPERATOR_KIND) else OWN
+                count += self._block_key(key, left, detector or "kernel", reason, None, now, kind, None, True,
+                                         quiet=True, remote=True)
+        for client_text, peer_text, left, tag in found.get("pairs", []):
+            detector, kind, reason = (parse_comment(tag) + ["", "", ""])[:3]
+            try:
+                client, key = ip_bytes(client_text), ip_bytes(peer_text)
+            except ValueError:
+                continue
+            kind = kind if kind in ("own", "named") else OWN
+            count += self._block_key(key, left, detector or "kernel", reason, None, now, kind, client, False,
+                                     quiet=True, remote=True)
+        for text, left, tag in found.get("locks", []):
+            detector, _, reason = (parse_comment(tag) + ["", "", ""])[:3]
+            try:
+                key = ip_bytes(text)
+            except ValueError:
+                continue
+            count += self._lock_key(key, left, detector or "kernel", reason, None, now, quiet=True, remote=True)
+        return count
 
     def _restore_peer(self, key, left, detector, reason, note, kind, lanwide, clients, own, now) -> bool:
         clients = [c for c in clients if c in self.lan and valid_element(c)]
@@ -432,7 +478,7 @@ class Engine:
             return False
         entry, new = self.locks.put(key, now, seconds, name, reason, note)
         if self.kernel is not None and not self.monitor:
-            self.kernel.add("locks", key, entry.until - now)
+            self.kernel.add("locks", key, entry.until - now, _tag(entry.detector, "lock", entry.reason))
         if self.replicate is not None and not remote:
             self.replicate("lock", ip_text(key), entry.until - now, name, entry.reason, entry.note)
         if not quiet:

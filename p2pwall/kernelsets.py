@@ -35,6 +35,19 @@ def _timeout(seconds: float) -> int:
     return max(1, min(MAX_TIMEOUT, math.ceil(seconds)))
 
 
+_COMMENT_BAD = re.compile(r"[^A-Za-z0-9 _.:/()|,+-]")
+
+
+def comment(*parts: str) -> str:
+    """What an element carries in the kernel beside its timeout (detector, evidence,
+    reason), so a crashed run's entries come back with their evidence."""
+    return _COMMENT_BAD.sub("_", "|".join(parts))[:200]
+
+
+def parse_comment(text: str) -> list[str]:
+    return text.split("|", 2) if text else []
+
+
 def valid_element(addr: bytes) -> bool:
     """An address ipset can hold and that may ever be enforced: ordinary unicast."""
     if len(addr) == 4:
@@ -95,7 +108,7 @@ class KernelSets:
         self.families = list(families)
         self.pairs = bool(self.policy.pairs_text())
 
-    def add_pair(self, client: bytes, peer: bytes, seconds: float) -> bool:
+    def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
         """Block ``peer`` for ``client`` alone (the nft pair set)."""
         if not self.pairs or len(client) != len(peer) or not valid_element(peer) or not valid_element(client):
             if self.pairs:
@@ -105,15 +118,15 @@ class KernelSets:
             self.refused += 1
             return False
         self.pending_pairs.append(("add", f"{ip_text(client)} . {ip_text(peer)}", _timeout(seconds),
-                                   4 if len(peer) == 4 else 6))
+                                   4 if len(peer) == 4 else 6, comment(note) if note else ""))
         return True
 
     def remove_pair(self, client: bytes, peer: bytes) -> None:
         if self.pairs and len(client) == len(peer) and valid_element(peer) and valid_element(client):
             self.pending_pairs.append(("del", f"{ip_text(client)} . {ip_text(peer)}", 1,
-                                       4 if len(peer) == 4 else 6))
+                                       4 if len(peer) == 4 else 6, ""))
 
-    def add(self, kind: str, addr: bytes, seconds: float) -> bool:
+    def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
         """Queue an add of ``addr`` to the ``kind`` set; False (and counted) when refused."""
         family = 4 if len(addr) == 4 else 6
         if family not in self.families:
@@ -122,7 +135,8 @@ class KernelSets:
             self.refused += 1
             return False
         name = self._names(family)[kind]
-        self.pending.append(f"add {name} {ip_text(addr)} timeout {_timeout(seconds)} -exist")
+        text = f' comment "{comment(note)}"' if note else ""
+        self.pending.append(f"add {name} {ip_text(addr)} timeout {_timeout(seconds)}{text} -exist")
         return True
 
     def remove(self, kind: str, addr: bytes) -> None:
@@ -130,13 +144,14 @@ class KernelSets:
         if family in self.families and valid_element(addr):
             self.pending.append(f"del {self._names(family)[kind]} {ip_text(addr)} -exist")
 
-    def _pair_lines(self, op: str, element: str, timeout: int, family: int) -> list[str]:
+    def _pair_lines(self, op: str, element: str, timeout: int, family: int, note: str = "") -> list[str]:
         table = f"inet {self.policy.nft_table} pairs{family}"
         # nft has no "add or refresh" nor "delete if present": add (a no-op when there),
         # delete, and add again with the new timeout, in one atomic batch
         lines = [f"add element {table} {{ {element} timeout 1s }}", f"delete element {table} {{ {element} }}"]
         if op == "add":
-            lines.append(f"add element {table} {{ {element} timeout {timeout}s }}")
+            text = f' comment "{note}"' if note else ""
+            lines.append(f"add element {table} {{ {element} timeout {timeout}s{text} }}")
         return lines
 
     def _flush_pairs(self) -> None:
@@ -218,6 +233,42 @@ class KernelSets:
             emit(log, logging.WARNING, "kernel_set_error", set=spec.name, error=self.last_error)
         self._ipset("destroy", tmp.name)
         emit(log, logging.INFO, "kernel_set_resized", set=spec.name, maxelem=spec.maxelem, entries=len(entries))
+
+    def leftovers(self) -> dict[str, list]:
+        """What a crashed run on this queue left in the kernel, read before ``create``
+        replaces it: {"peers"/"nolock"/"locks": [(address, seconds left, comment)],
+        "pairs": [(client, peer, seconds left, comment)]}."""
+        import json
+
+        found: dict[str, list] = {"peers": [], "nolock": [], "locks": [], "pairs": []}
+        for spec in self.policy.sets():
+            done = self._ipset("list", spec.name)
+            if done.returncode != 0:
+                continue
+            members = False
+            for line in done.stdout.splitlines():
+                if line.startswith("Members:"):
+                    members = True
+                    continue
+                m = re.match(r'(\S+) timeout (\d+)(?: comment "([^"]*)")?', line) if members else None
+                if m and int(m.group(2)) > 0:
+                    found[spec.kind].append((m.group(1), float(m.group(2)), m.group(3) or ""))
+        if self.policy.pairs_text():
+            prefix = self.command[:-1]
+            for family in (4, 6):
+                done = subprocess.run([*prefix, "nft", "-j", "list", "set", "inet", self.policy.nft_table,
+                                       f"pairs{family}"], capture_output=True, text=True)
+                try:
+                    doc = json.loads(done.stdout or "{}")
+                except ValueError:
+                    continue
+                for item in doc.get("nftables", []):
+                    for elem in item.get("set", {}).get("elem", []):
+                        e = elem.get("elem", {}) if isinstance(elem, dict) else {}
+                        concat = e.get("val", {}).get("concat") if isinstance(e.get("val"), dict) else None
+                        if isinstance(concat, list) and len(concat) == 2 and e.get("expires"):
+                            found["pairs"].append((concat[0], concat[1], float(e["expires"]), e.get("comment", "")))
+        return found
 
     def members(self, kind: str, family: int = 4) -> dict[str, int]:
         """What the kernel holds now: address -> seconds left (for tests and checks)."""

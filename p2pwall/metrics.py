@@ -60,6 +60,9 @@ def render(snap: dict, queue: int) -> str:
               "# HELP p2pwall_actions_refused_total Malformed actions detectors requested (never carried out).",
               "# TYPE p2pwall_actions_refused_total counter",
               f"p2pwall_actions_refused_total {c.get('actions_refused', 0)}",
+              "# HELP p2pwall_fairness_dropped_total Packets beyond [queue] per_host_rate, dropped before the queue.",
+              "# TYPE p2pwall_fairness_dropped_total counter",
+              f"p2pwall_fairness_dropped_total {snap.get('queue_health', {}).get('fairness_dropped', 0)}",
               *_cluster_lines(snap.get("cluster")),
               "# HELP p2pwall_uptime_seconds Seconds since start.", "# TYPE p2pwall_uptime_seconds gauge",
               f"p2pwall_uptime_seconds {snap['uptime']}"]

@@ -47,7 +47,10 @@ class Neighbours:
         self._read_at = self.clock()
 
     def genuine(self, addr: bytes, mac: bytes | None) -> bool:
-        """False when the gateway knows ``addr`` lives at another MAC than ``mac``."""
+        """False when the gateway knows ``addr`` lives at another MAC than ``mac`` (bytes,
+        or the queue's packet, asked for it now)."""
+        if mac is not None and not isinstance(mac, bytes):
+            mac = mac.get_hw()
         if not mac:
             return True
         known = self._table.get(addr)

@@ -72,14 +72,17 @@ def read(path: str, progress=None):
             records = _read_pcap(path, f, head)
         else:
             raise PcapError(f"{path}: not a pcap or pcapng file (magic {head.hex()})")
-        if progress is None:
-            yield from records
-            return
-        for n, record in enumerate(records):
-            if n % 4096 == 0:
-                progress(f.tell())
-            yield record
-        progress(f.tell())
+        n = 0
+        try:
+            for record in records:
+                if progress is not None and n % 4096 == 0:
+                    progress(f.tell())
+                n += 1
+                yield record
+        except _Cut as cut:
+            raise Truncated(path, n, str(cut)) from None
+        if progress is not None:
+            progress(f.tell())
 
 
 def _read_pcap(path, f, head):
@@ -97,13 +100,13 @@ def _read_pcap(path, f, head):
         if not hdr:
             return
         if len(hdr) < 16:
-            raise PcapError(f"{path}: truncated packet record")
+            raise _Cut("packet record")
         sec, frac, incl, _orig = unpack_from(rec, hdr)
         if incl > 262144 * 4:
             raise PcapError(f"{path}: corrupt packet record (length {incl})")
         frame = f.read(incl)
         if len(frame) < incl:
-            raise PcapError(f"{path}: truncated packet data")
+            raise _Cut("packet data")
         yield sec + frac * scale, link_to_ip(linktype, frame)
 
 
@@ -135,13 +138,13 @@ def _read_pcapng(path, f, head):
         if not hdr:
             return
         if len(hdr) < 8:
-            raise PcapError(f"{path}: truncated pcapng block")
+            raise _Cut("pcapng block")
         btype, blen = unpack_from(e + "II", hdr)
         if blen < 12 or blen % 4 or blen > 16 * 1024 * 1024:
             raise PcapError(f"{path}: corrupt pcapng block (length {blen})")
         body = f.read(blen - 8)
         if len(body) < blen - 8:
-            raise PcapError(f"{path}: truncated pcapng block")
+            raise _Cut("pcapng block")
         body = body[:-4]
         if btype == 0x0A0D0D0A:  # a new section: byte order may change
             bom = body[0:4]
@@ -179,6 +182,19 @@ def _tsresol(options: bytes, e: str) -> float:
             return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
         off += 4 + ((length + 3) & ~3)
     return 1e-6
+
+
+class _Cut(Exception):
+    """The file ends inside a record (inside the readers)."""
+
+
+class Truncated(PcapError):
+    """The capture stops in the middle of a record, as a capture cut off mid-write does:
+    every packet before the cut was delivered."""
+
+    def __init__(self, path: str, packets: int, where: str):
+        super().__init__(f"{path}: truncated after packet {packets} (the file ends inside a {where})")
+        self.path, self.packets = path, packets
 
 
 class PcapSource:

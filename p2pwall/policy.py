@@ -37,7 +37,8 @@ class SetSpec:
 
     def create_args(self) -> list[str]:
         fam = "inet" if self.family == 4 else "inet6"
-        return ["create", self.name, "hash:ip", "family", fam, "timeout", "0", "maxelem", str(self.maxelem)]
+        return ["create", self.name, "hash:ip", "family", fam, "timeout", "0", "maxelem", str(self.maxelem),
+                "comment"]
 
 
 def set_name(queue: int, kind: str, family: int) -> str:
@@ -64,6 +65,7 @@ class QueuePolicy:
     lock_max: int
     locking: tuple[tuple[str, bool], ...]  # (detector, do SYNs to its peers lock?)
     first_mark: int = 0x00200000
+    per_host_rate: int = 2000
 
     @classmethod
     def build(cls, settings: Settings, detectors) -> "QueuePolicy":
@@ -78,7 +80,8 @@ class QueuePolicy:
             udp_packets=settings.udp_packets, payload_packets=settings.payload_packets,
             kernel_sets=settings.kernel_sets, clean_mark=settings.clean_mark,
             lock_seconds=settings.lock_seconds, peer_max=settings.peer_max, lock_max=settings.lock_max,
-            locking=tuple(sorted(detectors.locking().items())), first_mark=settings.first_mark)
+            locking=tuple(sorted(detectors.locking().items())), first_mark=settings.first_mark,
+            per_host_rate=settings.per_host_rate)
 
     # ------------------------------------------------------------------ sets
     def peer_set_kind(self, detector: str | None) -> str:
@@ -94,6 +97,17 @@ class QueuePolicy:
                 size = self.lock_max if kind == "locks" else self.peer_max
                 out.append(SetSpec(kind, fam, set_name(self.queue, kind, fam), max(64, size)))
         return out
+
+    def fairness(self, family: int, where: str) -> str | None:
+        """The rule that keeps one LAN host's packets from filling the queue: beyond
+        ``per_host_rate`` a second (bursts of two seconds pass), the host's own packets
+        that would be queued are dropped; nobody else's are touched."""
+        if not self.per_host_rate:
+            return None
+        rate = self.per_host_rate
+        return (f"-m hashlimit --hashlimit-above {rate}/sec --hashlimit-burst {2 * rate} "
+                f"--hashlimit-mode srcip --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 "
+                f"--hashlimit-name p2pw{self.queue}{where}{family} -j DROP")
 
     @property
     def nft_table(self) -> str:
@@ -114,10 +128,12 @@ class QueuePolicy:
             f"  set pairs6 {{ type ipv6_addr . ipv6_addr; flags timeout; size {size}; }}",
             "  chain pre {",
             "    type filter hook prerouting priority -300; policy accept;",
-            f"    iifname {{ {names} }} ip saddr . ip daddr @pairs4 tcp flags & (syn | ack) == syn accept",
-            f"    iifname {{ {names} }} ip saddr . ip daddr @pairs4 drop",
-            f"    iifname {{ {names} }} ip6 saddr . ip6 daddr @pairs6 tcp flags & (syn | ack) == syn accept",
-            f"    iifname {{ {names} }} ip6 saddr . ip6 daddr @pairs6 drop",
+            f"    iifname {{ {names} }} ip saddr . ip daddr @pairs4 jump blocked",
+            f"    iifname {{ {names} }} ip6 saddr . ip6 daddr @pairs6 jump blocked",
+            "  }",
+            "  chain blocked {",
+            "    tcp flags & (syn | ack) == syn accept",
+            "    drop",
             "  }", "}", ""])
 
     def set_names(self, family: int) -> dict[str, str]:

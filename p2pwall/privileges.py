@@ -33,19 +33,38 @@ def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+def own_directory(path: str, what: str) -> str:
+    """The directory of ``path``, which must be absolute and p2pwall's own (its name says
+    p2pwall): with ``[daemon] user`` that directory is handed to the daemon's user, so it
+    may never be a shared one like /run, /var/lib or /."""
+    if not os.path.isabs(path):
+        raise PrivilegeError(f"{what}: with [daemon] user the path must be absolute, got {path!r}")
+    directory = os.path.dirname(os.path.normpath(path))
+    if "p2pwall" not in os.path.basename(directory):
+        raise PrivilegeError(f"{what}: with [daemon] user put it in a directory of p2pwall's own "
+                             f"(such as /run/p2pwall/), not {directory or '/'}")
+    return directory
+
+
 def drop_privileges(user: str, keep_paths: list[str] = ()) -> None:
+    """Become ``user``, keeping CAP_NET_ADMIN and CAP_NET_RAW; ``keep_paths`` (the status
+    socket, the state file) stay writable: their own directories (see ``own_directory``)
+    and the files themselves change owner, nothing else."""
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise PrivilegeError(f"[daemon] user: no such user {user!r}") from None
     libc = _libc()
-    for path in keep_paths:  # what the daemon must still write: status socket, state
-        if path and os.path.isdir(path):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-            for name in os.listdir(path):
-                full = os.path.join(path, name)
-                if name.startswith(("p2pwall", "state", ".p2pwall")) or full.endswith(".sock"):
-                    os.chown(full, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    try:
+        for path in keep_paths:
+            directory = os.path.dirname(path)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chown(directory, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+            if os.path.lexists(path):
+                os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    except OSError as exc:
+        raise PrivilegeError(f"[daemon] user: cannot hand {exc.filename or 'a path'} to {user}: "
+                             f"{exc.strerror or exc}") from None
     if libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
         raise PrivilegeError(f"prctl(KEEPCAPS) failed: {os.strerror(ctypes.get_errno())}")
     os.setgroups([])

@@ -66,13 +66,18 @@ class Replay:
         self.packets = 0
         self.verdicts = {"accept": 0, "drop": 0}
         self.kernel = {"queued": 0, "kernel_drop": 0, "pass": 0}
+        self.warnings: list[str] = []
         self.policy = QueuePolicy.build(settings, detectors)
         self.lan = self.engine.lan
 
     def feed_file(self, path: str, progress=None) -> None:
-        """Replay one capture; ``progress(bytes_read)`` is called now and then."""
-        for ts, raw in pcap.PcapSource(path, progress):
-            self.feed(ts, raw)
+        """Replay one capture; ``progress(bytes_read)`` is called now and then.  A capture
+        cut off mid-record is replayed up to the cut and noted in ``warnings``."""
+        try:
+            for ts, raw in pcap.PcapSource(path, progress):
+                self.feed(ts, raw)
+        except pcap.Truncated as exc:
+            self.warnings.append(str(exc))
 
     def feed(self, ts: float, raw: bytes | None) -> None:
         self.packets += 1
@@ -155,6 +160,7 @@ class Replay:
             "packets": self.packets,
             "verdicts": dict(self.verdicts),
             "kernel": dict(self.kernel),
+            "warnings": list(self.warnings),
             "flows": [f.to_dict() for f in self.flows.values()],
             "events": [e.to_dict() for e in self.engine.events.recent],
         }

@@ -25,6 +25,7 @@ class RuleSet:
     chains: dict[str, list[str]]  # chain -> rule bodies (after "-A CHAIN"), in order
     jumps: list[tuple[str, str]]  # (built-in chain, our chain) entered at its top
     early: list[str] = field(default_factory=list)  # raw table: drops before conntrack
+    mangle: list[str] = field(default_factory=list)  # mangle PREROUTING: the reverse-path check
 
     @property
     def empty(self) -> bool:
@@ -37,7 +38,8 @@ def chain_names(queue: int) -> dict[str, str]:
     return {"forward": f"P2PWALL-F{queue}", "input": f"P2PWALL-I{queue}",
             "lan": f"P2PWALL-L{queue}", "payload": f"P2PWALL-P{queue}",
             "reply": f"P2PWALL-R{queue}", "reply_payload": f"P2PWALL-Q{queue}",
-            "early": f"P2PWALL-E{queue}"}  # the one chain in the raw table
+            "early": f"P2PWALL-E{queue}",  # the one chain in the raw table
+            "mangle": f"P2PWALL-M{queue}"}  # the one chain in the mangle table
 
 
 def _first(count: int, direction: str) -> str:
@@ -85,24 +87,27 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     if not policy.fail_closed:
         target += " --queue-bypass"  # if p2pwall is gone, traffic flows
     sources = policy.lan_sources(family)
-    chains = {name: [] for key, name in names.items() if key != "early"}
+    chains = {name: [] for key, name in names.items() if key not in ("early", "mangle")}
     if not sources:
         return RuleSet(policy.queue, family, chains, [])
     wants = policy.wants
     early: list[str] = []
+    mangle: list[str] = []
     first = policy.first_mark  # packet mark: the first payload of its connection, this direction
     spoofed = first << 1  # packet mark: failed the reverse-path check
     seen_out, seen_in = first, first << 1  # conntrack mark: a first payload went out / came in
+    clean = f"0x{policy.clean_mark:x}/0x{policy.clean_mark:x}"
     if policy.lan_interfaces:
         # nothing that fails the reverse-path check is ever queued or locked: a LAN host
-        # cannot speak for another network, nor a WAN host for the LAN
+        # cannot speak for another network, nor a WAN host for the LAN (mangle, after
+        # conntrack, so that clean connections skip the route lookup)
+        mangle.append(f"-m connmark --mark {clean} -j RETURN")
         for src in sources:
-            early.append(f"{src} -m rpfilter --invert -j MARK --or-mark 0x{spoofed:x}")
+            mangle.append(f"{src} -m rpfilter --invert -j MARK --or-mark 0x{spoofed:x}")
     lan, payload = chains[names["lan"]], chains[names["payload"]]
     reply, reply_payload = chains[names["reply"]], chains[names["reply_payload"]]
     # A connection past its first packets, sent to no blocked peer, is marked clean in
     # conntrack once; from then on each of its packets costs one connmark test here.
-    clean = f"0x{policy.clean_mark:x}/0x{policy.clean_mark:x}"
     if policy.kernel_sets:
         # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
         # locking peer is queued, and the engine locks its sender (after checking that the
@@ -127,9 +132,15 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     reply.append(f"-m connmark --mark {clean} -j RETURN")
     if policy.kernel_sets:
         lan.append(f"-p tcp --syn -m set --match-set {sets['locks']} src -j DROP")
+    fair = policy.fairness(family, "f")
+    if fair:  # before anything is queued: one flooding host cannot fill the queue for the others
+        lan.append(fair)
     for src in sources:
         chains[names["forward"]].append(f"{src} -j {names['lan']}")
         if "udp" in wants:
+            fair_in = policy.fairness(family, "i")
+            if fair_in and not any(r == f"{src} -p udp {fair_in}" for r in chains[names["input"]]):
+                chains[names["input"]].append(f"{src} -p udp {fair_in}")
             chains[names["input"]].append(f"{src} -p udp {target}")
     if "udp_in" in wants or "tcp_payload_in" in wants:
         # only answers on flows a LAN host opened: unsolicited inbound traffic is never read
@@ -173,7 +184,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     jumps = [("FORWARD", names["forward"])]
     if len(chains[names["input"]]) > 1:  # more than the reverse-path test
         jumps.append(("INPUT", names["input"]))
-    return RuleSet(policy.queue, family, chains, jumps, early)
+    return RuleSet(policy.queue, family, chains, jumps, early, mangle)
 
 
 def restore_script(rules: RuleSet) -> str:
@@ -188,6 +199,10 @@ def restore_script(rules: RuleSet) -> str:
         early = chain_names(rules.queue)["early"]
         lines += ["*raw", f":{early} - [0:0]"] + [f"-A {early} {r}" for r in rules.early]
         lines += [f"-I PREROUTING 1 -j {early}", "COMMIT"]
+    if rules.mangle:
+        mangle = chain_names(rules.queue)["mangle"]
+        lines += ["*mangle", f":{mangle} - [0:0]"] + [f"-A {mangle} {r}" for r in rules.mangle]
+        lines += [f"-I PREROUTING 1 -j {mangle}", "COMMIT"]
     lines.append("")
     return "\n".join(lines)
 
@@ -248,17 +263,19 @@ def remove(queue: int, family: int = 4) -> None:
         return
     names = chain_names(queue)
     for table, parent, chain in (("filter", "FORWARD", names["forward"]), ("filter", "INPUT", names["input"]),
-                                 ("raw", "PREROUTING", names["early"])):
+                                 ("raw", "PREROUTING", names["early"]),
+                                 ("mangle", "PREROUTING", names["mangle"])):
         for _ in range(64):  # every jump, even if a crash left several
             if _run([tool, "-w", "-t", table, "-D", parent, "-j", chain]).returncode != 0:
                 break
-    filter_chains = [n for k, n in names.items() if k != "early"]
+    filter_chains = [n for k, n in names.items() if k not in ("early", "mangle")]
     for chain in filter_chains:
         _run([tool, "-w", "-F", chain])
     for chain in filter_chains:
         _run([tool, "-w", "-X", chain])
-    _run([tool, "-w", "-t", "raw", "-F", names["early"]])
-    _run([tool, "-w", "-t", "raw", "-X", names["early"]])
+    for table, chain in (("raw", names["early"]), ("mangle", names["mangle"])):
+        _run([tool, "-w", "-t", table, "-F", chain])
+        _run([tool, "-w", "-t", table, "-X", chain])
 
 
 def install(rules: RuleSet) -> None:

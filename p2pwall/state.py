@@ -63,16 +63,32 @@ def save(path: str, tables: dict, now: float, wall: float | None = None) -> None
 
 def load(path: str, wall: float | None = None) -> dict[str, list[tuple]]:
     """{"peers": [(address, seconds_left, detector, reason, note, kind, lanwide, clients,
-    own)], "locks": [(address, seconds_left, detector, reason, note)]}; {} if no file.  Every entry is checked for shape and range here; the engine then checks it
-    as it checks a live one (LAN, allowlist, unicast)."""
+    own)], "locks": [(address, seconds_left, detector, reason, note)]}; {} if no file.
+    Every entry is checked for shape and range here; the engine then checks it as it
+    checks a live one (LAN, allowlist, unicast).  A link, a FIFO or anything but a
+    regular file at ``path`` is refused (StateError: the daemon sets it aside)."""
     wall = time.time() if wall is None else wall
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+    try:  # never follow a link, never block on a FIFO, read regular files only
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise StateError(f"{path}: cannot open the state file safely: {exc.strerror or exc}") from None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateError(f"{path}: not a regular file")
+        with os.fdopen(fd, encoding="utf-8") as f:
+            fd = None
+            doc = json.loads(f.read(256 * 1024 * 1024))
+    except StateError:
+        raise
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise StateError(f"{path}: unreadable state: {exc}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
     if not isinstance(doc, dict) or doc.get("version") not in (1, 2, VERSION):
         raise StateError(f"{path}: not a p2pwall state file of version {VERSION}")
     out = {}

@@ -77,7 +77,8 @@ WEAK_WINDOW = 600.0
 
 
 def _zlib_header(p, at: int) -> bool:
-    return len(p) >= at + 2 and p[at] & 0x0F == 8 and p[at] >> 4 <= 7 and (p[at] << 8 | p[at + 1]) % 31 == 0
+    """The zlib header eMule's packer writes (deflate, 32 KiB window: 78 01/5E/9C/DA)."""
+    return len(p) >= at + 2 and p[at] == 0x78 and p[at + 1] in (0x01, 0x5E, 0x9C, 0xDA)
 
 
 def tcp_message(p) -> str | None:

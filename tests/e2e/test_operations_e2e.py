@@ -154,8 +154,18 @@ def test_monitor_mode_decides_and_logs_but_accepts(net, server, testdet_env):
 
 
 def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_env):
-    cfg = net.base_config(lock_seconds=60, extra='[daemon]\nuser = "nobody"\n')
+    own = net.dir / "p2pwall"  # with [daemon] user, socket and state live in a directory of p2pwall's own
+    cfg = (f'[network]\nlan_interfaces = ["br0"]\nlan_networks = ["192.0.2.0/24"]\n[lock]\nseconds = 60\n'
+           f'[status]\nsocket = "{own}/status.sock"\n[state]\nfile = "{own}/state.json"\n[daemon]\nuser = "nobody"\n')
+    refused = net.base_config(lock_seconds=60, extra='[daemon]\nuser = "nobody"\n')  # a socket in a shared dir
+    path = net.dir / "refused.toml"
+    path.write_text(refused)
+    done = net.python(net.fw, "-m", "p2pwall", "run", "--config", str(path), "--plugin", "fasttrack", check=False)
+    assert done.returncode == 2 and "directory of p2pwall's own" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="unpriv")
+    (net.dir / "status.sock").unlink(missing_ok=True)
+    (net.dir / "status.sock").symlink_to(own / "status.sock")  # where net.status() asks
     try:
         status = open(f"/proc/{d.proc.pid}/status").read()
         uid = [line for line in status.splitlines() if line.startswith("Uid:")][0].split()[1:]
@@ -223,3 +233,39 @@ def test_two_workers_share_the_kernel_sets_and_status_merges_them(net, server, t
     assert "P2PWALL" not in net.iptables_save()
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
+
+
+def test_a_crash_forgets_nothing_the_kernel_still_knew(net, server):
+    """Learn peers (one client-scoped, one LAN-wide) and a lock, kill -9, restart at
+    once with no state file at all: every entry comes back from the kernel sets, with
+    its remaining time, detector, evidence and reason, and is still enforced."""
+    from p2pwall_plugins.fasttrack import make_ping
+
+    cfg = net.base_config(lock_seconds=60)
+    d = net.p2pwall(cfg, "--plugin", "fasttrack", name="crash-1")
+    lan1, lan2 = net.lans
+    solo, shared, web = net.outside[14], net.outside[15], net.outside[16]
+    udp(net, lan1, solo, 5000, make_ping(), wait=0.3)
+    udp(net, lan1, shared, 5000, make_ping(), wait=0.3)
+    udp(net, lan2, shared, 5000, make_ping(), wait=0.3)
+    assert not tcp(net, lan1, solo, 80, timeout=0.5)["connected"]  # locks lan1
+    before = {e["address"]: e for e in d.status()["peers"]["entries"]}
+    assert before[solo]["scope"] == "client" and before[shared]["scope"] == "lan"
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(5)
+    again = net.p2pwall(cfg, "--plugin", "fasttrack", name="crash-2")
+    try:
+        snap = again.status()
+        after = {e["address"]: e for e in snap["peers"]["entries"]}
+        assert set(after) == set(before)
+        for addr in (solo, shared):
+            for key in ("scope", "detector", "reason", "evidence"):
+                assert after[addr][key] == before[addr][key], (addr, key, after[addr], before[addr])
+            assert before[addr]["remaining"] - 30 < after[addr]["remaining"] <= before[addr]["remaining"] + 1
+        assert [e["address"] for e in snap["locks"]["entries"]] == [net.lan_ips[0]]
+        assert not tcp(net, lan1, web, 80, timeout=0.5)["connected"]  # still locked
+        assert udp(net, lan2, shared, 5000, b"after", wait=0.5)[0]["reply"] is None  # still blocked for all
+        assert udp(net, lan2, solo, 5000, b"free", wait=0.5)[0]["reply"] is not None  # and solo only for lan1
+        assert "kernel_sets_recovered" in again.output()
+    finally:
+        assert again.stop() == 0

@@ -72,13 +72,22 @@ def test_bad_config_kinds(tmp_path):
             assert text in done.stderr
 
 
-def test_truncated_pcap(tmp_path):
+def test_a_cut_off_capture_is_replayed_up_to_the_cut_with_a_warning(tmp_path):
     data = (PCAPS / "edonkey.pcap").read_bytes()
+    whole = json.loads(p2pwall("replay", "--format", "json", str(PCAPS / "edonkey.pcap")).stdout)
     f = tmp_path / "cut.pcap"
     f.write_bytes(data[: len(data) // 2])
-    done = p2pwall("replay", str(f))
-    one_line_error(done)
-    assert "truncated" in done.stderr
+    done = p2pwall("replay", "--format", "json", str(f))
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    assert 0 < report["packets"] < whole["packets"]
+    assert done.stderr.startswith(f"p2pwall: warning: {f}: truncated after packet {report['packets']} ")
+    assert report["warnings"] and f"truncated after packet {report['packets']}" in report["warnings"][0]
+    for name in ("dns.pcap", "ssh.pcap"):  # pcapng too
+        cut = tmp_path / name
+        cut.write_bytes((PCAPS / name).read_bytes()[:-7])
+        done = p2pwall("replay", "--format", "json", str(cut))
+        assert done.returncode == 0 and "truncated after packet" in done.stderr, done.stderr
 
 
 def test_run_needs_root():

@@ -53,3 +53,14 @@ def test_file_errors(tmp_path):
     bad.write_text("[lock\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load(bad)
+
+
+def test_two_instances_never_share_default_paths():
+    from p2pwall.config import per_queue
+
+    zero = per_queue(from_dict({}))
+    three = per_queue(from_dict({"queue": {"number": 3}}))
+    assert zero.status_socket != three.status_socket and zero.state_file != three.state_file
+    assert "3" in three.status_socket and "3" in three.state_file
+    mine = per_queue(from_dict({"queue": {"number": 3}, "status": {"socket": "/run/x.sock"}}))
+    assert mine.status_socket == "/run/x.sock"  # what the operator names is kept

@@ -67,5 +67,5 @@ def test_truncated_record(tmp_path):
     path = pcap_file(tmp_path, 1, [ETH + IP])
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-3])
-    with pytest.raises(PcapError, match="truncated packet data"):
+    with pytest.raises(PcapError, match="truncated after packet 0"):
         list(read(path))

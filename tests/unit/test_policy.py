@@ -21,11 +21,11 @@ class FakeKernel:
     def __init__(self):
         self.sets = {"peers": {}, "nolock": {}, "locks": {}}
 
-    def add(self, kind, addr, seconds):
+    def add(self, kind, addr, seconds, note=""):
         self.sets[kind][addr] = seconds
         return True
 
-    def add_pair(self, client, peer, seconds):
+    def add_pair(self, client, peer, seconds, note=""):
         self.sets.setdefault("pairs", {})[(client, peer)] = seconds
         return True
 

@@ -147,3 +147,28 @@ def test_evidence_and_scope_survive_a_restart(tmp_path):
     one, two = fresh.peers.get(ip_bytes(PEER), 50.0), fresh.peers.get(ip_bytes("203.0.113.10"), 50.0)
     assert not one.lanwide and one.clients == (ip_bytes(LAN),) and one.kind == "own"
     assert two.lanwide and set(two.clients) == {ip_bytes(LAN), ip_bytes("192.168.1.6")}
+
+
+@pytest.mark.parametrize("make", ["symlink", "fifo", "directory"])
+def test_a_state_path_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, make):
+    import os
+
+    path = tmp_path / "state.json"
+    if make == "symlink":
+        (tmp_path / "elsewhere.json").write_text('{"version": 3, "peers": [], "locks": []}')
+        os.symlink(tmp_path / "elsewhere.json", path)
+    elif make == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    with pytest.raises(state.StateError):
+        state.load(str(path))
+
+
+def test_privilege_drop_refuses_shared_directories():
+    from p2pwall.privileges import PrivilegeError, own_directory
+
+    assert own_directory("/run/p2pwall/p2pwall.sock", "[status] socket") == "/run/p2pwall"
+    for bad in ("/run/p2pwall.sock", "state.json", "/p2pwall-state.json", "/var/lib/state.json"):
+        with pytest.raises(PrivilegeError):
+            own_directory(bad, "[state] file")

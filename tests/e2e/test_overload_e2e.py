@@ -1,0 +1,116 @@
+"""Overload on the real kernel: one LAN host floods with every datagram a new flow (a
+port scan, a DHT crawler); another host's connections and page fetches all get through,
+each within a second; the flooding host's own P2P traffic is still stopped; the bound's
+drops are visible.  And status and metrics clients that never read cost the LAN nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import pytest
+
+from .helpers import start_server
+
+pytestmark = pytest.mark.e2e
+
+FLOOD = """
+import os, random, socket, sys, time
+end = time.time() + float(sys.argv[1]); n = 0
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+payload = os.urandom(36)
+while time.time() < end:
+    for _ in range(256):
+        try:
+            s.sendto(payload, ("203.0.113.%d" % random.randrange(1, 40), random.randrange(1024, 65535)))
+            n += 1
+        except BlockingIOError:
+            pass
+print(n)
+"""
+
+
+def fetch(net, ns, url, timeout=1.0) -> tuple[bool, float]:
+    start = time.monotonic()
+    done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url", url,
+                    "--timeout", str(timeout), check=False, timeout=timeout + 10)
+    took = time.monotonic() - start
+    try:
+        return json.loads(done.stdout)["ok"], took
+    except (ValueError, KeyError):
+        return False, took
+
+
+def test_one_hosts_new_flow_flood_costs_the_others_nothing(net):
+    from p2pwall_plugins.fasttrack import make_ping
+
+    web, peer = net.outside[19], net.outside[18]
+    net.start(net.out, sys.executable, "-m", "http.server", "80", "--bind", web, "--directory", str(net.dir),
+              log="overload-web.log", ready="Serving HTTP")
+    arrivals = start_server(net, net.out, "overload.jsonl", udp_ports="1214", tcp_ports="8081")
+    d = net.p2pwall(net.base_config(lock_seconds=10), name="overload")
+    try:
+        flood = net.spawn(net.lans[0], sys.executable, "-c", FLOOD, "8", log="flood.out")
+        time.sleep(1)
+        results = []
+        pinger_done = threading.Event()
+
+        def pings():  # the flooding host's P2P program, in the middle of the flood
+            for _ in range(10):
+                net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", peer,
+                         "--port", "1214", "--hex", make_ping().hex(), "--wait", "0.1", check=False)
+                time.sleep(0.3)
+            pinger_done.set()
+
+        threading.Thread(target=pings, daemon=True).start()
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            results.append(fetch(net, net.lans[1], f"http://{web}/"))
+            time.sleep(0.1)
+        pinger_done.wait(20)
+        flood.wait(30)
+        sent = int((net.dir / "flood.out").read_text().split()[-1])
+        ok = [r for r in results if r[0] and r[1] < 1.5]
+        print(f"overload: {sent} datagrams flooded; {len(ok)} of {len(results)} fetches in time during it")
+        assert sent > 100_000
+        assert len(results) >= 15 and len(ok) >= 0.99 * len(results), results
+        time.sleep(2.5)  # the loop reads the kernel's counters every 2 s
+        health = d.status()["queue_health"]
+        assert health["fairness_dropped"] > 1000, health  # the flood met the per-host bound
+        entry = {e["address"]: e for e in d.status()["peers"]["entries"]}.get(peer)
+        assert entry is not None and entry["own_clients"] == [net.lan_ips[0]]  # a ping was still caught
+        from .helpers import arrivals as seen
+
+        assert not seen(arrivals, dst=peer)  # and none reached the peer
+        assert '"event": "queue_overflow"' in d.output() or "event=queue_overflow" in d.output()
+    finally:
+        d.stop()
+
+
+def test_idle_and_slow_clients_on_status_and_metrics_cost_the_lan_nothing(net):
+    web = net.outside[17]
+    net.start(net.out, sys.executable, "-m", "http.server", "80", "--bind", web, "--directory", str(net.dir),
+              log="idle-web.log", ready="Serving HTTP")
+    d = net.p2pwall(net.base_config(extra='[metrics]\nlisten = "127.0.0.1:9733"\n'), name="idle")
+    holders = []
+    try:
+        code = ("import socket,sys,time\nsocks=[]\n"
+                "for _ in range(8):\n"
+                "  a=socket.socket(socket.AF_UNIX); a.connect(sys.argv[1]); socks.append(a)\n"
+                "  b=socket.create_connection(('127.0.0.1', 9733)); socks.append(b)\n"
+                "  c=socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); c.sendall(b'{\"cmd\": \"status\"}\\n');"
+                " c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024); socks.append(c)\n"
+                "print('ready', flush=True); time.sleep(30)\n")
+        holders.append(net.spawn(net.fw, sys.executable, "-c", code, str(net.dir / "status.sock"), log="holders.log"))
+        from p2pwall.testbed import wait_for_log
+
+        wait_for_log(net.dir / "holders.log", holders[0], "ready", 10)
+        times = [fetch(net, net.lans[1], f"http://{web}/")[1] for _ in range(10)]
+        assert all(t < 0.6 for t in times), times  # a process start and a fetch: no 0.5 s stalls
+        assert d.status()["counters"]["packets"] >= 10  # and status still answers
+    finally:
+        for h in holders:
+            h.kill()
+        d.stop()
