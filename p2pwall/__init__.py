@@ -14,10 +14,10 @@ from .engine import Context, Verdict  # noqa: E402
 from .events import Event  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402  (the marker detectors decorate hooks with)
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_bytes, ip_text  # noqa: E402
-from .plugins import DetectorInfo  # noqa: E402
+from .plugins import SERVICE_PORTS, DetectorInfo  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "DetectorInfo", "ConfigError", "Settings", "Context", "Verdict",
     "Drop", "Block", "Lock", "Spoof", "Probe", "Report", "Event", "browser_shaped", "header_block",
-    "Packet", "FROM_LAN", "TO_LAN", "TO_FIREWALL", "UNKNOWN", "TCP", "UDP", "ip_bytes", "ip_text",
+    "SERVICE_PORTS", "Packet", "FROM_LAN", "TO_LAN", "TO_FIREWALL", "UNKNOWN", "TCP", "UDP", "ip_bytes", "ip_text",
 ]

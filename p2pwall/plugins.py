@@ -18,6 +18,8 @@ from . import hookspecs
 from .config import ConfigError, Settings
 
 GROUP = "p2pwall.detectors"
+# ports of ordinary services that first-payload size rules never queue (iptables multiport: 15 at most)
+SERVICE_PORTS = (22, 25, 53, 80, 110, 143, 443, 465, 587, 853, 993, 995, 1194, 3389, 8443)
 KINDS = ("udp", "tcp_syn", "tcp_payload", "udp_in", "tcp_payload_in")
 OWN_DISTRIBUTION = "p2pwall"
 
@@ -53,6 +55,12 @@ class DetectorInfo:
     """The same for ``tcp_payload_in`` (payloads coming back towards the LAN)."""
     tcp_prefixes: list[bytes] = field(default_factory=list)
     """1-4 leading bytes that also select LAN payloads (iptables ``u32``, IPv4 only)."""
+    tcp_first_sizes: tuple[int, int] | None = None
+    """Also queue the first payload of each LAN connection whose size (TCP payload bytes)
+    lies in this range, unless it goes to a service port (``SERVICE_PORTS``): for
+    signatures that are a shape, not bytes (an encrypted handshake).  At most 1400."""
+    tcp_first_sizes_in: tuple[int, int] | None = None
+    """The same for the first reply payload of such connections (towards the LAN)."""
     udp_screen: bytes | None = None
     """A bytes regular expression; only UDP payloads it matches at their start reach this
     detector.  It must run in linear time (no nested repetition)."""
@@ -124,6 +132,14 @@ def _coerce_info(name: str, raw) -> DetectorInfo:
         setattr(info, attr, values)
     if any(not 1 <= len(s) <= 4 for s in info.tcp_prefixes):
         raise PluginError(f"detector {name}: tcp_prefixes must be 1 to 4 bytes long")
+    for attr in ("tcp_first_sizes", "tcp_first_sizes_in"):
+        value = getattr(info, attr)
+        if value is not None:
+            if (not isinstance(value, (list, tuple)) or len(value) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                    or not 1 <= value[0] <= value[1] <= 1400):
+                raise PluginError(f"detector {name}: {attr} must be (low, high) with 1 <= low <= high <= 1400")
+            setattr(info, attr, (value[0], value[1]))
     if not isinstance(info.locks, bool):
         raise PluginError(f"detector {name}: locks must be true or false, got {info.locks!r}")
     if info.udp_screen is not None:
@@ -202,6 +218,13 @@ class DetectorSet:
                     return None
                 strings.extend(s for s in mine if s not in strings)
         return strings
+
+    def tcp_first_sizes(self, kind: str = "tcp_payload") -> tuple[int, int] | None:
+        """The union of the detectors' first-payload size ranges for ``kind``."""
+        ranges = [d.info.tcp_first_sizes if kind == "tcp_payload" else d.info.tcp_first_sizes_in
+                  for d in self.detectors if kind in d.info.wants]
+        ranges = [r for r in ranges if r]
+        return (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
 
     def tcp_prefixes(self) -> list[bytes]:
         """Leading bytes that also select LAN payloads (matched with u32 on IPv4)."""

@@ -66,6 +66,8 @@ class QueuePolicy:
     locking: tuple[tuple[str, bool], ...]  # (detector, do SYNs to its peers lock?)
     first_mark: int = 0x00200000
     per_host_rate: int = 2000
+    first_sizes: tuple[int, int] | None = None  # queue first LAN payloads of these sizes (a shape)
+    first_sizes_in: tuple[int, int] | None = None
 
     @classmethod
     def build(cls, settings: Settings, detectors) -> "QueuePolicy":
@@ -81,7 +83,8 @@ class QueuePolicy:
             kernel_sets=settings.kernel_sets, clean_mark=settings.clean_mark,
             lock_seconds=settings.lock_seconds, peer_max=settings.peer_max, lock_max=settings.lock_max,
             locking=tuple(sorted(detectors.locking().items())), first_mark=settings.first_mark,
-            per_host_rate=settings.per_host_rate)
+            per_host_rate=settings.per_host_rate, first_sizes=detectors.tcp_first_sizes(),
+            first_sizes_in=detectors.tcp_first_sizes("tcp_payload_in"))
 
     # ------------------------------------------------------------------ sets
     def peer_set_kind(self, detector: str | None) -> str:
@@ -217,6 +220,8 @@ class QueuePolicy:
             if ("tcp_payload" in self.wants and packet.end > packet.off
                     and sent <= self.payload_packets + 2 and self._payload_selected(packet)):
                 return QUEUE
+            if "tcp_payload" in self.wants and self.sized(packet, True):
+                return QUEUE
             return PASS
         if not solicited:
             return PASS
@@ -227,7 +232,19 @@ class QueuePolicy:
         if ("tcp_payload_in" in self.wants and not syn and packet.end > packet.off
                 and received <= self.payload_packets + 2 and _contains(packet.data, self.tcp_strings_in)):
             return QUEUE
+        if "tcp_payload_in" in self.wants and not syn and packet.end > packet.off and self.sized(packet, False):
+            return QUEUE
         return PASS
+
+    def sized(self, packet, outgoing: bool) -> bool:
+        """A first payload the size rules queue (kernel model for replay)."""
+        from .plugins import SERVICE_PORTS
+
+        sizes = self.first_sizes if outgoing else self.first_sizes_in
+        if sizes is None or not packet.first:
+            return False
+        port = packet.dport if outgoing else packet.sport
+        return sizes[0] <= packet.end - packet.off <= sizes[1] and port not in SERVICE_PORTS
 
     def _payload_selected(self, packet) -> bool:
         if self.tcp_prefixes and packet.version == 6:

@@ -65,6 +65,19 @@ def _payload_rules(strings, family: int, target: str) -> list[str]:
     return [f"-m string --algo bm {_quote(s)} {target}" for s in strings]
 
 
+def _sizes(sizes: tuple[int, int], family: int) -> str:
+    """Packet lengths whose TCP payload can lie in ``sizes`` (IP and TCP headers with or
+    without options); the engine checks the exact payload size."""
+    ip = 20 if family == 4 else 40
+    return f"-m length --length {sizes[0] + ip + 20}:{sizes[1] + ip + 60}"
+
+
+def _services() -> str:
+    from .plugins import SERVICE_PORTS
+
+    return ",".join(str(p) for p in SERVICE_PORTS)
+
+
 def _quote(s: bytes) -> str:
     text = s.decode("latin-1")
     if any(c in text for c in '"\\\n\'') or not text.isprintable():
@@ -172,6 +185,9 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         payload.extend(_payload_rules(tcp_strings, family, target))
         if tcp_strings is not None:
             payload.extend(f"-m u32 --u32 {_u32_prefix(p)} {target}" for p in policy.tcp_prefixes)
+        if policy.first_sizes:
+            lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_sizes(policy.first_sizes, family)} "
+                       f"-m multiport ! --dports {_services()} {target}")
     if "udp_in" in wants:
         reply_limit = f" {_first(policy.udp_packets, 'reply')}" if policy.udp_packets else ""
         reply.append(f"-p udp{reply_limit} {target}")
@@ -181,6 +197,9 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_in:x}")
         reply.append(f"-p tcp ! --syn {_first(policy.payload_packets + 2, 'reply')} -j {names['reply_payload']}")
         reply_payload.extend(_payload_rules(policy.tcp_strings_in, family, target))
+        if policy.first_sizes_in:
+            reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_sizes(policy.first_sizes_in, family)} "
+                         f"-m multiport ! --sports {_services()} {target}")
     jumps = [("FORWARD", names["forward"])]
     if len(chains[names["input"]]) > 1:  # more than the reverse-path test
         jumps.append(("INPUT", names["input"]))

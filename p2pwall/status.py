@@ -185,7 +185,7 @@ class StatusServer(ThreadedServer):
         super().close()
         try:
             os.unlink(self.path)
-        except FileNotFoundError:
+        except OSError:  # gone already, or no longer ours to remove: stopping goes on
             pass
 
 

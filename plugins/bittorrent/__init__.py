@@ -16,6 +16,9 @@ encrypted, MSE) connections to them are blocked too.  Lock: yes (``lock = true``
 clients hold many peers and retry, and encrypted connections to peers nobody named are
 recognisable only by the time lock.
 
+Encrypted connections (MSE/PE, the private-tracker way: HTTPS tracker, encryption
+required, no DHT) are recognised by their shape, per client: see :mod:`.mse`.
+
 Can a browser, an ordinary protocol or one hostile LAN host make it fire?
 - Peer-wire handshake: only as the first payload of a connection (the core refuses any
   later one), which a browser always fills with an HTTP request line or a TLS hello: a
@@ -47,6 +50,8 @@ from struct import unpack_from
 
 from p2pwall import FROM_LAN, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, Report, browser_shaped, hookimpl
 from p2pwall_plugins._common import switches
+
+from . import mse
 
 __version__ = "1.0.0"
 
@@ -143,7 +148,7 @@ def peers_in_dht(data: bytes) -> list[str]:
 class BitTorrentDetector:
     def __init__(self):
         self.conf = {"peer_wire": True, "dht": True, "utp": True, "trackers": True, "lsd": True,
-                     "learn": True, "lock": True}
+                     "learn": True, "lock": True, "mse": True}
 
     @hookimpl
     def p2pwall_detector_info(self):
@@ -157,7 +162,8 @@ class BitTorrentDetector:
                             description="peer wire, DHT, uTP, trackers, LSD; learns peers from replies",
                             wants=wants, tcp_strings=[b"BitTorrent protocol", b"info_hash="],
                             udp_screen=rb"d[0-9]|\x41[\x00-\x02]|\x00\x00\x04\x17\x27\x10\x19\x80|BT-SEARCH",
-                            tcp_strings_in=strings_in, locks=c["lock"])
+                            tcp_strings_in=strings_in, locks=c["lock"],
+                            tcp_first_sizes=mse.SIZES if c["mse"] else None)
 
     @hookimpl
     def p2pwall_configure(self, table, settings):
@@ -192,6 +198,8 @@ class BitTorrentDetector:
             if browser_shaped(data):
                 return [Drop(reason), Report(f"browser-shaped {reason}")]
             return [Block(packet.dst, reason=reason), Drop(reason), Lock(packet.src, reason=reason)]
+        if c["mse"]:
+            return mse.inspect(packet, context)
         return None
 
     def _reply(self, packet, context):

@@ -33,7 +33,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from p2pwall_plugins.fasttrack import make_ping, make_pong, parse_ping, parse_pong
+from p2pwall_plugins.fasttrack import make_node_pong, make_ping, make_pong, parse_ping, parse_pong
+
+# how a client answers a ping (the firewall's probe), as real nodes do (protocols.md):
+# an ordinary node's 0x29 "node pong" of 13 bytes, or 21 with its address; a supernode's
+# 17-byte 0x28; giFT's bare 5-byte 0x29
+ANSWERS = {
+    "node": lambda: make_node_pong(),
+    "node-address": lambda: make_node_pong(address=(bytes([192, 0, 2, 10]), 1214)),
+    "supernode": lambda: make_pong(),
+    "bare": lambda: bytes([0x29, 0, 0, 0, 0x29]),
+}
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 DOWNLOAD_SIZE = 64 * 1024
@@ -170,7 +180,7 @@ class Client:
                 self.probes_answered += 1
                 self.log(kind="ping_answered", src=src[0], port=src[1])
                 try:
-                    self.udp.sendto(make_pong(), src)
+                    self.udp.sendto(ANSWERS[self.args.answer](), src)
                 except OSError:
                     pass
 
@@ -302,6 +312,8 @@ def main(argv=None) -> int:
     c.add_argument("--parallel", type=int, default=20)
     c.add_argument("--udp-port", type=int, default=1214)
     c.add_argument("--no-udp", action="store_true", help="UDP disabled: straight to HTTP downloads")
+    c.add_argument("--answer", choices=sorted(ANSWERS), default="node",
+                   help="how it answers pings (probes): an ordinary node's 13-byte 0x29 by default")
     c.add_argument("--supernode", default="203.0.113.1:1214")
     args = p.parse_args(argv)
     return {"peers": peers, "client": client}[args.cmd](args)

@@ -60,7 +60,7 @@ def _http_get(net, ns: str, url: str, timeout: float = 2.0) -> bool:
 
 def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: float = 30.0,
         mode1: float = 3.0, mode2: float = 6.0, no_udp: bool = False, seed: int | None = None,
-        recover: bool = True, echo=None, config_extra: str = "", capture=None) -> Result:
+        recover: bool = True, echo=None, config_extra: str = "", capture=None, answer: str = "node") -> Result:
     """Run the scenario once on ``net`` (a p2pwall.testbed.Network) and report."""
     say = echo or (lambda *_: None)
     web = net.outside[-1]
@@ -96,6 +96,7 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
             args += ["--seed", str(seed)]
         if no_udp:
             args.append("--no-udp")
+        args += ["--answer", answer]
         say(f"emulated FastTrack client starts on {net.lan_ips[0]}"
             f"{' with UDP disabled (HTTP downloads only)' if no_udp else ''}; "
             f"{net.lan_ips[1]} browses http://{web}/ every second")

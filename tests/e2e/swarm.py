@@ -14,8 +14,15 @@ PIECE = 256 * 1024
 
 
 class Swarm:
-    def __init__(self, net, tag: str, tracker: bool, size: int = 2 * 1024 * 1024):
-        self.net, self.tag, self.tracker = net, tag, tracker
+    """``private``: BitTorrent as private trackers run it: the tracker only over HTTPS (a
+    TLS terminator, stunnel, in front of opentracker), encryption required on every peer
+    (MSE), no DHT, no local discovery, no peer exchange, and ``seeders`` seeders on as many
+    outside addresses."""
+
+    def __init__(self, net, tag: str, tracker: bool, size: int = 2 * 1024 * 1024, private: bool = False,
+                 seeders: int = 1):
+        self.net, self.tag, self.tracker, self.private = net, tag, tracker, private
+        self.seeders = [net.outside[1]] + net.outside[3:3 + seeders - 1]
         d = self.dir = net.dir / tag
         d.mkdir()
         os.chmod(net.dir, 0o755)
@@ -26,24 +33,53 @@ class Swarm:
         (self.seed_dir / "payload.bin").write_bytes(self.payload)
         self.tracker_ip, self.seeder_ip, self.boot_ip = net.outside[0], net.outside[1], net.outside[2]
         cmd = ["transmission-create", "-s", str(PIECE // 1024), "-o", str(d / "f.torrent")]
-        if tracker:
+        if private:
+            cmd += ["-t", f"https://{self.tracker_ip}/announce", "-p"]
+        elif tracker:
             cmd += ["-t", f"http://{self.tracker_ip}:6969/announce"]
         subprocess.run(cmd + [str(self.seed_dir / "payload.bin")], check=True, capture_output=True)
         self.torrent = d / "f.torrent"
         self.procs = []
 
+    CRYPTO = ["--bt-require-crypto=true", "--bt-min-crypto-level=arc4", "--enable-peer-exchange=false",
+              "--enable-dht=false", "--bt-enable-lpd=false", "--check-certificate=false"]
+
+    def _start_private(self, common) -> None:
+        net, d = self.net, self.dir
+        self._start_tracker()
+        key, cert = d / "key.pem", d / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=tracker.example", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        conf = d / "stunnel.conf"
+        conf.write_text(f"foreground = yes\npid =\n[tracker]\naccept = {self.tracker_ip}:443\n"
+                        f"connect = {self.tracker_ip}:6969\ncert = {cert}\nkey = {key}\n")
+        self.procs.append(net.spawn(net.out, "stunnel4", str(conf), log=f"{self.tag}-stunnel.log"))
+        for i, ip in enumerate(self.seeders):  # each from its own address, announcing over plain HTTP
+            self.procs.append(net.spawn(net.out, "aria2c", "--dir", str(self.seed_dir), "--seed-ratio=0", "-V",
+                                        *common, *self.CRYPTO, f"--listen-port={6881 + 10 * i}",
+                                        f"--interface={ip}", "--bt-external-ip", ip,
+                                        f"--bt-exclude-tracker=https://{self.tracker_ip}/announce",
+                                        f"--bt-tracker=http://{self.tracker_ip}:6969/announce",
+                                        str(self.torrent), log=f"{self.tag}-seeder{i}.log"))
+
+    def _start_tracker(self) -> None:
+        net, d = self.net, self.dir
+        root = d / "otroot"
+        root.mkdir()
+        (root / "whitelist").write_text(info_hash(self.torrent.read_bytes()) + "\n")
+        os.chmod(d, 0o755)
+        os.chmod(root, 0o755)
+        user = "_opentracker" if _user("_opentracker") else "nobody"
+        self.procs.append(net.spawn(net.out, "opentracker", "-i", self.tracker_ip, "-p", "6969", "-P", "6969",
+                                    "-d", str(root), "-u", user, "-w", "/whitelist", log=f"{self.tag}-tracker.log"))
+
     def start(self) -> None:
         net, d = self.net, self.dir
         common = ["--bt-enable-lpd=false", "--summary-interval=0", "--file-allocation=none"]
-        if self.tracker:
-            root = d / "otroot"
-            root.mkdir()
-            (root / "whitelist").write_text(info_hash(self.torrent.read_bytes()) + "\n")
-            os.chmod(d, 0o755)
-            os.chmod(root, 0o755)
-            user = "_opentracker" if _user("_opentracker") else "nobody"
-            self.procs.append(net.spawn(net.out, "opentracker", "-i", self.tracker_ip, "-p", "6969", "-P", "6969",
-                                        "-d", str(root), "-u", user, "-w", "/whitelist", log=f"{self.tag}-tracker.log"))
+        if self.private:
+            self._start_private(common)
+        elif self.tracker:
+            self._start_tracker()
             self.procs.append(net.spawn(net.out, "aria2c", "--dir", str(self.seed_dir), "--seed-ratio=0", "-V",
                                         "--enable-dht=false", *common, "--listen-port=6881",
                                         "--bt-external-ip", self.seeder_ip, str(self.torrent),
@@ -66,7 +102,9 @@ class Swarm:
         args = ["aria2c", "--dir", str(self.leech_dir), "--bt-enable-lpd=false", "--summary-interval=0",
                 "--file-allocation=none", "--seed-time=0", f"--bt-stop-timeout={int(stop_after)}",
                 "--listen-port=6881"]
-        if self.tracker:
+        if self.private:
+            args += self.CRYPTO
+        elif self.tracker:
             args.append("--enable-dht=false")
         else:
             args += ["--enable-dht=true", "--dht-message-timeout=2", "--dht-listen-port=6882",

@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import threading
+import time
 
 import pytest
 
@@ -93,6 +94,66 @@ def test_bittorrent_swarm(net, ordinary, tracker):
         swarm.stop()
         daemon.stop()
     assert results and all(results), results  # the other LAN host's web downloads worked throughout
+
+
+@needs_bt
+def test_private_tracker_bittorrent_is_stopped(net, ordinary):
+    """BitTorrent the private-tracker way: the tracker only over HTTPS (stunnel in front of
+    opentracker), MSE required on every peer, no DHT, no local discovery, no peer
+    exchange, four seeders on four outside addresses.  Without p2pwall the whole file
+    arrives; with it (every detector) not one piece, the other LAN host browses
+    throughout, and the offender is free again one lock period after its client stops.
+
+    The peers' uplink is shaped to 20 Mbit/s (a generous residential upload): on bare
+    veth links a piece would cross in the milliseconds a kernel set update takes, which
+    no real swarm does."""
+    net.exec(net.out, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "20mbit", "burst", "32kbit",
+             "latency", "50ms")
+    try:
+        _private_swarm(net, ordinary)
+    finally:
+        net.exec(net.out, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+
+
+def _private_swarm(net, ordinary):
+    bare = Swarm(net, "bt-private-bare", True, private=True, seeders=4)
+    try:
+        bare.start()
+        bare.leech(stop_after=15)
+        assert bare.pieces_received() == len(bare.payload) // (256 * 1024)  # without p2pwall it arrives
+    finally:
+        bare.stop()
+
+    swarm = Swarm(net, "bt-private", True, private=True, seeders=4)
+    daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), name="bt-private")
+    results, stop = [], threading.Event()
+    browser = threading.Thread(target=_browse, args=(net, net.lans[1], f"http://{ordinary}/f", results, stop))
+    try:
+        swarm.start()
+        browser.start()
+        swarm.leech(stop_after=12)
+        assert swarm.pieces_received() == 0  # not one piece crossed
+        snap = daemon.status()
+        entries = {e["address"]: e for e in snap["peers"]["entries"]}
+        assert len([ip for ip in swarm.seeders if ip in entries]) >= 3, entries
+        assert all(entries[ip]["scope"] == "client" for ip in swarm.seeders if ip in entries)
+        assert swarm.tracker_ip not in entries  # the HTTPS tracker itself is ordinary TLS on 443
+    finally:
+        stop.set()
+        browser.join(30)
+        swarm.stop()
+    try:  # the client has stopped: one lock period later the host is free again
+        deadline = time.monotonic() + 2 * LOCK + 5
+        free = False
+        while time.monotonic() < deadline and not free:
+            done = net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url",
+                            f"http://{ordinary}/f", "--timeout", "1", check=False)
+            free = json.loads(done.stdout or '{"ok": false}')["ok"]
+            time.sleep(0.5)
+        assert free
+    finally:
+        daemon.stop()
+    assert results and all(results), results
 
 
 def test_edonkey_tcp_hello_and_kad_udp_through_the_kernel(net, testdet_env):

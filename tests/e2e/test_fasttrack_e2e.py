@@ -94,3 +94,13 @@ def test_replay_of_the_capture_reports_the_same_detections(three_modes, ftnet):
     assert any(f["reason"] in ("peer blocked", "client locked") for f in report["flows"])
     web = ftnet.outside[-1]
     assert not [f for f in report["flows"] if f["peer"] == web and f["client"] == ftnet.lan_ips[1] and f["dropped"]]
+
+
+@pytest.mark.parametrize("answer", ["supernode", "node-address", "bare"])
+def test_each_documented_probe_answer_keeps_the_client_locked(ftnet, answer):
+    """The main run answers probes as an ordinary node does (the 13-byte 0x29); a client
+    answering in any other documented form is recognised just the same."""
+    r = scenario.run(ftnet, tag=f"answer-{answer}", lock=LOCK, seconds=14, mode1=2, mode2=3, recover=False,
+                     answer=answer)
+    assert r.client["probes_answered"] >= 1 and r.status["events"].get("probe_answered", 0) >= 1, r.status["events"]
+    assert r.client["connected"] == 0 and not r.tcp_reached_peers

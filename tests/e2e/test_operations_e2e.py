@@ -163,6 +163,7 @@ def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_
     done = net.python(net.fw, "-m", "p2pwall", "run", "--config", str(path), "--plugin", "fasttrack", check=False)
     assert done.returncode == 2 and "directory of p2pwall's own" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    os.chmod(net.dir, 0o755)  # the daemon's user must reach its own directory inside
     d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="unpriv")
     (net.dir / "status.sock").unlink(missing_ok=True)
     (net.dir / "status.sock").symlink_to(own / "status.sock")  # where net.status() asks
@@ -181,6 +182,7 @@ def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_
         assert got[0]["reply"] == b"SPOOFED".hex()  # the raw socket opened as root still sends
         assert d.status()["counters"]["packets"] >= 2
     finally:
+        (net.dir / "status.sock").unlink(missing_ok=True)
         assert d.stop() == 0
     assert "P2PWALL" not in net.iptables_save()  # removed without root
     assert net.exec(net.fw, "ipset", "list", "-n").stdout.strip() == ""

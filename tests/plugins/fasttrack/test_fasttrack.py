@@ -192,3 +192,33 @@ def test_pong_from_firewall_direction_only_counts_from_the_lan_side():
     h = harness()
     assert h.feed(udp(LAN, "192.168.1.1", 3000, 40123, PING), direction=TO_FIREWALL) == (False, None, "")
     assert not h.engine.context.is_locked(LAN)
+
+
+@pytest.mark.parametrize("form", ["node", "node-address", "supernode", "bare"])
+def test_every_documented_answer_restarts_the_lock(form):
+    from p2pwall import TO_FIREWALL
+    from p2pwall_plugins.fasttrack.emulator import ANSWERS
+
+    answer = ANSWERS[form]()
+    assert parse_pong(answer)
+    h = harness()
+    h.feed(udp(LAN, PEER, 3000, 1214, PING))
+    h.feed(tcp(LAN, PEER, 4000, 1214))  # locked, with the ping kept as the probe's material
+    h.advance(61)  # half the 120 s lock: the probe goes out
+    (probe,) = [a for a in h.sent if type(a).__name__ == "Probe"]
+    assert probe.dport == 3000
+    before = h.lock(LAN).until
+    h.advance(1)
+    assert h.feed(udp(LAN, "192.168.0.1", 3000, probe.sport, answer), direction=TO_FIREWALL).detector == "fasttrack"
+    assert h.lock(LAN).until > before and h.events("probe_answered")
+
+
+def test_answers_that_are_not_probe_answers():
+    from p2pwall import TO_FIREWALL
+
+    for junk in (bytes.fromhex("2900000029") + b"\x01", bytes.fromhex("2900000029") + bytes(8),
+                 bytes.fromhex("29000000290100") + bytes(14)):  # a 21-byte form without its flag
+        assert not parse_pong(junk)
+    h = harness()  # a pong out of the blue (no probe outstanding) locks nobody
+    h.feed(udp(LAN, "192.168.0.1", 3000, 1214, bytes.fromhex("2900000029")), direction=TO_FIREWALL)
+    assert not h.locked(LAN)
