@@ -20,20 +20,6 @@ import time
 
 from common import Network, cpu_model, start_bare_queue, stop, table
 
-SENDER = """
-import os, random, socket, sys, time
-end = time.time() + float(sys.argv[1]); n = 0
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
-payload = os.urandom(36); rnd = random.Random(1)
-while time.time() < end:
-    for _ in range(512):
-        try:
-            s.sendto(payload, ("203.0.113.%d" % rnd.randrange(1, 251), rnd.randrange(1024, 65535)))
-            n += 1
-        except BlockingIOError:
-            pass
-print(n)
-"""
 
 
 def arrived(net: Network) -> int:
@@ -43,7 +29,8 @@ def arrived(net: Network) -> int:
 
 def run(net: Network, seconds: float) -> tuple[float, int]:
     before = arrived(net)
-    proc = net.spawn(net.lans[0], sys.executable, "-c", SENDER, str(seconds), log="newflow-sender.out")
+    proc = net.spawn(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "newflows", "--seconds",
+                     str(seconds), log="newflow-sender.out")
     proc.wait(seconds + 30)
     time.sleep(0.3)
     sent = int((net.dir / "newflow-sender.out").read_text().split()[-1])

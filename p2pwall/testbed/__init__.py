@@ -62,19 +62,86 @@ def outside_address(i: int) -> str:
     return f"203.0.113.{i}"
 
 
-class Network:
+class Namespaces:
+    """Namespaces named with a per-run prefix, the processes started in them, and their
+    removal (``close``, safe to call twice, also from ``with``)."""
+
+    def __init__(self, prefix: str | None = None):
+        self.prefix = prefix or f"p2pw{secrets.token_hex(3)}"
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self._procs: list[subprocess.Popen] = []
+        self._made: list[str] = []
+
+    def _ns(self, name: str) -> None:
+        _sh("ip", "netns", "add", name)
+        self._made.append(name)
+        _sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def exec(self, ns: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        done = subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True,
+                              timeout=timeout)
+        if check and done.returncode != 0:
+            raise TestbedError(f"[{ns}] {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+        return done
+
+    def spawn(self, ns: str, *args: str, log: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        """Start a background process in ``ns``; its output goes to ``log`` in self.dir."""
+        out = open(self.dir / (log or f"proc{len(self._procs)}.log"), "wb")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        out.close()
+        self._procs.append(proc)
+        return proc
+
+    def start(self, ns: str, *args: str, log: str, ready="\"ready\"", timeout: float = 10.0,
+              env: dict | None = None) -> subprocess.Popen:
+        """``spawn``, then wait until its log shows ``ready``."""
+        proc = self.spawn(ns, *args, log=log, env=env)
+        wait_for_log(self.dir / log, proc, ready, timeout)
+        return proc
+
+    def python(self, ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.exec(ns, sys.executable, *args, **kw)
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait(5)
+        self._procs.clear()
+        for name in reversed(self._made):
+            for pid in _sh("ip", "netns", "pids", name, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _sh("ip", "netns", "del", name, check=False)
+        self._made.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Network(Namespaces):
     """LAN hosts, a firewall and an outside host with many addresses, in namespaces."""
 
     def __init__(self, lan_hosts: int = 2, outside_addresses: int = 20, prefix: str | None = None):
-        self.prefix = prefix or f"p2pw{secrets.token_hex(3)}"
+        super().__init__(prefix)
         self.fw = f"{self.prefix}-fw"
         self.out = f"{self.prefix}-out"
         self.lans = [f"{self.prefix}-lan{i + 1}" for i in range(lan_hosts)]
         self.lan_ips = [f"192.0.2.{10 + i}" for i in range(lan_hosts)]
         self.outside = [outside_address(i + 1) for i in range(outside_addresses)]
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
-        self._procs: list[subprocess.Popen] = []
-        self._made: list[str] = []
         try:
             self._build()
         except BaseException:
@@ -82,11 +149,6 @@ class Network:
             raise
 
     # ------------------------------------------------------------------ building
-    def _ns(self, name: str) -> None:
-        _sh("ip", "netns", "add", name)
-        self._made.append(name)
-        _sh("ip", "-n", name, "link", "set", "lo", "up")
-
     def _build(self) -> None:
         for name in [self.fw, self.out, *self.lans]:
             self._ns(name)
@@ -119,32 +181,6 @@ class Network:
             time.sleep(0.2)
 
     # ------------------------------------------------------------------ running
-    def exec(self, ns: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        done = subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True,
-                              timeout=timeout)
-        if check and done.returncode != 0:
-            raise TestbedError(f"[{ns}] {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
-        return done
-
-    def spawn(self, ns: str, *args: str, log: str | None = None, env: dict | None = None) -> subprocess.Popen:
-        """Start a background process in ``ns``; its output goes to ``log`` in self.dir."""
-        out = open(self.dir / (log or f"proc{len(self._procs)}.log"), "wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
-        out.close()
-        self._procs.append(proc)
-        return proc
-
-    def start(self, ns: str, *args: str, log: str, ready="\"ready\"", timeout: float = 10.0,
-              env: dict | None = None) -> subprocess.Popen:
-        """``spawn``, then wait until its log shows ``ready``."""
-        proc = self.spawn(ns, *args, log=log, env=env)
-        wait_for_log(self.dir / log, proc, ready, timeout)
-        return proc
-
-    def python(self, ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
-        return self.exec(ns, sys.executable, *args, **kw)
-
     def p2pwall(self, config: str, *args: str, env: dict | None = None, name: str = "p2pwall",
                 wait: float = 20.0) -> "Daemon":
         """Start ``p2pwall run`` in the firewall namespace and wait until it is ready."""
@@ -166,37 +202,6 @@ class Network:
 
     def iptables_save(self) -> str:
         return self.exec(self.fw, "iptables-save").stdout
-
-    # ------------------------------------------------------------------ teardown
-    def close(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(5)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait(5)
-        self._procs.clear()
-        for name in reversed(self._made):
-            _sh("ip", "netns", "pids", name, check=False)
-            pids = _sh("ip", "netns", "pids", name, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _sh("ip", "netns", "del", name, check=False)
-        self._made.clear()
-
-    def __enter__(self) -> "Network":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class Daemon:

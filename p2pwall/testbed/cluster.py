@@ -15,18 +15,17 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from . import Daemon, TestbedError, _sh, outside_address, wait_for_log
+from . import Daemon, Namespaces, TestbedError, _sh, outside_address
 
 MGMT_REDIS = "198.51.100.129"
 
 
-class ClusterNetwork:
+class ClusterNetwork(Namespaces):
     def __init__(self, outside_addresses: int = 40, prefix: str | None = None):
-        self.prefix = prefix or f"p2pw{secrets.token_hex(3)}"
+        super().__init__(prefix)
         self.sw, self.out = f"{self.prefix}-sw", f"{self.prefix}-out"
         self.fws = [f"{self.prefix}-fw1", f"{self.prefix}-fw2"]
         self.lans = [f"{self.prefix}-lan1", f"{self.prefix}-lan2"]
@@ -35,9 +34,6 @@ class ClusterNetwork:
         self.fw_wan = ["198.51.100.1", "198.51.100.3"]
         self.fw_mgmt = ["198.51.100.130", "198.51.100.131"]
         self.outside = [outside_address(i + 1) for i in range(outside_addresses)]
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
-        self._procs: list[subprocess.Popen] = []
-        self._made: list[str] = []
         self.redis: subprocess.Popen | None = None
         self.route = {ip: i for i, ip in enumerate(self.lan_ips)}  # LAN host -> gateway index
         try:
@@ -45,11 +41,6 @@ class ClusterNetwork:
         except BaseException:
             self.close()
             raise
-
-    def _ns(self, name):
-        _sh("ip", "netns", "add", name)
-        self._made.append(name)
-        _sh("ip", "-n", name, "link", "set", "lo", "up")
 
     def _veth(self, ns: str, ifname: str, bridge: str, addr: str | None):
         peer = f"{ifname[:4]}{len(self._made)}{secrets.token_hex(2)}"[:15]
@@ -89,30 +80,6 @@ class ClusterNetwork:
             time.sleep(0.2)
 
     # ------------------------------------------------------------------ running
-    def exec(self, ns, *args, check=True, timeout=60):
-        done = subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            raise TestbedError(f"[{ns}] {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
-        return done
-
-    def python(self, ns, *args, **kw):
-        return self.exec(ns, sys.executable, *args, **kw)
-
-    def spawn(self, ns, *args, log: str, env=None):
-        import os
-
-        out = open(self.dir / log, "wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
-        out.close()
-        self._procs.append(proc)
-        return proc
-
-    def start(self, ns, *args, log: str, ready='"ready"', timeout=10.0):
-        proc = self.spawn(ns, *args, log=log)
-        wait_for_log(self.dir / log, proc, ready, timeout)
-        return proc
-
     def start_redis(self) -> None:
         """A fresh, empty redis-server on the management link (no persistence)."""
         self.redis = self.start(self.sw, "redis-server", "--bind", MGMT_REDIS, "--port", "6379", "--save", "",
@@ -151,38 +118,6 @@ class ClusterNetwork:
         _sh("ip", "-n", ns, "route", "replace", "default", "via", self.fw_lan[to])
         _sh("ip", "-n", self.out, "route", "replace", f"{lan_ip}/32", "via", self.fw_wan[to])
         self.route[lan_ip] = to
-
-    # ------------------------------------------------------------------ teardown
-    def close(self) -> None:
-        import os
-        import signal
-
-        for proc in self._procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(5)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait(5)
-        self._procs.clear()
-        for name in reversed(self._made):
-            for pid in _sh("ip", "netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _sh("ip", "netns", "del", name, check=False)
-        self._made.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class GatewayDaemon(Daemon):

@@ -156,6 +156,29 @@ def listen(args) -> int:
     return 0
 
 
+def newflows(args) -> int:
+    """A new-flow flood: every datagram to a new address/port pair (as a port scan or a
+    DHT crawler sends them), from a non-blocking socket in a tight loop, bounded in time;
+    prints how many were sent."""
+    import random
+
+    end = time.time() + args.seconds
+    sent = 0
+    rnd = random.Random(1)
+    payload = bytes(rnd.getrandbits(8) for _ in range(args.size))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        while time.time() < end:
+            for _ in range(512):
+                try:
+                    s.sendto(payload, (f"{args.prefix}.{rnd.randrange(1, args.hosts + 1)}", rnd.randrange(1024, 65535)))
+                    sent += 1
+                except BlockingIOError:
+                    pass
+    print(sent, flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="p2pwall.testbed.traffic")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -184,8 +207,14 @@ def main(argv=None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--count", type=int, default=1)
     s.add_argument("--seconds", type=float, default=5)
+    s = sub.add_parser("newflows")
+    s.add_argument("--seconds", type=float, default=4)
+    s.add_argument("--prefix", default="203.0.113")
+    s.add_argument("--hosts", type=int, default=250)
+    s.add_argument("--size", type=int, default=36)
     args = p.parse_args(argv)
-    return {"serve": serve, "udp": udp, "tcp": tcp, "http": http, "listen": listen}[args.cmd](args)
+    return {"serve": serve, "udp": udp, "tcp": tcp, "http": http, "listen": listen,
+            "newflows": newflows}[args.cmd](args)
 
 
 if __name__ == "__main__":

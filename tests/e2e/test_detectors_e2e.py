@@ -63,25 +63,46 @@ def _browse(net, ns, url, results, stop):
         stop.wait(1)
 
 
+class _Browsing:
+    """The other LAN host fetches a page every second while a swarm runs."""
+
+    def __init__(self, net, ordinary):
+        self.results, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=_browse, args=(net, net.lans[1], f"http://{ordinary}/f",
+                                                              self.results, self._stop))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> list:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        return self.results
+
+
+def _without_p2pwall_it_arrives(bare: Swarm, seconds: float) -> None:
+    """The control run: the same swarm with no p2pwall downloads the whole file."""
+    try:
+        bare.start()
+        bare.leech(stop_after=seconds)
+        assert bare.pieces_received() == len(bare.payload) // (256 * 1024)
+    finally:
+        bare.stop()
+
+
 @needs_bt
 @pytest.mark.parametrize("tracker", [True, False], ids=["tracker", "dht-only"])
 def test_bittorrent_swarm(net, ordinary, tracker):
     tag = "bt-tracker" if tracker else "bt-dht"
-    bare = Swarm(net, tag + "-bare", tracker)
-    try:
-        bare.start()
-        bare.leech(stop_after=20)
-        assert bare.pieces_received() == len(bare.payload) // (256 * 1024)  # without p2pwall it arrives
-    finally:
-        bare.stop()
+    _without_p2pwall_it_arrives(Swarm(net, tag + "-bare", tracker), 20)
 
     swarm = Swarm(net, tag, tracker)
     daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), "--plugin", "bittorrent", name=tag)
-    results, stop = [], threading.Event()
-    browser = threading.Thread(target=_browse, args=(net, net.lans[1], f"http://{ordinary}/f", results, stop))
+    browsing = _Browsing(net, ordinary)
     try:
         swarm.start()
-        browser.start()
+        browsing.start()
         swarm.leech(stop_after=12)
         assert swarm.pieces_received() == 0  # not one piece of the file crossed
         snap = daemon.status()
@@ -89,8 +110,7 @@ def test_bittorrent_swarm(net, ordinary, tracker):
         blocked = {e["address"] for e in snap["peers"]["entries"]}
         assert (swarm.tracker_ip if tracker else swarm.seeder_ip) in blocked
     finally:
-        stop.set()
-        browser.join(30)
+        results = browsing.stop()
         swarm.stop()
         daemon.stop()
     assert results and all(results), results  # the other LAN host's web downloads worked throughout
@@ -116,21 +136,14 @@ def test_private_tracker_bittorrent_is_stopped(net, ordinary):
 
 
 def _private_swarm(net, ordinary):
-    bare = Swarm(net, "bt-private-bare", True, private=True, seeders=4)
-    try:
-        bare.start()
-        bare.leech(stop_after=15)
-        assert bare.pieces_received() == len(bare.payload) // (256 * 1024)  # without p2pwall it arrives
-    finally:
-        bare.stop()
+    _without_p2pwall_it_arrives(Swarm(net, "bt-private-bare", True, private=True, seeders=4), 15)
 
     swarm = Swarm(net, "bt-private", True, private=True, seeders=4)
     daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), name="bt-private")
-    results, stop = [], threading.Event()
-    browser = threading.Thread(target=_browse, args=(net, net.lans[1], f"http://{ordinary}/f", results, stop))
+    browsing = _Browsing(net, ordinary)
     try:
         swarm.start()
-        browser.start()
+        browsing.start()
         swarm.leech(stop_after=12)
         assert swarm.pieces_received() == 0  # not one piece crossed
         snap = daemon.status()
@@ -139,8 +152,7 @@ def _private_swarm(net, ordinary):
         assert all(entries[ip]["scope"] == "client" for ip in swarm.seeders if ip in entries)
         assert swarm.tracker_ip not in entries  # the HTTPS tracker itself is ordinary TLS on 443
     finally:
-        stop.set()
-        browser.join(30)
+        results = browsing.stop()
         swarm.stop()
     try:  # the client has stopped: one lock period later the host is free again
         deadline = time.monotonic() + 2 * LOCK + 5

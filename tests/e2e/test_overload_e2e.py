@@ -16,20 +16,6 @@ from .helpers import start_server
 
 pytestmark = pytest.mark.e2e
 
-FLOOD = """
-import os, random, socket, sys, time
-end = time.time() + float(sys.argv[1]); n = 0
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
-payload = os.urandom(36)
-while time.time() < end:
-    for _ in range(256):
-        try:
-            s.sendto(payload, ("203.0.113.%d" % random.randrange(1, 40), random.randrange(1024, 65535)))
-            n += 1
-        except BlockingIOError:
-            pass
-print(n)
-"""
 
 
 def fetch(net, ns, url, timeout=1.0) -> tuple[bool, float]:
@@ -52,7 +38,8 @@ def test_one_hosts_new_flow_flood_costs_the_others_nothing(net):
     arrivals = start_server(net, net.out, "overload.jsonl", udp_ports="1214", tcp_ports="8081")
     d = net.p2pwall(net.base_config(lock_seconds=10), name="overload")
     try:
-        flood = net.spawn(net.lans[0], sys.executable, "-c", FLOOD, "8", log="flood.out")
+        flood = net.spawn(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "newflows", "--seconds", "8",
+                          "--hosts", "39", log="flood.out")
         time.sleep(1)
         results = []
         pinger_done = threading.Event()
