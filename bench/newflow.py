@@ -24,7 +24,7 @@ from common import Network, cpu_model, start_bare_queue, stop, table
 
 def arrived(net: Network) -> int:
     out = net.exec(net.out, "iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
-    return sum(int(line.split()[0]) for line in out.splitlines() if "udp" in line and "DROP" in line)
+    return sum(int(line.split()[0]) for line in out.splitlines() if " DROP " in line)
 
 
 def run(net: Network, seconds: float) -> tuple[float, int]:

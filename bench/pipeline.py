@@ -35,7 +35,7 @@ def main() -> int:
         stop(bare_proc)
         net.exec(net.fw, "iptables", "-D", *rule[1:])
         results = {}
-        for label, extra in (("every datagram", "[queue]\nudp_packets = 0\n"), ("default", "")):
+        for label, extra in (("every datagram", "[queue]\nudp_packets = 0\nper_host_rate = 0\n"), ("default", "")):
             d = net.p2pwall(net.base_config(extra=extra), name=f"bench-{label.split()[0]}")
             results[label] = flood(net, args.seconds, target)
             d.stop()

@@ -31,7 +31,7 @@ def main() -> int:
         net.exec(net.fw, "iptables", "-t", "mangle", "-A", "POSTROUTING", "-o", "wan0", "-p", "udp",
                  "--dport", "9999")
         for n in (1, 2):
-            d = net.p2pwall(net.base_config(extra=f"[queue]\nudp_packets = 0\nworkers = {n}\n"), name=f"w{n}")
+            d = net.p2pwall(net.base_config(extra=f"[queue]\nudp_packets = 0\nper_host_rate = 0\nworkers = {n}\n"), name=f"w{n}")
             results[n] = spread_flood(net, args.seconds)
             d.stop()
     rows = [("1 worker", f"{results[1]:,.0f} pkt/s", "1.00 (baseline)"),

@@ -222,6 +222,15 @@ class Engine:
         """Parse and judge one queued packet.  ``source``, the queue's own packet, is asked
         only when needed: its mark (the kernel's "first payload" bit) for TCP payloads,
         its source MAC for evidence and locks."""
+        # the commonest case first, without building a Packet: a plain IPv4 UDP datagram
+        # from the LAN, to no learned peer, that no detector's screen wants
+        screen = self._udp_screen
+        if (from_lan_if and hook == HOOK_FORWARD and screen is not None and len(raw) >= 28
+                and raw[0] == 0x45 and raw[9] == UDP and not (raw[6] & 0x3F or raw[7])):
+            end = (raw[2] << 8) | raw[3]
+            if screen(raw, 28, end if end <= len(raw) else len(raw)) is None and raw[16:20] not in self.peers:
+                self.n_accepted += 1
+                return ACCEPTED
         packet = parse(raw)
         if packet is None:
             self.counters["unparsed"] += 1

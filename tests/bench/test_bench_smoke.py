@@ -70,3 +70,10 @@ def test_cluster_bench_smoke():
         pytest.fail("redis-server is missing (scripts/setup.sh installs it)")
     out = run("cluster.py", "--peers", "20", "--seconds", "1")
     assert len(figures(out, "ms")) == 2 and all(v > 0 for v in figures(out, "pkt/s")), out
+
+
+@pytest.mark.e2e
+@needs_root
+def test_newflow_bench_smoke():
+    out = run("newflow.py", "--seconds", "1")
+    assert len(figures(out, "pkt/s")) == 3 and all(v > 0 for v in figures(out, "pkt/s")), out
