@@ -97,7 +97,10 @@ class GnutellaDetector:
         return DetectorInfo(name="gnutella", version=__version__,
                             protocols=["Gnutella", "Gnutella2"],
                             description="Gnutella/G2 handshakes, UDP descriptors, HTTP transfers and pushes",
-                            udp_screen=rb"GND|.{16}[\x00\x01\x02\x30\x31\x32\x40\x44\x80\x81][\x00-\x10][\x00-\x10]",
+                            # a descriptor: a known type, then TTL and hops within 16, not both 0
+                            # (but for gtk-gnutella's DHT, 0x44, whose TTL and hops are 0)
+                            udp_screen=rb"GND|.{16}(?:[\x00\x01\x02\x30\x31\x32\x40\x80\x81]"
+                                       rb"(?:[\x01-\x10][\x00-\x10]|\x00[\x01-\x10])|\x44[\x00-\x10][\x00-\x10])",
                             wants=wants, tcp_strings=TCP_STRINGS, locks=self.conf["lock"])
 
     @hookimpl
