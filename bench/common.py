@@ -26,6 +26,12 @@ finally:
 """
 
 
+def rss() -> int:
+    """This process's resident memory, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def counter(net: Network, ns: str, chain: str = "INPUT", match: str = "udp dpt:9999") -> int:
     """Packets counted by the first rule of ``chain`` in ``ns`` that mentions ``match``."""
     out = net.exec(ns, "iptables", "-L", chain, "-v", "-x", "-n").stdout

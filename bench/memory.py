@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import time
 
 
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def main() -> int:
+    from common import rss
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers", type=int, default=1_000_000)
     args = ap.parse_args()

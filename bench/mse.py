@@ -20,12 +20,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def main() -> int:
+    from common import rss
+
     from p2pwall import plugins
     from p2pwall.config import from_dict
     from p2pwall.engine import Engine

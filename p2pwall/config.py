@@ -29,7 +29,6 @@ class Settings:
     # [network]
     lan_interfaces: list[str] = field(default_factory=list)
     lan_networks: list[str] = field(default_factory=lambda: list(PRIVATE_NETWORKS))
-    lan_networks_set: bool = False  # given in the file; else `run` takes the LAN interfaces' own
     allow: list[str] = field(default_factory=list)
     resolv_conf: str = "/etc/resolv.conf"  # its nameservers are never blocked
     # [queue]
@@ -245,8 +244,6 @@ def from_dict(data: dict) -> Settings:
                 raise ConfigError(f"unknown key [{section}] {key}")
             attr, kind, check = schema[key]
             setattr(settings, attr, _check(section, key, value, kind, check))
-            if attr == "lan_networks":
-                settings.lan_networks_set = True
             settings.explicit = settings.explicit | {attr}
     if settings.clean_mark in (settings.first_mark, settings.first_mark << 1):
         raise ConfigError("[queue] first_mark: its bit and the one above it must differ from clean_mark")

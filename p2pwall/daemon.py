@@ -73,7 +73,7 @@ def interface_networks(names) -> list[str]:
 
 def with_lan(settings: Settings) -> Settings:
     """``[network] lan_networks`` given in the file, or else the LAN interfaces' own."""
-    if settings.lan_networks_set or not settings.lan_interfaces:
+    if "lan_networks" in settings.explicit or not settings.lan_interfaces:
         return settings
     derived = interface_networks(settings.lan_interfaces)
     if not derived:
@@ -146,7 +146,6 @@ class Daemon:
         self._installed: list[int] = []
         self._rules_text = ""
         self._saved_at = time.monotonic()
-        self._overload_at = 0.0
         self._overload_seen = {"queue_dropped": 0, "user_dropped": 0, "fairness_dropped": 0}
         self.overload: dict = {}
         if settings.user:  # paths it must keep writing, checked before anything is touched
@@ -299,6 +298,18 @@ class Daemon:
         return snap
 
     def _loop(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
+        import threading
+
+        stop_watch = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(stop_watch,), name="overload-watch", daemon=True)
+        watcher.start()
+        try:
+            self._serve(source, status, wake, metrics)
+        finally:
+            stop_watch.set()
+            watcher.join(5)
+
+    def _serve(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
         engine = self.engine
         cluster = self.cluster
         watch = [source, status, wake] + [x for x in (metrics, cluster) if x is not None]
@@ -338,8 +349,6 @@ class Daemon:
             engine.flush()
             if time.monotonic() - self._saved_at >= self.settings.state_save_seconds:
                 self._save_state()
-            if time.monotonic() >= self._overload_at:
-                self._watch_overload()
 
     def _set_onlink(self) -> None:
         from .engine import AddressSet
@@ -357,7 +366,7 @@ class Daemon:
             return 0
         total = 0
         names = rules.chain_names(self.settings.queue_number)
-        for family in self._installed:
+        for family in list(self._installed):
             tool = "iptables" if family == 4 else "ip6tables"
             for chain in (names["lan"], names["input"]):
                 out = subprocess.run([tool, "-w", "-L", chain, "-v", "-x", "-n"], capture_output=True,
@@ -366,12 +375,20 @@ class Daemon:
                              if "limit: above" in line and "DROP" in line)
         return total
 
+    def _watch(self, stop) -> None:
+        """The overload watch's thread: every 2 s, off the packet path (it reads /proc and
+        runs iptables), until ``stop`` is set."""
+        while not stop.wait(2.0):
+            try:
+                self._watch_overload()
+            except Exception as exc:  # a failed reading must not end the watch
+                emit(log, logging.WARNING, "queue_watch_failed", error=str(exc))
+
     def _watch_overload(self) -> None:
-        """Every 2 s, off the packet path: the queue's and the fairness bound's drops;
-        ``event=queue_overflow`` (at most one line per 2 s) when they grew."""
+        """The queue's and the fairness bound's drops; ``event=queue_overflow`` (at most one
+        line per 2 s) when they grew."""
         from .metrics import queue_stats
 
-        self._overload_at = time.monotonic() + 2.0
         figures = dict(queue_stats(self.settings.queue_number + self.worker))
         figures["fairness_dropped"] = self._fairness_dropped() if not self.worker else 0
         grew = {k: figures.get(k, 0) - v for k, v in self._overload_seen.items() if figures.get(k, 0) > v}

@@ -242,17 +242,7 @@ class KernelSets:
 
         found: dict[str, list] = {"peers": [], "nolock": [], "locks": [], "pairs": []}
         for spec in self.policy.sets():
-            done = self._ipset("list", spec.name)
-            if done.returncode != 0:
-                continue
-            members = False
-            for line in done.stdout.splitlines():
-                if line.startswith("Members:"):
-                    members = True
-                    continue
-                m = re.match(r'(\S+) timeout (\d+)(?: comment "([^"]*)")?', line) if members else None
-                if m and int(m.group(2)) > 0:
-                    found[spec.kind].append((m.group(1), float(m.group(2)), m.group(3) or ""))
+            found[spec.kind] += [(addr, float(left), note) for addr, left, note in self._list(spec.name) if left > 0]
         if self.policy.pairs_text():
             prefix = self.command[:-1]
             for family in (4, 6):
@@ -270,18 +260,23 @@ class KernelSets:
                             found["pairs"].append((concat[0], concat[1], float(e["expires"]), e.get("comment", "")))
         return found
 
-    def members(self, kind: str, family: int = 4) -> dict[str, int]:
-        """What the kernel holds now: address -> seconds left (for tests and checks)."""
-        done = self._ipset("list", self._names(family)[kind])
-        out = {}
+    def _list(self, name: str) -> list[tuple[str, int, str]]:
+        """An ipset set's members as the kernel lists them: (address, seconds left, comment)."""
+        done = self._ipset("list", name)
+        out = []
         members = False
-        for line in done.stdout.splitlines():
+        for line in done.stdout.splitlines() if done.returncode == 0 else ():
             if line.startswith("Members:"):
                 members = True
-            elif members and line.strip():
-                parts = line.split()
-                out[parts[0]] = int(parts[2]) if len(parts) > 2 else 0
+                continue
+            m = re.match(r'(\S+)(?: timeout (\d+))?(?: comment "([^"]*)")?', line) if members else None
+            if m and line.strip():
+                out.append((m.group(1), int(m.group(2) or 0), m.group(3) or ""))
         return out
+
+    def members(self, kind: str, family: int = 4) -> dict[str, int]:
+        """What the kernel holds now: address -> seconds left (for tests and checks)."""
+        return {addr: left for addr, left, _ in self._list(self._names(family)[kind])}
 
     def counters(self) -> dict:
         return {"kernel_set_failures": self.failures, "kernel_set_refused": self.refused}

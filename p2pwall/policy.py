@@ -14,7 +14,6 @@ Learned peers live in two kernel sets per family: ``peers`` (blocked by a detect
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass
 
 from .config import Settings
@@ -141,10 +140,6 @@ class QueuePolicy:
 
     def set_names(self, family: int) -> dict[str, str]:
         return {kind: set_name(self.queue, kind, family) for kind in SET_KINDS}
-
-    @property
-    def lock_timeout(self) -> int:
-        return max(1, math.ceil(self.lock_seconds))
 
     def lan_sources(self, family: int, towards: bool = False) -> list[str]:
         """iptables clauses selecting packets from the LAN (``towards``: to it)."""
