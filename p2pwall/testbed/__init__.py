@@ -4,6 +4,11 @@
     lan2 (192.0.2.11) ─┴─ br0 [fw 192.0.2.1 | 198.51.100.1 wan0] ── out (198.51.100.2,
                                                                      203.0.113.1..N)
 
+``Network(ipv6=True)`` is dual-stack, with the documentation prefix 2001:db8::/32 beside
+the IPv4 ranges: LAN 2001:db8:1::/64 (firewall ::1, hosts ::10, ::11), the firewall's WAN
+link 2001:db8:2::/64 (firewall ::1, outside host ::2) and the outside addresses
+2001:db8:3::1..N, one for each IPv4 one.
+
 Every namespace name starts with a prefix unique to the run; ``close()`` deletes them all
 and is safe to call twice.  Only documentation address ranges are used, and only inside
 namespaces this class created.
@@ -25,6 +30,11 @@ FW_LAN = "192.0.2.1"
 FW_WAN = "198.51.100.1"
 OUT_WAN = "198.51.100.2"
 OUTSIDE_NET = "203.0.113.0/24"
+LAN_NET6 = "2001:db8:1::/64"
+FW_LAN6 = "2001:db8:1::1"
+FW_WAN6 = "2001:db8:2::1"
+OUT_WAN6 = "2001:db8:2::2"
+OUTSIDE_NET6 = "2001:db8:3::/64"
 
 
 class TestbedError(Exception):
@@ -60,6 +70,12 @@ def outside_address(i: int) -> str:
     if not 1 <= i <= 250:
         raise ValueError("outside hosts are 203.0.113.1 to 203.0.113.250")
     return f"203.0.113.{i}"
+
+
+def outside_address6(i: int) -> str:
+    if not 1 <= i <= 250:
+        raise ValueError("outside hosts are 2001:db8:3::1 to 2001:db8:3::fa")
+    return f"2001:db8:3::{i:x}"
 
 
 class Namespaces:
@@ -135,13 +151,17 @@ class Namespaces:
 class Network(Namespaces):
     """LAN hosts, a firewall and an outside host with many addresses, in namespaces."""
 
-    def __init__(self, lan_hosts: int = 2, outside_addresses: int = 20, prefix: str | None = None):
+    def __init__(self, lan_hosts: int = 2, outside_addresses: int = 20, prefix: str | None = None,
+                 ipv6: bool = False):
         super().__init__(prefix)
         self.fw = f"{self.prefix}-fw"
         self.out = f"{self.prefix}-out"
+        self.ipv6 = ipv6
         self.lans = [f"{self.prefix}-lan{i + 1}" for i in range(lan_hosts)]
         self.lan_ips = [f"192.0.2.{10 + i}" for i in range(lan_hosts)]
         self.outside = [outside_address(i + 1) for i in range(outside_addresses)]
+        self.lan_ips6 = [f"2001:db8:1::{10 + i}" for i in range(lan_hosts)] if ipv6 else []
+        self.outside6 = [outside_address6(i + 1) for i in range(outside_addresses)] if ipv6 else []
         try:
             self._build()
         except BaseException:
@@ -173,12 +193,31 @@ class Network(Namespaces):
         _sh("ip", "-n", out, "link", "set", "eth0", "up")
         _sh("ip", "-n", out, "route", "add", "default", "via", FW_WAN)
         _sh("ip", "-n", fw, "route", "add", OUTSIDE_NET, "via", OUT_WAN)
+        if self.ipv6:
+            self._build6()
         # addresses need a moment to leave "tentative"; wait until the LAN reaches out
         deadline = time.monotonic() + 10
-        while _sh("ip", "netns", "exec", self.lans[0], "ping", "-c1", "-W1", OUT_WAN, check=False).returncode:
-            if time.monotonic() > deadline:
-                raise TestbedError("the test network did not come up")
-            time.sleep(0.2)
+        for target in [OUT_WAN] + ([self.outside6[0] if self.outside6 else OUT_WAN6] if self.ipv6 else []):
+            while _sh("ip", "netns", "exec", self.lans[0], "ping", "-c1", "-W1", target, check=False).returncode:
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"the test network did not come up (no answer from {target})")
+                time.sleep(0.2)
+
+    def _build6(self) -> None:
+        """The IPv6 half: the same links, documentation prefixes, no duplicate address
+        detection (nothing else is on these links), static routes only."""
+        fw, out = self.fw, self.out
+        _sh("ip", "netns", "exec", fw, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        _sh("ip", "-n", fw, "addr", "add", f"{FW_LAN6}/64", "dev", "br0", "nodad")
+        for ns, ip in zip(self.lans, self.lan_ips6):
+            _sh("ip", "-n", ns, "addr", "add", f"{ip}/64", "dev", "eth0", "nodad")
+            _sh("ip", "-n", ns, "-6", "route", "add", "default", "via", FW_LAN6)
+        _sh("ip", "-n", fw, "addr", "add", f"{FW_WAN6}/64", "dev", "wan0", "nodad")
+        _sh("ip", "-n", out, "-batch", "-",
+            input=f"addr add {OUT_WAN6}/64 dev eth0 nodad\n" +
+            "".join(f"addr add {ip}/128 dev eth0 nodad\n" for ip in self.outside6))
+        _sh("ip", "-n", out, "-6", "route", "add", "default", "via", FW_WAN6)
+        _sh("ip", "-n", fw, "-6", "route", "add", OUTSIDE_NET6, "via", OUT_WAN6)
 
     # ------------------------------------------------------------------ running
     def p2pwall(self, config: str, *args: str, env: dict | None = None, name: str = "p2pwall",
@@ -195,7 +234,8 @@ class Network(Namespaces):
 
     def base_config(self, lock_seconds: float = 120, extra: str = "", state_file: str = "") -> str:
         """A config for this network; no state file unless asked (tests stay independent)."""
-        return (f'[network]\nlan_interfaces = ["br0"]\nlan_networks = ["{LAN_NET}"]\n'
+        nets = ", ".join(f'"{n}"' for n in [LAN_NET] + ([LAN_NET6] if self.ipv6 else []))
+        return (f'[network]\nlan_interfaces = ["br0"]\nlan_networks = [{nets}]\n'
                 f'[lock]\nseconds = {lock_seconds}\n'
                 f'[status]\nsocket = "{self.dir}/status.sock"\n'
                 f'[state]\nfile = "{state_file}"\n{extra}')

@@ -4,7 +4,9 @@
   line (what reached the far side);
 - ``udp``: send datagrams and report the replies;
 - ``tcp``: connect (optionally send) and report whether it worked;
-- ``listen``: receive UDP datagrams on a port and report them.
+- ``listen``: receive UDP datagrams on a port and report them;
+- ``relay``: a logging TCP relay (an IPv6 front for an IPv4-only server);
+- ``newflows``: a new-flow flood.
 
 Every loop is bounded in count and time.
 """
@@ -21,6 +23,61 @@ import time
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python < 3.12 lacks the name
 
 
+def udp_sockets(port: int) -> list[socket.socket]:
+    """A UDP socket per address family bound to ``port`` (IPv6 only for IPv6), each set
+    to report the address a datagram was sent to (``recv_to``)."""
+    v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    v4.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    v4.bind(("0.0.0.0", port))
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    v6.bind(("::", port))
+    return [v4, v6]
+
+
+def tcp_listeners(port: int, backlog: int = 128) -> list[socket.socket]:
+    out = []
+    for fam, any_ in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((any_, port))
+        s.listen(backlog)
+        out.append(s)
+    return out
+
+
+def recv_to(sock: socket.socket, size: int = 65535):
+    """(data, source, the local address it was sent to or None), from a ``udp_sockets`` socket."""
+    data, anc, _flags, src = sock.recvmsg(size, 256)
+    for level, typ, cdata in anc:
+        if level == socket.IPPROTO_IP and typ == IP_PKTINFO:
+            return data, src, socket.inet_ntoa(cdata[8:12])
+        if level == socket.IPPROTO_IPV6 and typ == socket.IPV6_PKTINFO:
+            return data, src, socket.inet_ntop(socket.AF_INET6, cdata[:16])
+    return data, src, None
+
+
+def send_from(sock: socket.socket, data: bytes, local: str | None, to) -> None:
+    """Answer ``to`` from the local address that was asked (hosts with many addresses)."""
+    if local is None:
+        sock.sendto(data, to)
+    elif sock.family == socket.AF_INET6:
+        sock.sendmsg([data], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                               socket.inet_pton(socket.AF_INET6, local) + b"\0" * 4)], 0, to)
+    else:
+        sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO,
+                               b"\0" * 4 + socket.inet_aton(local) + b"\0" * 4)], 0, to)
+
+
+def family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def _ports(text: str) -> list[int]:
     out = []
     for part in filter(None, text.split(",")):
@@ -33,17 +90,11 @@ def serve(args) -> int:
     sel = selectors.DefaultSelector()
     log = open(args.log, "a", buffering=1)
     for port in _ports(args.udp):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        s.bind(("0.0.0.0", port))
-        sel.register(s, selectors.EVENT_READ, ("udp", port))
+        for s in udp_sockets(port):
+            sel.register(s, selectors.EVENT_READ, ("udp", port))
     for port in _ports(args.tcp):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
-        s.listen(128)
-        sel.register(s, selectors.EVENT_READ, ("tcp", port))
+        for s in tcp_listeners(port):
+            sel.register(s, selectors.EVENT_READ, ("tcp", port))
     print(json.dumps({"ready": True}), flush=True)
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:
@@ -51,20 +102,10 @@ def serve(args) -> int:
             kind, port = key.data
             sock = key.fileobj
             if kind == "udp":
-                data, anc, _flags, src = sock.recvmsg(65535, 256)
-                dst = None
-                for level, typ, cdata in anc:
-                    if level == socket.IPPROTO_IP and typ == IP_PKTINFO:
-                        dst = socket.inet_ntoa(cdata[8:12])
+                data, src, dst = recv_to(sock)
                 log.write(json.dumps({"t": time.time(), "proto": "udp", "src": src[0], "sport": src[1],
                                       "dst": dst, "dport": port, "data": data.hex()}) + "\n")
-                reply = b"ECHO:" + data
-                if dst:
-                    # answer from the address that was asked
-                    sock.sendmsg([reply], [(socket.IPPROTO_IP, IP_PKTINFO,
-                                            b"\0" * 4 + socket.inet_aton(dst) + b"\0" * 4)], 0, src)
-                else:
-                    sock.sendto(reply, src)
+                send_from(sock, b"ECHO:" + data, dst, src)
             else:
                 try:
                     conn, src = sock.accept()
@@ -88,10 +129,10 @@ def serve(args) -> int:
 
 def udp(args) -> int:
     results = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(family(args.to), socket.SOCK_DGRAM) as s:
         if args.sport:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("0.0.0.0", args.sport))
+            s.bind(("::" if s.family == socket.AF_INET6 else "0.0.0.0", args.sport))
         s.settimeout(args.wait)
         for _ in range(args.count):
             s.sendto(bytes.fromhex(args.hex), (args.to, args.port))
@@ -156,6 +197,63 @@ def listen(args) -> int:
     return 0
 
 
+def relay(args) -> int:
+    """A TCP relay from ``--listen``:``--port`` to ``--to``:``--port`` (an IPv6 front for
+    an IPv4-only server); each connection is a JSON line in ``--log`` with the bytes
+    relayed each way.  Runs ``--seconds`` at most."""
+    import threading
+
+    log = open(args.log, "a", buffering=1)
+    lock = threading.Lock()
+
+    def pipe(a: socket.socket, b: socket.socket, counts: list, i: int) -> None:
+        try:
+            while chunk := a.recv(65536):
+                counts[i] += len(chunk)
+                b.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            try:
+                b.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def handle(conn: socket.socket, src) -> None:
+        counts = [0, 0]
+        try:
+            upstream = socket.create_connection((args.to, args.port), timeout=5)
+        except OSError as exc:
+            with lock:
+                log.write(json.dumps({"src": src[0], "error": type(exc).__name__}) + "\n")
+            conn.close()
+            return
+        with conn, upstream:
+            conn.settimeout(30)
+            upstream.settimeout(30)
+            back = threading.Thread(target=pipe, args=(upstream, conn, counts, 1), daemon=True)
+            back.start()
+            pipe(conn, upstream, counts, 0)
+            back.join(30)
+        with lock:
+            log.write(json.dumps({"t": time.time(), "src": src[0], "up": counts[0], "down": counts[1]}) + "\n")
+
+    with socket.socket(family(args.listen), socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((args.listen, args.port))
+        s.listen(64)
+        s.settimeout(0.5)
+        print(json.dumps({"ready": True}), flush=True)
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline:
+            try:
+                conn, src = s.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=handle, args=(conn, src), daemon=True).start()
+    return 0
+
+
 def newflows(args) -> int:
     """A new-flow flood: every datagram to a new address/port pair (as a port scan or a
     DHT crawler sends them), from a non-blocking socket in a tight loop, bounded in time;
@@ -207,6 +305,12 @@ def main(argv=None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--count", type=int, default=1)
     s.add_argument("--seconds", type=float, default=5)
+    s = sub.add_parser("relay")
+    s.add_argument("--listen", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--to", required=True)
+    s.add_argument("--log", required=True)
+    s.add_argument("--seconds", type=float, default=600)
     s = sub.add_parser("newflows")
     s.add_argument("--seconds", type=float, default=4)
     s.add_argument("--prefix", default="203.0.113")
@@ -214,7 +318,7 @@ def main(argv=None) -> int:
     s.add_argument("--size", type=int, default=36)
     args = p.parse_args(argv)
     return {"serve": serve, "udp": udp, "tcp": tcp, "http": http, "listen": listen,
-            "newflows": newflows}[args.cmd](args)
+            "relay": relay, "newflows": newflows}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from p2pwall.testbed.traffic import recv_to, send_from, tcp_listeners, udp_sockets
 from p2pwall_plugins.fasttrack import make_node_pong, make_ping, make_pong, parse_ping, parse_pong
 
 # how a client answers a ping (the firewall's probe), as real nodes do (protocols.md):
@@ -45,8 +46,11 @@ ANSWERS = {
     "bare": lambda: bytes([0x29, 0, 0, 0, 0x29]),
 }
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 DOWNLOAD_SIZE = 64 * 1024
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 class Log:
@@ -66,17 +70,11 @@ def peers(args) -> int:
     log = Log(args.log)
     sel = selectors.DefaultSelector()
     ports = [int(p) for p in args.ports.split(",")]
-    for port in ports:
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        u.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        u.bind(("0.0.0.0", port))
-        sel.register(u, selectors.EVENT_READ, "udp")
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        t.bind(("0.0.0.0", port))
-        t.listen(256)
-        sel.register(t, selectors.EVENT_READ, "tcp")
+    for port in ports:  # IPv4 and IPv6 alike
+        for u in udp_sockets(port):
+            sel.register(u, selectors.EVENT_READ, "udp")
+        for t in tcp_listeners(port, 256):
+            sel.register(t, selectors.EVENT_READ, "tcp")
     print(json.dumps({"ready": True}), flush=True)
     pool = ThreadPoolExecutor(max_workers=32)
     deadline = time.monotonic() + args.seconds
@@ -84,9 +82,7 @@ def peers(args) -> int:
         for key, _ in sel.select(timeout=0.5):
             sock = key.fileobj
             if key.data == "udp":
-                data, anc, _flags, src = sock.recvmsg(2048, 256)
-                dst = next((socket.inet_ntoa(c[8:12]) for lv, ty, c in anc
-                            if lv == socket.IPPROTO_IP and ty == IP_PKTINFO), None)
+                data, src, dst = recv_to(sock, 2048)
                 port = sock.getsockname()[1]
                 name = parse_ping(data)
                 if name is not None:
@@ -98,8 +94,7 @@ def peers(args) -> int:
                 else:
                     log(kind="udp_other", src=src[0], dst=dst, dport=port)
                     continue
-                cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, b"\0" * 4 + socket.inet_aton(dst) + b"\0" * 4)] if dst else []
-                sock.sendmsg([reply], cmsg, 0, src)
+                send_from(sock, reply, dst, src)
             else:
                 try:
                     conn, src = sock.accept()
@@ -112,7 +107,7 @@ def peers(args) -> int:
 
 def _serve_tcp(conn: socket.socket, src, log: Log) -> None:
     with conn:
-        dst, port = conn.getsockname()
+        dst, port = conn.getsockname()[:2]
         log(kind="tcp_accept", src=src[0], dst=dst, dport=port)
         conn.settimeout(5)
         try:
@@ -158,8 +153,9 @@ class Client:
         self.stop = threading.Event()
         self.udp = None
         if not args.no_udp:
-            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.udp.bind(("0.0.0.0", args.udp_port))
+            v6 = ":" in addresses[0]  # the peers' family: the client speaks IPv6 to IPv6 peers
+            self.udp = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("::" if v6 else "0.0.0.0", args.udp_port))
             self.udp.settimeout(0.2)
             self.listener = threading.Thread(target=self._listen, daemon=True)
             self.listener.start()
@@ -173,6 +169,7 @@ class Client:
                 continue
             except OSError:
                 return
+            src = src[:2]
             if parse_pong(data):
                 self.pongs.add(src)
                 self.log(kind="pong", peer=src[0], port=src[1])
@@ -209,9 +206,9 @@ class Client:
     def _download(self, s: socket.socket, peer, mode: str) -> bool:
         addr, port = peer
         digest = hashlib.sha1(f"{addr}:{port}".encode()).hexdigest()
-        request = (f"GET /.hash={digest} HTTP/1.1\r\nHost: {addr}:{port}\r\n"
+        request = (f"GET /.hash={digest} HTTP/1.1\r\nHost: {_endpoint(addr, port)}\r\n"
                    f"UserAgent: KazaaClient Nov  3 2002 20:29:03\r\nX-Kazaa-Username: emulated\r\n"
-                   f"X-Kazaa-Network: KaZaA\r\nX-Kazaa-IP: {s.getsockname()[0]}:{self.args.udp_port}\r\n"
+                   f"X-Kazaa-Network: KaZaA\r\nX-Kazaa-IP: {_endpoint(s.getsockname()[0], self.args.udp_port)}\r\n"
                    f"X-Kazaa-SupernodeIP: {self.args.supernode}\r\nConnection: close\r\n\r\n")
         got = b""
         error = None

@@ -60,12 +60,17 @@ def _http_get(net, ns: str, url: str, timeout: float = 2.0) -> bool:
 
 def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: float = 30.0,
         mode1: float = 3.0, mode2: float = 6.0, no_udp: bool = False, seed: int | None = None,
-        recover: bool = True, echo=None, config_extra: str = "", capture=None, answer: str = "node") -> Result:
-    """Run the scenario once on ``net`` (a p2pwall.testbed.Network) and report."""
+        recover: bool = True, echo=None, config_extra: str = "", capture=None, answer: str = "node",
+        ipv6: bool = False) -> Result:
+    """Run the scenario once on ``net`` (a p2pwall.testbed.Network) and report.  With
+    ``ipv6`` (a dual-stack ``net``) the client, its peers and the web server speak IPv6;
+    the supernode it names stays IPv4, as FastTrack's header can only name IPv4."""
     say = echo or (lambda *_: None)
-    web = net.outside[-1]
-    peers_at = net.outside[:-1]
-    supernode = f"{peers_at[0]}:1214"
+    outside, lan_ips = (net.outside6, net.lan_ips6) if ipv6 else (net.outside, net.lan_ips)
+    web = outside[-1]
+    site = f"http://[{web}]/" if ipv6 else f"http://{web}/"
+    peers_at = outside[:-1]
+    supernode = f"{net.outside[0]}:1214"
     peer_log = net.dir / f"{tag}-peers.jsonl"
     daemon = dump = peers_proc = web_proc = None
     result = Result({}, [], [])
@@ -75,7 +80,7 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
         web_proc = net.spawn(net.out, sys.executable, "-m", "http.server", "80", "--bind", web,
                              "--directory", str(net.dir), log=f"{tag}-web.out")
         deadline = time.monotonic() + 10
-        while not _http_get(net, net.lans[1], f"http://{web}/", timeout=1):
+        while not _http_get(net, net.lans[1], site, timeout=1):
             if time.monotonic() > deadline:
                 raise RuntimeError("the web server did not come up")
             time.sleep(0.2)
@@ -97,14 +102,14 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
         if no_udp:
             args.append("--no-udp")
         args += ["--answer", answer]
-        say(f"emulated FastTrack client starts on {net.lan_ips[0]}"
+        say(f"emulated FastTrack client starts on {lan_ips[0]}"
             f"{' with UDP disabled (HTTP downloads only)' if no_udp else ''}; "
-            f"{net.lan_ips[1]} browses http://{web}/ every second")
+            f"{lan_ips[1]} browses {site} every second")
         stop = threading.Event()
 
         def browse():
             while not stop.is_set():
-                if _http_get(net, net.lans[1], f"http://{web}/"):
+                if _http_get(net, net.lans[1], site):
                     result.web_ok += 1
                 else:
                     result.web_failed += 1
@@ -128,7 +133,7 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
             started = time.monotonic()
             limit = 2 * lock + 5
             while time.monotonic() - started < limit:
-                if _http_get(net, net.lans[0], f"http://{web}/", timeout=1):
+                if _http_get(net, net.lans[0], site, timeout=1):
                     result.recovered_after = round(time.monotonic() - started, 1)
                     break
                 time.sleep(0.5)

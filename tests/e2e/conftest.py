@@ -22,12 +22,12 @@ def _need_root():
         pytest.skip("e2e tests need root, iptables and network namespaces")
 
 
-def network(outside_addresses: int):
-    """A test network for a module, deleted even when its tests fail."""
+def network(outside_addresses: int, ipv6: bool = False):
+    """A test network for a module (dual-stack with ``ipv6``), deleted even when its tests fail."""
     _need_root()
     from p2pwall.testbed import Network
 
-    net = Network(lan_hosts=2, outside_addresses=outside_addresses)
+    net = Network(lan_hosts=2, outside_addresses=outside_addresses, ipv6=ipv6)
     try:
         yield net
     finally:

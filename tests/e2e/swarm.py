@@ -3,9 +3,11 @@ an aria2 leecher on a LAN host."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
+import sys
 import time
 
 from .bencode import info_hash
@@ -17,11 +19,17 @@ class Swarm:
     """``private``: BitTorrent as private trackers run it: the tracker only over HTTPS (a
     TLS terminator, stunnel, in front of opentracker), encryption required on every peer
     (MSE), no DHT, no local discovery, no peer exchange, and ``seeders`` seeders on as many
-    outside addresses."""
+    outside addresses.
+
+    ``ipv6`` (on a dual-stack network): everything over IPv6.  The peers find each other
+    in aria2's IPv6 DHT; with ``tracker`` the torrent also names a tracker at an IPv6
+    address, and the leecher announces there.  Debian builds opentracker for IPv4 only
+    ("V4 Tracker is V4 only!"), so that address is a relay in front of it, and the seeders
+    do not announce (the tracker would list the relay's IPv4 address as theirs)."""
 
     def __init__(self, net, tag: str, tracker: bool, size: int = 2 * 1024 * 1024, private: bool = False,
-                 seeders: int = 1):
-        self.net, self.tag, self.tracker, self.private = net, tag, tracker, private
+                 seeders: int = 1, ipv6: bool = False):
+        self.net, self.tag, self.tracker, self.private, self.ipv6 = net, tag, tracker, private, ipv6
         self.seeders = [net.outside[1]] + net.outside[3:3 + seeders - 1]
         d = self.dir = net.dir / tag
         d.mkdir()
@@ -31,12 +39,14 @@ class Swarm:
         self.leech_dir.mkdir()
         self.payload = os.urandom(size)
         (self.seed_dir / "payload.bin").write_bytes(self.payload)
-        self.tracker_ip, self.seeder_ip, self.boot_ip = net.outside[0], net.outside[1], net.outside[2]
+        outside = net.outside6 if ipv6 else net.outside
+        self.tracker_ip, self.seeder_ip, self.boot_ip = outside[0], outside[1], outside[2]
         cmd = ["transmission-create", "-s", str(PIECE // 1024), "-o", str(d / "f.torrent")]
         if private:
             cmd += ["-t", f"https://{self.tracker_ip}/announce", "-p"]
         elif tracker:
-            cmd += ["-t", f"http://{self.tracker_ip}:6969/announce"]
+            host = f"[{self.tracker_ip}]" if ipv6 else self.tracker_ip
+            cmd += ["-t", f"http://{host}:6969/announce"]
         subprocess.run(cmd + [str(self.seed_dir / "payload.bin")], check=True, capture_output=True)
         self.torrent = d / "f.torrent"
         self.procs = []
@@ -62,7 +72,33 @@ class Swarm:
                                         f"--bt-tracker=http://{self.tracker_ip}:6969/announce",
                                         str(self.torrent), log=f"{self.tag}-seeder{i}.log"))
 
-    def _start_tracker(self) -> None:
+    DHT6 = ["--enable-dht=false", "--enable-dht6=true", "--dht-message-timeout=2"]
+
+    def _start_ipv6(self, common) -> None:
+        net, d = self.net, self.dir
+        if self.tracker:
+            self._start_tracker(bind=net.outside[0])
+            self.procs.append(net.start(net.out, sys.executable, "-m", "p2pwall.testbed.traffic", "relay",
+                                        "--listen", self.tracker_ip, "--port", "6969", "--to", net.outside[0],
+                                        "--log", str(d / "relay.jsonl"), log=f"{self.tag}-relay.out"))
+        quiet = ["--bt-exclude-tracker=*"]
+        self.procs.append(net.spawn(net.out, "aria2c", "--dir", str(d / "boot"), *common, *self.DHT6, *quiet,
+                                    "--dht-listen-port=6883", "--listen-port=6885",
+                                    f"--dht-listen-addr6={self.boot_ip}", f"--dht-entry-point6=[{self.seeder_ip}]:6882",
+                                    "--dht-file-path6", str(d / "boot6.dat"), str(self.torrent),
+                                    log=f"{self.tag}-boot.log"))
+        self.procs.append(net.spawn(net.out, "aria2c", "--dir", str(self.seed_dir), "--seed-ratio=0", "-V",
+                                    *common, *self.DHT6, *quiet, "--listen-port=6881", "--dht-listen-port=6882",
+                                    f"--dht-listen-addr6={self.seeder_ip}", f"--dht-entry-point6=[{self.boot_ip}]:6883",
+                                    "--dht-file-path6", str(d / "seed6.dat"), str(self.torrent),
+                                    log=f"{self.tag}-seeder.log"))
+
+    def tracker_connections(self) -> list[dict]:
+        """What the IPv6 relay in front of the tracker carried, a line per connection."""
+        path = self.dir / "relay.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def _start_tracker(self, bind: str | None = None) -> None:
         net, d = self.net, self.dir
         root = d / "otroot"
         root.mkdir()
@@ -70,13 +106,15 @@ class Swarm:
         os.chmod(d, 0o755)
         os.chmod(root, 0o755)
         user = "_opentracker" if _user("_opentracker") else "nobody"
-        self.procs.append(net.spawn(net.out, "opentracker", "-i", self.tracker_ip, "-p", "6969", "-P", "6969",
+        self.procs.append(net.spawn(net.out, "opentracker", "-i", bind or self.tracker_ip, "-p", "6969", "-P", "6969",
                                     "-d", str(root), "-u", user, "-w", "/whitelist", log=f"{self.tag}-tracker.log"))
 
     def start(self) -> None:
         net, d = self.net, self.dir
         common = ["--bt-enable-lpd=false", "--summary-interval=0", "--file-allocation=none"]
-        if self.private:
+        if self.ipv6:
+            self._start_ipv6(common)
+        elif self.private:
             self._start_private(common)
         elif self.tracker:
             self._start_tracker()
@@ -102,7 +140,10 @@ class Swarm:
         args = ["aria2c", "--dir", str(self.leech_dir), "--bt-enable-lpd=false", "--summary-interval=0",
                 "--file-allocation=none", "--seed-time=0", f"--bt-stop-timeout={int(stop_after)}",
                 "--listen-port=6881"]
-        if self.private:
+        if self.ipv6:
+            args += [*self.DHT6, "--dht-listen-port=6882", f"--dht-listen-addr6={self.net.lan_ips6[0]}",
+                     f"--dht-entry-point6=[{self.seeder_ip}]:6882", "--dht-file-path6", str(self.dir / "l6.dat")]
+        elif self.private:
             args += self.CRYPTO
         elif self.tracker:
             args.append("--enable-dht=false")
