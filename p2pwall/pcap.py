@@ -20,8 +20,8 @@ _ETH_IP = (0x0800, 0x86DD)
 _VLAN = (0x8100, 0x88A8, 0x9100)
 
 
-def link_to_ip(linktype: int, frame: bytes) -> bytes | None:
-    """The IP packet inside a frame, or None when it is not IP."""
+def link_offset(linktype: int, frame: bytes) -> int | None:
+    """Where the IP packet starts inside a frame, or None when it is not IP."""
     if linktype == LINK_ETHERNET:
         if len(frame) < 14:
             return None
@@ -34,20 +34,26 @@ def link_to_ip(linktype: int, frame: bytes) -> bytes | None:
             proto = (frame[off + 6] << 8) | frame[off + 7]
             etype = {0x0021: 0x0800, 0x0057: 0x86DD}.get(proto, 0)
             off += 8
-        return frame[off:] if etype in _ETH_IP else None
+        return off if etype in _ETH_IP else None
     if linktype in (LINK_RAW, LINK_IPV4, LINK_IPV6) or linktype in LINK_RAW_ALT:
-        return frame
+        return 0
     if linktype == LINK_SLL:
         if len(frame) < 16:
             return None
-        return frame[16:] if ((frame[14] << 8) | frame[15]) in _ETH_IP else None
+        return 16 if ((frame[14] << 8) | frame[15]) in _ETH_IP else None
     if linktype == LINK_SLL2:
         if len(frame) < 20:
             return None
-        return frame[20:] if ((frame[0] << 8) | frame[1]) in _ETH_IP else None
+        return 20 if ((frame[0] << 8) | frame[1]) in _ETH_IP else None
     if linktype in (LINK_NULL, LINK_LOOP):
-        return frame[4:] if len(frame) > 4 else None
+        return 4 if len(frame) > 4 else None
     return None
+
+
+def link_to_ip(linktype: int, frame: bytes) -> bytes | None:
+    """The IP packet inside a frame, or None when it is not IP."""
+    off = link_offset(linktype, frame)
+    return None if off is None else frame[off:]
 
 
 def read(path: str, progress=None):

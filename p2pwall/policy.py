@@ -13,7 +13,9 @@ Learned peers live in two kernel sets per family: ``peers`` (blocked by a detect
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from .config import Settings
@@ -23,6 +25,7 @@ from .packet import TCP, UDP
 QUEUE = "queue"  # handed to the engine
 PASS = "pass"  # accepted by the kernel, never seen by p2pwall
 KERNEL_DROP = "kernel_drop"  # dropped by a kernel set rule, never seen by p2pwall
+BASE_PASS, BASE_QUEUE, BASE_CLEAN = 0, 1, 2  # kernel_base: before the sets are consulted
 
 SET_KINDS = ("peers", "nolock", "locks")
 
@@ -187,70 +190,124 @@ class QueuePolicy:
         KERNEL_DROP), given its flow's packet counts so far in each direction (this one
         included, as connbytes counts), the kernel set its LAN-side destination is in
         (``peers``, ``nolock``, ``pair`` or None), whether its sender is in the lock set,
-        and whether a LAN host opened the flow (unsolicited inbound traffic is never read)."""
-        proto = packet.proto
-        if proto not in (TCP, UDP):
-            return PASS
-        syn = packet.is_syn
-        if outgoing:
-            if self.kernel_sets:
-                if peer_set == "peers":
-                    return QUEUE if syn else KERNEL_DROP  # a SYN locks in the kernel and is queued
-                if peer_set == "nolock":
-                    return KERNEL_DROP
-                if peer_set == "pair" and self.lan_interfaces:
-                    return QUEUE if syn else KERNEL_DROP  # the nft pair set; SYNs go on to the engine
-            clean_after = self.payload_packets + 3 if proto == TCP else self.udp_packets + 1
-            limited = proto == TCP or (self.udp_packets and self.kernel_sets)
-            if limited and sent > clean_after:
-                return PASS  # marked clean in conntrack
-            if self.kernel_sets and syn and locked:
-                return KERNEL_DROP
-            if proto == UDP:
-                if "udp" in self.wants and (not limited or sent <= self.udp_packets):
-                    return QUEUE
-                return PASS
-            if syn:
-                return QUEUE  # the core always sees SYNs (peer table, time lock)
-            if ("tcp_payload" in self.wants and packet.end > packet.off
-                    and sent <= self.payload_packets + 2 and self._payload_selected(packet)):
-                return QUEUE
-            if "tcp_payload" in self.wants and self.sized(packet, True):
-                return QUEUE
-            return PASS
-        if not solicited:
-            return PASS
-        if proto == UDP:
-            if "udp_in" in self.wants and (not self.udp_packets or received <= self.udp_packets):
-                return QUEUE
-            return PASS
-        if ("tcp_payload_in" in self.wants and not syn and packet.end > packet.off
-                and received <= self.payload_packets + 2 and _contains(packet.data, self.tcp_strings_in)):
-            return QUEUE
-        if "tcp_payload_in" in self.wants and not syn and packet.end > packet.off and self.sized(packet, False):
-            return QUEUE
-        return PASS
+        and whether a LAN host opened the flow (unsolicited inbound traffic is never read).
+        One packet through :meth:`kernel_base` and :meth:`kernel_with_sets`."""
+        import numpy as np
 
-    def sized(self, packet, outgoing: bool) -> bool:
-        """A first payload the size rules queue (kernel model for replay)."""
+        if packet.proto not in (TCP, UDP):
+            return PASS
+        one = lambda v, t=np.int64: np.array([v], t)  # noqa: E731
+        cols = KernelColumns(one(packet.proto), one(outgoing, bool), one(solicited, bool), one(sent),
+                             one(received), one(packet.is_syn, bool), one(packet.end - packet.off),
+                             one(packet.first, bool), one(packet.sport), one(packet.dport),
+                             one(packet.version == 6, bool), lambda i: packet.data)
+        return self.kernel_with_sets(int(self.kernel_base(cols)[0]), outgoing, packet.is_syn, peer_set, locked)
+
+    def kernel_base(self, c: "KernelColumns"):
+        """The rules' verdict for many packets at once, before any set is consulted:
+        BASE_QUEUE, BASE_PASS, or BASE_CLEAN (passed, the connection marked clean).
+        Payload strings are looked at only for the few packets the counts leave."""
+        import numpy as np
+
+        tcp = c.proto == TCP
+        udp = ~tcp
+        out, syn, pay = c.outgoing, c.syn, c.paylen > 0
+        udp_limited = bool(self.udp_packets and self.kernel_sets)
+        clean_after = np.where(tcp, self.payload_packets + 3, self.udp_packets + 1)
+        clean = out & (tcp | udp_limited) & (c.sent > clean_after)
+        o = out & ~clean
+        queue = o & tcp & syn  # the core always sees SYNs (peer table, time lock)
+        if "udp" in self.wants:
+            queue |= o & udp & ((c.sent <= self.udp_packets) if udp_limited else True)
+        if "tcp_payload" in self.wants:
+            maybe = o & tcp & ~syn & pay & (c.sent <= self.payload_packets + 2)
+            queue |= _select(maybe, lambda i: self._payload_selected_bytes(bool(c.v6[i]), c.payload(i)))
+            queue |= o & tcp & pay & self._sized(c, True)
+        i = ~out & c.solicited
+        if "udp_in" in self.wants:
+            queue |= i & udp & ((c.received <= self.udp_packets) if self.udp_packets else True)
+        if "tcp_payload_in" in self.wants:
+            maybe = i & tcp & ~syn & pay & (c.received <= self.payload_packets + 2)
+            queue |= _select(maybe, lambda k: _contains(c.payload(k), self.tcp_strings_in))
+            queue |= i & tcp & ~syn & pay & self._sized(c, False)
+        return np.where(queue, BASE_QUEUE, np.where(clean, BASE_CLEAN, BASE_PASS))
+
+    def kernel_with_sets(self, base: int, outgoing: bool, syn: bool, peer_set: str | None, locked: bool) -> str:
+        """One packet's verdict from its :meth:`kernel_base` code and the kernel sets."""
+        if outgoing and self.kernel_sets:
+            if peer_set == "peers":
+                return QUEUE if syn else KERNEL_DROP  # a SYN locks in the kernel and is queued
+            if peer_set == "nolock":
+                return KERNEL_DROP
+            if peer_set == "pair" and self.lan_interfaces:
+                return QUEUE if syn else KERNEL_DROP  # the nft pair set; SYNs go on to the engine
+        if base == BASE_CLEAN:
+            return PASS  # marked clean in conntrack
+        if outgoing and self.kernel_sets and syn and locked:
+            return KERNEL_DROP
+        return QUEUE if base == BASE_QUEUE else PASS
+
+    def _sized(self, c: "KernelColumns", outgoing: bool):
+        """First payloads the size rules queue (kernel model for replay)."""
+        import numpy as np
+
         from .plugins import SERVICE_PORTS
 
         sizes = self.first_sizes if outgoing else self.first_sizes_in
-        if sizes is None or not packet.first:
-            return False
-        port = packet.dport if outgoing else packet.sport
-        return sizes[0] <= packet.end - packet.off <= sizes[1] and port not in SERVICE_PORTS
+        if sizes is None:
+            return np.zeros(len(c.proto), bool)
+        port = c.dport if outgoing else c.sport
+        return (c.first & (c.paylen >= sizes[0]) & (c.paylen <= sizes[1])
+                & ~np.isin(port, sorted(SERVICE_PORTS)))
 
-    def _payload_selected(self, packet) -> bool:
-        if self.tcp_prefixes and packet.version == 6:
+    def _payload_selected_bytes(self, v6: bool, data: bytes) -> bool:
+        if self.tcp_prefixes and v6:
             return True  # u32 reads IPv4 headers only: every first payload is queued
-        data = packet.data
         if self.tcp_prefixes and data.startswith(self.tcp_prefixes):
             return True
         return _contains(data, self.tcp_strings)
 
 
+@dataclass
+class KernelColumns:
+    """Per-packet facts the kernel model reads (numpy arrays of one length): protocol,
+    direction, whether a LAN host opened the connection, connbytes-style counts in each
+    direction, SYN, payload length, first payload of its direction, ports, family; and
+    ``payload(i)``, the payload bytes of packet ``i`` (read only when the counts leave
+    it in question)."""
+
+    proto: object
+    outgoing: object
+    solicited: object
+    sent: object
+    received: object
+    syn: object
+    paylen: object
+    first: object
+    sport: object
+    dport: object
+    v6: object
+    payload: object
+
+
+def _select(mask, keep):
+    """``mask`` narrowed to the rows where ``keep(row)`` holds."""
+    import numpy as np
+
+    rows = np.flatnonzero(mask)
+    if len(rows):
+        mask = mask.copy()
+        mask[rows] = [bool(keep(int(r))) for r in rows]
+    return mask
+
+
 def _contains(data: bytes, strings) -> bool:
     if strings is None:
         return True
-    return any(s in data for s in strings)
+    return _finder(strings)(data) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _finder(strings: tuple[bytes, ...]):
+    """One compiled search for any of ``strings`` (what the rules' string matches find)."""
+    return re.compile(b"|".join(re.escape(x) for x in strings) or b"(?!)").search

@@ -1,22 +1,40 @@
 """Replaying captures through the same engine the daemon runs, with capture time as clock.
 
 Each packet first meets replay's model of the kernel, taken from the same queue policy
-the live rules are rendered from (:meth:`p2pwall.policy.QueuePolicy.kernel_verdict`):
-what the rules would queue goes through the engine; what the kernel sets would drop, or
-the rules let pass unseen, is counted as such.  So the report says what the daemon would
-have done.
+the live rules are rendered from (:meth:`p2pwall.policy.QueuePolicy.kernel_base` and
+``kernel_with_sets``): what the rules would queue goes through the engine; what the
+kernel sets would drop, or the rules let pass unseen, is counted as such.  So the report
+says what the daemon would have done.
+
+The model follows connection tracking: packets belong to connections (a UDP flow idle
+past conntrack's timeout, or a TCP SYN after a FIN or RST on the same addresses and
+ports, starts a new one), and the connbytes-style counts are per connection and
+direction.  The kernel sets are modelled too (:class:`KernelModel`): the engine writes to
+them as it writes to the real ones, with the same timeouts, and a packet the engine
+never sees is dropped if the set held its destination when it passed.
+
+For speed on big captures the work is done in columns (:mod:`p2pwall.capindex`, numpy):
+only the packets the rules would queue (the first few of each connection, and SYNs)
+are turned into packet views and handed to the engine, one by one and in order.
+Not modelled: the per-host rate bound before the queue (``[queue] per_host_rate``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import pcap
+import numpy as np
+
+from . import capindex
 from .config import Settings
 from .engine import Engine
-from .packet import FROM_LAN, TCP, TO_LAN, UDP, parse
+from .kernelsets import _timeout, parse_comment, valid_element
+from .packet import FROM_LAN, TCP, TO_LAN, UDP, ip_text, parse
 from .plugins import DetectorSet
-from .policy import KERNEL_DROP, QUEUE, QueuePolicy
+from .policy import BASE_QUEUE, KERNEL_DROP, QUEUE, KernelColumns, QueuePolicy
+
+# conntrack's defaults (nf_conntrack_udp_timeout, ..._udp_timeout_stream, ..._tcp_timeout_established)
+UDP_TIMEOUT, UDP_STREAM_TIMEOUT, TCP_TIMEOUT = 30.0, 120.0, 432000.0
 
 
 @dataclass(slots=True)
@@ -29,18 +47,11 @@ class Flow:
     first_seen: float
     packets: int = 0
     dropped: int = 0
-    sent: int = 0  # queue-relevant packets seen from the client side
-    received: int = 0  # ... and towards it
     detector: str | None = None
     reason: str = ""
     scope: str | None = None  # what the flagged peer is blocked for: "lan" or "client"
-    opened_by_lan: bool = True
-    payload_out: bool = False  # a TCP payload went out already
-    payload_in: bool = False
 
     def to_dict(self) -> dict:
-        from .packet import ip_text
-
         return {"proto": self.proto, "client": ip_text(self.client), "client_port": self.client_port,
                 "peer": ip_text(self.peer), "peer_port": self.peer_port,
                 "first_seen": round(self.first_seen, 6), "packets": self.packets,
@@ -49,7 +60,7 @@ class Flow:
 
 
 class Clock:
-    """The replay clock: the timestamp of the packet being replayed."""
+    """The replay clock: the latest timestamp replayed so far."""
 
     def __init__(self):
         self.now = 0.0
@@ -58,112 +69,449 @@ class Clock:
         return self.now
 
 
+class KernelModel:
+    """Replay's stand-in for :class:`p2pwall.kernelsets.KernelSets`: the engine adds and
+    removes elements as it does live; each element's life is kept as the packets it
+    covers (from the packet after the one that added it, until its timeout or removal),
+    so packets the engine never sees are judged by what the kernel held then."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.at = -1  # the packet being handled; a change applies from the next one
+        self.live: dict[tuple, list] = {}  # key -> [first packet, until, removed at or None, note]
+        self.history: dict[tuple, list[list]] = {}
+
+    def _add(self, key: tuple, seconds: float, note: str) -> bool:
+        now = self.clock.now
+        # the engine takes an element out when its own entry expires (its tick runs every
+        # second live), before the kernel's whole-second timeout would: its time counts
+        until = now + min(seconds, _timeout(seconds))
+        cur = self.live.get(key)
+        if cur is not None and cur[2] is None and now < cur[1]:
+            cur[1], cur[3] = until, note or cur[3]  # ipset add -exist: a new timeout
+            return True
+        entry = [self.at + 1, until, None, note]
+        self.live[key] = entry
+        self.history.setdefault(key, []).append(entry)
+        return True
+
+    def _remove(self, key: tuple) -> None:
+        cur = self.live.get(key)
+        if cur is not None and cur[2] is None:
+            cur[2] = self.at + 1
+
+    def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
+        return valid_element(addr) and self._add((kind, addr), seconds, note)
+
+    def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
+        return valid_element(client) and valid_element(peer) and self._add(("pair", client, peer), seconds, note)
+
+    def remove(self, kind: str, addr: bytes) -> None:
+        self._remove((kind, addr))
+
+    def remove_pair(self, client: bytes, peer: bytes) -> None:
+        self._remove(("pair", client, peer))
+
+    def flush(self) -> None:
+        pass
+
+    def counters(self) -> dict:
+        return {}
+
+    def holds(self, key: tuple, i: int, now: float) -> str | None:
+        """The note of ``key``'s element if the kernel held it for packet ``i``, else None."""
+        cur = self.live.get(key)
+        if cur is None or cur[0] > i or now >= cur[1] or (cur[2] is not None and cur[2] <= i):
+            return None
+        return cur[3]
+
+
 class Replay:
     def __init__(self, settings: Settings, detectors: DetectorSet, keep_events: int = 100000):
         self.clock = Clock()
-        self.engine = Engine(settings, detectors, clock=self.clock, keep_events=keep_events)
-        self.flows: dict[tuple, Flow] = {}
+        self.policy = QueuePolicy.build(settings, detectors)
+        self.model = KernelModel(self.clock) if self.policy.kernel_sets else None
+        self.engine = Engine(settings, detectors, clock=self.clock, keep_events=keep_events, kernel=self.model)
+        self.lan = self.engine.lan
+        self.flows: list[Flow] = []
         self.packets = 0
         self.verdicts = {"accept": 0, "drop": 0}
         self.kernel = {"queued": 0, "kernel_drop": 0, "pass": 0}
         self.warnings: list[str] = []
-        self.policy = QueuePolicy.build(settings, detectors)
-        self.lan = self.engine.lan
+        self._segments: list[capindex.Segment] = []
+        self._fed: list[tuple[float, bytes | None]] = []
 
+    # ------------------------------------------------------------------ input
     def feed_file(self, path: str, progress=None) -> None:
-        """Replay one capture; ``progress(bytes_read)`` is called now and then.  A capture
-        cut off mid-record is replayed up to the cut and noted in ``warnings``."""
-        try:
-            for ts, raw in pcap.PcapSource(path, progress):
-                self.feed(ts, raw)
-        except pcap.Truncated as exc:
-            self.warnings.append(str(exc))
+        """Add one capture; ``progress(bytes_read)`` is called now and then while it is
+        read.  A capture cut off mid-record is replayed up to the cut and noted in
+        ``warnings``.  Raises pcap.PcapError for what cannot be read at all."""
+        self._close_fed()
+        seg = capindex.read_file(path, progress)
+        if seg.warning:
+            self.warnings.append(seg.warning)
+        self._segments.append(seg)
 
     def feed(self, ts: float, raw: bytes | None) -> None:
-        self.packets += 1
-        clock = self.clock
-        if ts > clock.now:
-            clock.now = ts
-            self.engine.tick(ts)
-        drop = False
-        if raw is not None:
-            packet = parse(raw)
-            if packet is not None and packet.proto in (TCP, UDP):
-                drop = self._judge(packet, ts)
-        self.verdicts["drop" if drop else "accept"] += 1
+        """Add one packet (IP bytes, or None for a frame that is not IP)."""
+        self._fed.append((ts, raw))
 
-    def _judge(self, packet, ts) -> bool:
-        src, dst, sp, dp = packet.src, packet.dst, packet.sport, packet.dport
-        key = (packet.proto, src, sp, dst, dp) if (src, sp) <= (dst, dp) else (packet.proto, dst, dp, src, sp)
-        flow = self.flows.get(key)
-        if flow is None:
-            src_lan, dst_lan = src in self.lan, dst in self.lan
-            if dst_lan and not src_lan:
-                flow = Flow(_PROTO[packet.proto], dst, dp, src, sp, ts, opened_by_lan=False)
-            else:
-                flow = Flow(_PROTO[packet.proto], src, sp, dst, dp, ts)
-            self.flows[key] = flow
-        flow.packets += 1
-        outgoing = src == flow.client and sp == flow.client_port
-        if outgoing:
-            flow.sent += 1  # like connbytes, this packet counts
-        else:
-            flow.received += 1
-        packet.direction = FROM_LAN if outgoing else TO_LAN
-        packet.ts = ts
-        if packet.proto == TCP and packet.end > packet.off:
-            if outgoing:
-                packet.first, flow.payload_out = not flow.payload_out, True
-            else:
-                packet.first, flow.payload_in = not flow.payload_in, True
-        engine = self.engine
-        peer_set = None
-        locked = False
-        peer = None
-        if outgoing:
-            peer = engine.peers.get(packet.dst, ts)
-            if peer is not None:
-                if peer.lanwide:
-                    peer_set = engine.set_kind(peer.detector)
-                elif packet.src in peer.clients:
-                    peer_set = "pair"
-                else:
-                    peer = None
-            locked = engine.locks.live(packet.src, ts)
-        where = self.policy.kernel_verdict(packet, outgoing, flow.sent, flow.received, peer_set, locked,
-                                           solicited=flow.opened_by_lan)
-        if where == KERNEL_DROP:
-            self.kernel["kernel_drop"] += 1
-            flow.dropped += 1
-            if flow.detector is None:
-                flow.detector = peer.detector if peer is not None else engine.locks.get(packet.src, ts).detector
-                flow.reason = "peer blocked" if peer is not None else "client locked"
-                flow.scope = ("lan" if peer.lanwide else "client") if peer is not None else None
-            return True
-        if where != QUEUE:
-            self.kernel["pass"] += 1
-            return False
-        self.kernel["queued"] += 1
-        verdict = engine.handle(packet)
-        engine.outbox.clear()
-        if verdict.detector and flow.detector is None:
-            flow.detector, flow.reason = verdict.detector, verdict.reason
-            found = engine.peers.get(flow.peer, ts)
-            if found is not None:
-                flow.scope = "lan" if found.lanwide else "client"
-        if verdict.drop:
-            flow.dropped += 1
-        return verdict.drop
+    def _close_fed(self) -> None:
+        if self._fed:
+            self._segments.append(capindex.from_records(self._fed))
+            self._fed = []
+
+    def run(self) -> None:
+        """Replay everything added since the last run, in the order it was added."""
+        self._close_fed()
+        segments, self._segments = self._segments, []
+        if segments:
+            _Run(self, segments).replay()
 
     def report(self) -> dict:
+        self.run()
         return {
             "packets": self.packets,
             "verdicts": dict(self.verdicts),
             "kernel": dict(self.kernel),
             "warnings": list(self.warnings),
-            "flows": [f.to_dict() for f in self.flows.values()],
+            "flows": [f.to_dict() for f in self.flows],
             "events": [e.to_dict() for e in self.engine.events.recent],
         }
 
 
 _PROTO = {TCP: "tcp", UDP: "udp"}
+
+
+def _mix(*cols) -> np.ndarray:
+    """A 64-bit hash of equal-length integer columns (grouping key; collisions checked)."""
+    h = np.full(len(cols[0]), 0x9E3779B97F4A7C15, np.uint64)
+    for c in cols:
+        h ^= c.astype(np.uint64)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def _groups(cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows with equal ``cols``: each row's group id, the rows grouped (``order``: by
+    group, in row order within one) and where each group starts in ``order``."""
+    m = len(cols[0])
+    if not m:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    cols = [c for c in cols if c.any()] or cols[:1]  # e.g. the high halves of IPv4 addresses
+    h = _mix(*cols)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    new = np.ones(m, bool)
+    new[1:] = hs[1:] != hs[:-1]
+    changed = np.zeros(m - 1, bool)
+    for c in cols:
+        g = c[order]
+        changed |= g[1:] != g[:-1]
+    if np.count_nonzero(changed) != np.count_nonzero(new[1:]):
+        # two keys with one hash (never seen, but possible): group them exactly instead
+        order = np.lexsort(cols[::-1])
+        changed[:] = False
+        for c in cols:
+            g = c[order]
+            changed |= g[1:] != g[:-1]
+    new[1:] = changed
+    starts = np.flatnonzero(new)
+    ids = np.empty(m, np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return ids, order, starts
+
+
+def _count(x: np.ndarray, inst: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """For rows grouped by instance: how many rows of its instance so far (this one
+    included) have ``x`` set."""
+    c = np.cumsum(x, dtype=np.int64)
+    return c - (c[starts] - x[starts])[inst]
+
+
+class _Run:
+    """One replay of some segments, in columns (see the module docstring)."""
+
+    def __init__(self, rp: Replay, segments: list[capindex.Segment]):
+        self.rp, self.segments = rp, segments
+
+    def _columns(self) -> None:
+        segs = self.segments
+        ts = np.concatenate([s.ts for s in segs])
+        self.n = len(ts)
+        eff = np.maximum.accumulate(np.maximum(ts, self.rp.clock.now)) if self.n else ts
+        parts = [capindex.headers(s) for s in segs]
+        base = np.cumsum([0] + [len(s) for s in segs[:-1]])
+        def cat(arrays):
+            return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+        self.local = cat([h.rows for h in parts])
+        self.rows = cat([h.rows + b for h, b in zip(parts, base)]) if len(parts) > 1 else self.local
+        self.seg = cat([np.full(len(h.rows), k, np.int64) for k, h in enumerate(parts)])
+        for name in ("proto", "v6", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "flags",
+                     "payoff", "paylen", "syn", "fin_rst"):
+            setattr(self, name, cat([getattr(h, name) for h in parts]))
+        self.ts, self.t = ts[self.rows], eff[self.rows]
+        self.last_time = float(eff[-1]) if self.n else self.rp.clock.now
+
+    def _in_lan(self, hi: np.ndarray, lo: np.ndarray, v6: np.ndarray) -> np.ndarray:
+        lan = self.rp.lan
+        hit = np.zeros(len(lo), bool)
+        for net, mask in lan.v4:
+            hit |= ~v6 & ((lo & np.uint64(mask)) == np.uint64(net))
+        m64 = (1 << 64) - 1
+        for net, mask in lan.v6:
+            hit |= v6 & ((hi & np.uint64(mask >> 64)) == np.uint64(net >> 64)) & \
+                ((lo & np.uint64(mask & m64)) == np.uint64(net & m64))
+        return hit
+
+    def _connections(self) -> None:
+        """Flows (by addresses and ports), the connections within them, and each
+        packet's direction and connbytes-style counts."""
+        a_is_src = (self.src_hi < self.dst_hi) | ((self.src_hi == self.dst_hi) & (
+            (self.src_lo < self.dst_lo) | ((self.src_lo == self.dst_lo) & (self.sport <= self.dport))))
+        pick = lambda x, y: np.where(a_is_src, x, y)  # noqa: E731
+        ports = (self.proto.astype(np.uint64) | (self.v6.astype(np.uint64) << np.uint64(8))
+                 | (pick(self.sport, self.dport).astype(np.uint64) << np.uint64(16))
+                 | (pick(self.dport, self.sport).astype(np.uint64) << np.uint64(32)))
+        self.flow, order, flow_starts = _groups([ports, pick(self.src_hi, self.dst_hi), pick(self.src_lo, self.dst_lo),
+                                                 pick(self.dst_hi, self.src_hi), pick(self.dst_lo, self.src_lo)])
+        self.flow_first = order[flow_starts]  # each flow's first packet
+        g_t, g_proto = self.t[order], self.proto[order]
+        g_a, g_syn, g_fr = a_is_src[order], self.syn[order], self.fin_rst[order]
+        m = len(order)
+        new_flow = np.zeros(m, bool)
+        new_flow[flow_starts] = True
+        dt = np.zeros(m)
+        dt[1:] = g_t[1:] - g_t[:-1]
+        dt[new_flow] = 0.0
+        maybe = ~new_flow & (((g_proto == UDP) & (dt > UDP_TIMEOUT)) | ((g_proto == TCP) & (g_syn | (dt > TCP_TIMEOUT))))
+        new_conn = new_flow.copy()
+        cand = np.flatnonzero(maybe)
+        if len(cand):
+            flow_start = np.maximum.accumulate(np.where(new_flow, np.arange(m), 0))
+            ca, cb, cf = np.cumsum(g_a), np.cumsum(~g_a), np.cumsum(g_fr)
+            start, group = -1, -1
+            for q in cand.tolist():
+                if flow_start[q] != group:
+                    group = start = int(flow_start[q])
+                before = lambda c: int(c[q - 1]) - (int(c[start - 1]) if start else 0)  # noqa: E731
+                if g_proto[q] == UDP:
+                    replied = before(ca) > 0 and before(cb) > 0
+                    brk = dt[q] > UDP_STREAM_TIMEOUT or not replied
+                else:
+                    brk = dt[q] > TCP_TIMEOUT or before(cf) > 0
+                if brk:
+                    new_conn[q] = True
+                    start = q
+        g_conn = np.cumsum(new_conn) - 1
+        starts = np.flatnonzero(new_conn)
+        # who opened each connection: its first packet's sender, unless that came from
+        # outside towards the LAN (then the LAN host is the client and the flow unsolicited)
+        first = order[starts]
+        src_lan = self._in_lan(self.src_hi[first], self.src_lo[first], self.v6[first])
+        dst_lan = self._in_lan(self.dst_hi[first], self.dst_lo[first], self.v6[first])
+        by_src = ~(dst_lan & ~src_lan)
+        g_out = (g_a == g_a[starts][g_conn]) == by_src[g_conn]
+        g_pay = (g_proto == TCP) & (self.paylen[order] > 0)
+        g_sent = _count(g_out, g_conn, starts)
+        g_recv = _count(~g_out, g_conn, starts)
+        g_first = np.where(g_pay, np.where(g_out, _count(g_out & g_pay, g_conn, starts),
+                                           _count(~g_out & g_pay, g_conn, starts)) == 1, True)
+        self.outgoing, self.sent, self.received, self.first, self.solicited = (
+            self._scatter(order, g) for g in (g_out, g_sent, g_recv, g_first, by_src[g_conn]))
+
+    @staticmethod
+    def _scatter(order: np.ndarray, grouped: np.ndarray) -> np.ndarray:
+        out = np.empty_like(grouped)
+        out[order] = grouped
+        return out
+
+    def _addresses(self, rows: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> list[bytes]:
+        """The packed addresses of ``rows``, from their halves, all at once."""
+        v6 = self.v6[rows]
+        out: list = [None] * len(rows)
+        four = np.flatnonzero(~v6)
+        blob = lo[rows[four]].astype(">u4").tobytes()
+        for n, k in enumerate(four.tolist()):
+            out[k] = blob[4 * n:4 * n + 4]
+        six = np.flatnonzero(v6)
+        if len(six):
+            pairs = np.stack([hi[rows[six]], lo[rows[six]]], axis=1).astype(">u8").tobytes()
+            for n, k in enumerate(six.tolist()):
+                out[k] = pairs[16 * n:16 * n + 16]
+        return out
+
+    def _payload(self, j: int) -> bytes:
+        start = int(self.payoff[j])
+        return bytes(self.segments[self.seg[j]].buf[start:start + int(self.paylen[j])])
+
+    def _packet(self, j: int):
+        seg = self.segments[self.seg[j]]
+        i = self.local[j]
+        start = int(seg.ip[i])
+        return parse(bytes(seg.buf[start:start + int(seg.iplen[i])]))
+
+    def replay(self) -> None:
+        rp = self.rp
+        self._columns()
+        self._connections()
+        policy, engine, model, clock = rp.policy, rp.engine, rp.model, rp.clock
+        cols = KernelColumns(self.proto, self.outgoing, self.solicited, self.sent, self.received, self.syn,
+                             self.paylen, self.first, self.sport, self.dport, self.v6, self._payload)
+        base = policy.kernel_base(cols)
+        engine_sees = base == BASE_QUEUE
+        if policy.kernel_sets:
+            engine_sees |= self.outgoing & self.syn  # a SYN meets the lock and peer sets
+        m = len(base)
+        dropped = np.zeros(m, bool)
+        flagged: dict[int, tuple[int, str, str, str | None]] = {}  # flow -> (packet, detector, reason, scope)
+        queued = kernel_drops = 0
+        seen = np.flatnonzero(engine_sees)
+        # the engine's share, one packet at a time: plain Python values from here on
+        times, outs, syns = self.t[seen].tolist(), self.outgoing[seen].tolist(), self.syn[seen].tolist()
+        bases, flows, firsts = base[seen].tolist(), self.flow[seen].tolist(), self.first[seen].tolist()
+        stamps = self.ts[seen].tolist()
+        if model is not None:
+            srcs, dsts = self._addresses(seen, self.src_hi, self.src_lo), self._addresses(seen, self.dst_hi, self.dst_lo)
+        live = model.live if model is not None else {}
+        for k, j in enumerate(seen.tolist()):
+            now = times[k]
+            if now > clock.now:
+                clock.now = now
+                if model is not None:
+                    model.at = j - 1  # what the tick takes out is gone for this packet already
+                engine.tick(now)
+            out, syn = outs[k], syns[k]
+            peer_set = note = lock_note = None
+            if out and live:
+                model.at = j
+                src, dst = srcs[k], dsts[k]
+                for kind, key in (("peers", ("peers", dst)), ("nolock", ("nolock", dst)),
+                                  ("pair", ("pair", src, dst))):
+                    if key in live:
+                        note = model.holds(key, j, now)
+                        if note is not None:
+                            peer_set = kind
+                            break
+                if ("locks", src) in live:
+                    lock_note = model.holds(("locks", src), j, now)
+            where = policy.kernel_with_sets(bases[k], out, syn, peer_set, lock_note is not None)
+            flow = flows[k]
+            if where == KERNEL_DROP:
+                kernel_drops += 1
+                dropped[j] = True
+                if flow not in flagged:
+                    if peer_set is not None and not (peer_set == "pair" and not policy.lan_interfaces):
+                        flagged[flow] = (j, _detector(note), "peer blocked", "client" if peer_set == "pair" else "lan")
+                    else:
+                        flagged[flow] = (j, _detector(lock_note), "client locked", None)
+                continue
+            if where != QUEUE:
+                continue
+            queued += 1
+            if model is not None:
+                model.at = j
+            packet = self._packet(j)
+            if packet is None:
+                continue
+            packet.direction = FROM_LAN if out else TO_LAN
+            packet.ts = stamps[k]
+            if packet.proto == TCP and packet.end > packet.off:
+                packet.first = firsts[k]
+            verdict = engine.handle(packet)
+            engine.outbox.clear()
+            if verdict.drop:
+                dropped[j] = True
+            if verdict.detector and flow not in flagged:
+                peer = packet.dst if out else packet.src
+                found = engine.peers.get(peer, now)
+                flagged[flow] = (j, verdict.detector, verdict.reason,
+                                 None if found is None else ("lan" if found.lanwide else "client"))
+        if self.last_time > clock.now:
+            clock.now = self.last_time
+            engine.tick(self.last_time)
+        unseen = self._unseen_drops(engine_sees) if model is not None else {}
+        for j, (detector, scope) in unseen.items():
+            dropped[j] = True
+            flow = int(self.flow[j])
+            if flow not in flagged or flagged[flow][0] > j:
+                flagged[flow] = (j, detector, "peer blocked", scope)
+        kernel_drops += len(unseen)
+        rp.packets += self.n
+        drops = int(dropped.sum())
+        rp.verdicts["drop"] += drops
+        rp.verdicts["accept"] += self.n - drops
+        rp.kernel["queued"] += queued
+        rp.kernel["kernel_drop"] += kernel_drops
+        rp.kernel["pass"] += m - queued - kernel_drops
+        self._flows(dropped, flagged)
+
+    def _unseen_drops(self, engine_sees: np.ndarray) -> dict[int, tuple[str | None, str]]:
+        """Packets the engine never saw that a kernel set dropped: packet -> (detector, scope)."""
+        model = self.rp.model
+        rows = np.flatnonzero(self.outgoing & ~engine_sees)
+        found: dict[int, tuple[str | None, str]] = {}
+        if not len(rows) or not model.history:
+            return found
+        lanwide = [(k, v) for k, v in model.history.items() if k[0] in ("peers", "nolock")]
+        pairs = [(k, v) for k, v in model.history.items()
+                 if k[0] == "pair" and self.rp.policy.lan_interfaces]
+        for keys, cols, scope in (
+                (lanwide, (self.dst_hi, self.dst_lo, self.v6), "lan"),
+                (pairs, (self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.v6), "client")):
+            if not keys:
+                continue
+            h = _mix(*(c[rows] for c in cols))
+            order = np.argsort(h, kind="stable")
+            hs = h[order]
+            for key, lives in keys:
+                halves = [x for a in key[1:] for x in capindex._halves(a)]
+                v6 = len(key[1]) == 16
+                want = [np.array([x], np.uint64) for x in halves] + [np.array([v6])]
+                hk = _mix(*want)[0]
+                lo, hi = np.searchsorted(hs, hk, "left"), np.searchsorted(hs, hk, "right")
+                if lo == hi:
+                    continue
+                js = rows[order[lo:hi]]
+                exact = np.ones(len(js), bool)
+                for c, w in zip(cols, want):
+                    exact &= c[js].astype(np.uint64) == w[0].astype(np.uint64)
+                js = np.sort(js[exact])
+                for first, until, removed, note in lives:
+                    live = (js >= first) & (self.t[js] < until)
+                    if removed is not None:
+                        live &= js < removed
+                    for j in js[live].tolist():
+                        found.setdefault(j, (_detector(note), scope))
+        return found
+
+    def _flows(self, dropped: np.ndarray, flagged: dict) -> None:
+        rp = self.rp
+        first = self.flow_first
+        if not len(first):
+            return
+        packets = np.bincount(self.flow, minlength=len(first))
+        drops = np.bincount(self.flow, weights=dropped, minlength=len(first)).astype(np.int64)
+        src_lan = self._in_lan(self.src_hi[first], self.src_lo[first], self.v6[first])
+        dst_lan = self._in_lan(self.dst_hi[first], self.dst_lo[first], self.v6[first])
+        addr = capindex.address
+        for k in np.argsort(first, kind="stable").tolist():
+            j = int(first[k])
+            v6 = bool(self.v6[j])
+            src, dst = addr(self.src_hi[j], self.src_lo[j], v6), addr(self.dst_hi[j], self.dst_lo[j], v6)
+            sp, dp = int(self.sport[j]), int(self.dport[j])
+            if dst_lan[k] and not src_lan[k]:
+                src, dst, sp, dp = dst, src, dp, sp
+            flow = Flow(_PROTO[int(self.proto[j])], src, sp, dst, dp, float(self.ts[j]),
+                        int(packets[k]), int(drops[k]))
+            if k in flagged:
+                _, flow.detector, flow.reason, flow.scope = flagged[k]
+            rp.flows.append(flow)
+
+
+def _detector(note: str | None) -> str | None:
+    parts = parse_comment(note or "")
+    return parts[0] if parts else None
