@@ -38,7 +38,7 @@ def test_fuzz_smoke():
 
 
 def test_replay_smoke():
-    out = run("replay.py", "--repeat", "1")
+    out = run("replay.py", "--copies", "2", "--runs", "1")
     assert all(f > 0 for f in figures(out, "pkt/s")) and len(figures(out, "pkt/s")) >= 2
 
 
