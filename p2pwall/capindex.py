@@ -11,9 +11,9 @@ extension headers, other link types, pcapng) go through :func:`p2pwall.pcap.read
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from struct import Struct
 
@@ -25,7 +25,7 @@ from .packet import SYN, ACK, FIN, RST, TCP, UDP, parse
 
 MAX_RECORD = 262144 * 4  # as pcap.read: a longer record is corruption, not a packet
 _BLOCK = 1 << 18  # rows per block of header reading: temporaries reused, not faulted in anew
-_BLOCK_BYTES = 1 << 24  # a capture is walked in blocks of this many bytes (progress, and the thread)
+_BLOCK_BYTES = 1 << 24  # a capture is read in blocks of this many bytes (progress, reused temporaries)
 _CLASSIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
             b"\xa1\xb2\xc3\xd4": (">", 1e-6), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
 
@@ -80,12 +80,8 @@ def read_file(path: str, progress=None) -> Segment:
     linktype = Struct(e + "I").unpack_from(head, 20)[0] & 0x0FFFFFFF
     arr = np.frombuffer(mm, np.uint8)
     walk = _Walk(mm, size, e, progress)
-    # while the walk (pure Python) finds the next block of records, a thread reads the
-    # last one's headers (numpy, which lets go of the interpreter while it works)
-    with ThreadPoolExecutor(1) as pool:
-        blocks = [(first, pool.submit(_block, mm, arr, np.array(starts, np.int64), e, scale, linktype, path))
-                  for first, starts in walk.blocks()]
-        done = [(first, future.result()) for first, future in blocks]
+    done = [(first, _block(mm, arr, np.array(starts, np.int64), e, scale, linktype, path))
+            for first, starts in walk.blocks()]
     if not done:
         done = [(0, _block(mm, arr, np.zeros(0, np.int64), e, scale, linktype, path))]
     ts, ip, iplen = (np.concatenate([part[k] for _, part in done]) for k in range(3))
@@ -99,34 +95,48 @@ def read_file(path: str, progress=None) -> Segment:
 
 def _block(mm, arr, rec, e: str, scale: float, linktype: int, path: str):
     """Timestamps, IP header offsets and lengths, and header columns of some records."""
-    head = _rows(arr, rec, 32)  # record header and the frame's first 16 bytes
-    fields = np.ascontiguousarray(head[:, :16]).view(e + "u4").astype(np.int64)
-    incl = fields[:, 2]
+    ether = linktype == pcap.LINK_ETHERNET
+    raw = linktype in (pcap.LINK_RAW, pcap.LINK_IPV4, pcap.LINK_IPV6) or linktype in pcap.LINK_RAW_ALT
+    base = 30 if ether else 16 if raw else None  # where the IP header sits in a record
+    # one gather per record: its header, and (Ethernet, raw IP) the IP and transport headers
+    head = _rows(arr, rec, (base or 16) + _WINDOW)
+    r = head.view(_record_layout(e, head.shape[1])).ravel()
+    incl = r["incl"].astype(np.int64)
     bad = np.flatnonzero(incl > MAX_RECORD)
     if len(bad):
         raise pcap.PcapError(f"{path}: corrupt packet record (length {int(incl[bad[0]])})")
-    ts = fields[:, 0] + fields[:, 1] * scale
+    ts = r["sec"] + r["frac"] * scale
     frame = rec + 16
     ip = np.full(len(rec), -1, np.int64)
     iplen = np.zeros(len(rec), np.int64)
-    if linktype == pcap.LINK_ETHERNET:
-        etype = (head[:, 28].astype(np.int64) << 8) | head[:, 29]
+    if ether:
+        etype = r["etype"]
         plain = (incl >= 14) & ((etype == 0x0800) | (etype == 0x86DD))
         ip[plain] = frame[plain] + 14
         iplen[plain] = incl[plain] - 14
         other = np.flatnonzero(~plain & (incl >= 18) & np.isin(etype, (0x8100, 0x88A8, 0x9100, 0x8864)))
-    elif linktype in (pcap.LINK_RAW, pcap.LINK_IPV4, pcap.LINK_IPV6) or linktype in pcap.LINK_RAW_ALT:
+    elif raw:
         ip[:] = frame
         iplen[:] = incl
+        plain = np.ones(len(rec), bool)
         other = np.zeros(0, np.int64)
     else:
+        plain = np.zeros(len(rec), bool)
         other = np.arange(len(rec))
     for i in other.tolist():  # the link headers only pcap.link_offset reads
         start, n = int(frame[i]), int(incl[i])
         off = pcap.link_offset(linktype, mm[start:start + n])
         if off is not None:
             ip[i], iplen[i] = start + off, n - off
-    return ts, ip, iplen, _headers(mm, arr, ip, iplen)
+    if base is None:
+        return ts, ip, iplen, _headers(mm, arr, ip, iplen)
+    out = _headers(mm, arr, np.where(plain, ip, -1), iplen, head, base)
+    rest = np.flatnonzero(~plain & (ip >= 0))  # VLAN, PPPoE: read from where their IP header is
+    if len(rest):
+        more = _headers(mm, arr, ip[rest], iplen[rest])
+        more.rows = rest[more.rows]
+        out = _merge(out, more)
+    return ts, ip, iplen, out
 
 
 class _Walk:
@@ -182,22 +192,19 @@ def _rows(arr: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     from a strided view of the buffer.  Rows that would run past the end of the buffer
     come back zero-filled past it."""
     n = len(arr)
+    last = n - width
+    if len(starts) and last >= 0 and int(starts.max()) <= last:
+        return as_strided(arr, shape=(last + 1, width), strides=(1, 1))[starts]
     out = np.zeros((len(starts), width), np.uint8)
-    if n >= width:
-        view = as_strided(arr, shape=(n - width + 1, width), strides=(1, 1))
-        inside = starts <= n - width
-        out[inside] = view[starts[inside]]
-    else:
-        inside = np.zeros(len(starts), bool)
+    inside = starts <= last
+    if last >= 0:
+        out[inside] = as_strided(arr, shape=(last + 1, width), strides=(1, 1))[starts[inside]]
     for k in np.flatnonzero(~inside & (starts < n)).tolist():  # the last few bytes
         tail = arr[starts[k]:]
         out[k, :len(tail)] = tail
     return out
 
 
-def _be(cols: np.ndarray, dtype: str) -> np.ndarray:
-    """Big-endian numbers from the byte columns ``cols`` (n, k) of a row gather."""
-    return np.ascontiguousarray(cols).view(dtype).astype(np.uint64 if dtype.endswith("8") else np.int64)
 
 
 @dataclass
@@ -248,49 +255,81 @@ def _concat(parts: list["Headers"]) -> "Headers":
     return Headers(*(np.concatenate([getattr(h, f.name) for h in parts]) for f in fields(Headers)))
 
 
-def _headers(buf, arr: np.ndarray, ip: np.ndarray, iplen: np.ndarray) -> "Headers":
+_V6_EXT = (0, 43, 44, 51, 60, 135, 139, 140)  # the extension headers parse() walks
+_WINDOW = 54  # bytes of IP and transport header read per packet (IPv6 + 14 of TCP/UDP)
+_IP_FIELDS = {  # name: (format, offset in the IP header); overlapping fields are fine
+    "b0": ("u1", 0), "total": (">u2", 2), "plen6": (">u2", 4), "nh": ("u1", 6), "frag": (">u2", 6),
+    "proto4": ("u1", 9), "src4": (">u4", 12), "dst4": (">u4", 16),
+    "src6hi": (">u8", 8), "src6lo": (">u8", 16), "dst6hi": (">u8", 24), "dst6lo": (">u8", 32),
+    "sport4": (">u2", 20), "dport4": (">u2", 22), "ulen4": (">u2", 24), "doff4": ("u1", 32), "flags4": ("u1", 33),
+    "nh2": ("u1", 40), "sport6": (">u2", 40), "dport6": (">u2", 42), "ulen6": (">u2", 44), "doff6": ("u1", 52), "flags6": ("u1", 53),
+}
+
+
+@functools.lru_cache(maxsize=16)
+def _ip_layout(base: int, itemsize: int) -> np.dtype:
+    """The header fields of a gathered row whose IP header starts at ``base``."""
+    return np.dtype({"names": list(_IP_FIELDS), "formats": [f for f, _ in _IP_FIELDS.values()],
+                     "offsets": [base + o for _, o in _IP_FIELDS.values()], "itemsize": itemsize})
+
+
+@functools.lru_cache(maxsize=8)
+def _record_layout(e: str, itemsize: int) -> np.dtype:
+    """A pcap record header, and the Ethernet type after it."""
+    return np.dtype({"names": ["sec", "frac", "incl", "etype"], "formats": [e + "u4", e + "u4", e + "u4", ">u2"],
+                     "offsets": [0, 4, 8, 28], "itemsize": itemsize})
+
+
+def _headers(buf, arr: np.ndarray, ip: np.ndarray, iplen: np.ndarray, h: np.ndarray | None = None,
+             base: int = 0) -> "Headers":
+    """Header columns of the rows whose IP header is at ``ip`` (-1: none); ``h`` may hold
+    the rows already gathered, their IP header at ``base``."""
     valid = ip >= 0
-    h = _rows(arr, np.where(valid, ip, 0), 54)  # IP header and the TCP/UDP header after it
-    ver = np.where(valid, h[:, 0] >> 4, 0)
+    if h is None:
+        h = _rows(arr, np.where(valid, ip, 0), _WINDOW)
+    f = h.view(_ip_layout(base, h.shape[1])).ravel()
+    b0 = f["b0"]
+    ver = np.where(valid, b0 >> 4, 0)
     v4 = (ver == 4) & (iplen >= 20)
     v6 = (ver == 6) & (iplen >= 40)
-    ihl = (h[:, 0] & 15).astype(np.int64) * 4
-    total = (h[:, 2].astype(np.int64) << 8) | h[:, 3]
-    fragment = ((h[:, 6] & 0x3F) != 0) | (h[:, 7] != 0)
-    plen6 = (h[:, 4].astype(np.int64) << 8) | h[:, 5]
-    simple4 = v4 & (ihl == 20) & (total >= 20) & ~fragment
+    ihl = (b0 & 15).astype(np.int64) * 4
+    total = f["total"].astype(np.int64)
+    nh = f["nh"]
+    simple4 = v4 & (ihl == 20) & (total >= 20) & ((f["frag"] & 0x3FFF) == 0)
     broken4 = v4 & ((ihl < 20) | (total < ihl))  # parse() refuses these
-    simple6 = v6 & ((h[:, 6] == TCP) | (h[:, 6] == UDP))
-    proto = np.where(v4, h[:, 9], h[:, 6]).astype(np.int64)
-    end = np.where(v4, np.minimum(total, iplen), np.minimum(40 + plen6, iplen))
+    simple6 = v6 & ((nh == TCP) | (nh == UDP))
+    proto = np.where(v4, f["proto4"], nh).astype(np.int32)
+    end = np.where(v4, np.minimum(total, iplen), np.minimum(40 + f["plen6"].astype(np.int64), iplen))
+    # parse() reads what these start: IPv4 options and fragments of TCP and UDP, IPv6
+    # extension headers that lead on to TCP, UDP or another one (any other protocol,
+    # ICMPv6 after a hop-by-hop header say, is neither TCP nor UDP)
+    chains = v6 & np.isin(nh, _V6_EXT) & np.isin(f["nh2"], _V6_EXT + (TCP, UDP))
+    complex_ = np.flatnonzero((v4 & ~simple4 & ~broken4 & ((f["proto4"] == TCP) | (f["proto4"] == UDP))) | chains)
     l4 = np.where(v6, 40, 20)
-    fast = (simple4 | simple6) & ((proto == TCP) | (proto == UDP))
-    complex_ = np.flatnonzero((v4 & ~simple4 & ~broken4) | (v6 & ~simple6))
-    t = np.where(v6[:, None], h[:, 40:54], h[:, 20:34])  # the transport header's first 14 bytes
-    doff = (t[:, 12] >> 4).astype(np.int64) * 4
-    ulen = (t[:, 4].astype(np.int64) << 8) | t[:, 5]
+    doff = np.where(v6, f["doff6"], f["doff4"]).astype(np.int64) >> 4 << 2
+    ulen = np.where(v6, f["ulen6"], f["ulen4"]).astype(np.int64)
     is_tcp = proto == TCP
-    ok = fast & np.where(is_tcp, (l4 + 20 <= end) & (doff >= 20) & (l4 + doff <= end), l4 + 8 <= end)
+    ok = (simple4 | simple6) & np.where(is_tcp, (l4 + 20 <= end) & (doff >= 20) & (l4 + doff <= end),
+                                        (proto == UDP) & (l4 + 8 <= end))
     rows = np.flatnonzero(ok)
-    r_end, r_l4, r_tcp, r_ulen = end[rows], l4[rows], is_tcp[rows], ulen[rows]
+    r_end, r_l4, r_tcp, r_ulen, r_v6 = end[rows], l4[rows], is_tcp[rows], ulen[rows], v6[rows]
     udp_stop = np.where((r_ulen >= 8) & (r_l4 + r_ulen <= r_end), r_l4 + r_ulen, r_end)
     payrel = np.where(r_tcp, r_l4 + doff[rows], r_l4 + 8)
     stop = np.where(r_tcp, r_end, udp_stop)
-    r_v6 = v6[rows]
-    hr = h[rows]
-    src_hi = np.zeros(len(rows), np.uint64)
-    dst_hi = np.zeros(len(rows), np.uint64)
-    addr4 = _be(hr[:, 12:20], ">u4").astype(np.uint64)
-    src_lo, dst_lo = addr4[:, 0].copy(), addr4[:, 1].copy()
-    six = np.flatnonzero(r_v6)
-    if len(six):
-        a6 = _be(hr[six, 8:40], ">u8")
-        src_hi[six], src_lo[six], dst_hi[six], dst_lo[six] = a6[:, 0], a6[:, 1], a6[:, 2], a6[:, 3]
-    tr = t[rows]
-    ports = _be(tr[:, 0:4], ">u2")
-    out = Headers(rows, proto[rows].astype(np.int32), r_v6, src_hi, src_lo, dst_hi, dst_lo,
-                  ports[:, 0].astype(np.int32), ports[:, 1].astype(np.int32),
-                  np.where(r_tcp, tr[:, 13], 0).astype(np.int32), ip[rows] + payrel, (stop - payrel).astype(np.int32))
+    sixes = np.flatnonzero(r_v6)
+
+    def col(six: str, four: str | None, dtype) -> np.ndarray:
+        """One field of the kept rows, from its IPv4 place or (IPv6 rows) its IPv6 one."""
+        out = f[four][rows].astype(dtype) if four is not None else np.zeros(len(rows), dtype)
+        if len(sixes):
+            out[sixes] = f[six][rows[sixes]]
+        return out
+
+    out = Headers(rows, proto[rows], r_v6, col("src6hi", None, np.uint64), col("src6lo", "src4", np.uint64),
+                  col("dst6hi", None, np.uint64), col("dst6lo", "dst4", np.uint64),
+                  col("sport6", "sport4", np.int32), col("dport6", "dport4", np.int32),
+                  np.where(r_tcp, col("flags6", "flags4", np.int32), 0).astype(np.int32),
+                  ip[rows] + payrel, (stop - payrel).astype(np.int32))
     if len(complex_):
         out = _add_parsed(out, buf, ip, iplen, complex_.tolist())
     return out
@@ -311,14 +350,15 @@ def _add_parsed(h: Headers, buf, ip: np.ndarray, iplen: np.ndarray, rows: list[i
     if not extra:
         return h
     cols = list(zip(*extra))
-    names = ("rows", "proto", "v6", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "flags",
-             "payoff", "paylen")
-    merged = {}
-    for name, values in zip(names, cols):
-        old = getattr(h, name)
-        merged[name] = np.concatenate([old, np.array(values, dtype=old.dtype)])
-    order = np.argsort(merged["rows"], kind="stable")
-    return Headers(**{k: v[order] for k, v in merged.items()})
+    return _merge(h, Headers(*(np.array(values, dtype=getattr(h, f.name).dtype)
+                               for f, values in zip(fields(Headers), cols))))
+
+
+def _merge(a: Headers, b: Headers) -> Headers:
+    """Two sets of rows as one, in row order."""
+    both = _concat([a, b])
+    order = np.argsort(both.rows, kind="stable")
+    return Headers(*(getattr(both, f.name)[order] for f in fields(Headers)))
 
 
 def _halves(addr: bytes) -> tuple[int, int]:

@@ -200,7 +200,7 @@ class QueuePolicy:
         cols = KernelColumns(one(packet.proto), one(outgoing, bool), one(solicited, bool), one(sent),
                              one(received), one(packet.is_syn, bool), one(packet.end - packet.off),
                              one(packet.first, bool), one(packet.sport), one(packet.dport),
-                             one(packet.version == 6, bool), lambda i: packet.data)
+                             one(packet.version == 6, bool), lambda rows: [packet.data])
         return self.kernel_with_sets(int(self.kernel_base(cols)[0]), outgoing, packet.is_syn, peer_set, locked)
 
     def kernel_base(self, c: "KernelColumns"):
@@ -221,14 +221,14 @@ class QueuePolicy:
             queue |= o & udp & ((c.sent <= self.udp_packets) if udp_limited else True)
         if "tcp_payload" in self.wants:
             maybe = o & tcp & ~syn & pay & (c.sent <= self.payload_packets + 2)
-            queue |= _select(maybe, lambda i: self._payload_selected_bytes(bool(c.v6[i]), c.payload(i)))
+            queue |= _select(maybe, c, lambda data, v6: self._payload_selected_bytes(v6, data))
             queue |= o & tcp & pay & self._sized(c, True)
         i = ~out & c.solicited
         if "udp_in" in self.wants:
             queue |= i & udp & ((c.received <= self.udp_packets) if self.udp_packets else True)
         if "tcp_payload_in" in self.wants:
             maybe = i & tcp & ~syn & pay & (c.received <= self.payload_packets + 2)
-            queue |= _select(maybe, lambda k: _contains(c.payload(k), self.tcp_strings_in))
+            queue |= _select(maybe, c, lambda data, v6: _contains(data, self.tcp_strings_in))
             queue |= i & tcp & ~syn & pay & self._sized(c, False)
         return np.where(queue, BASE_QUEUE, np.where(clean, BASE_CLEAN, BASE_PASS))
 
@@ -273,7 +273,7 @@ class KernelColumns:
     """Per-packet facts the kernel model reads (numpy arrays of one length): protocol,
     direction, whether a LAN host opened the connection, connbytes-style counts in each
     direction, SYN, payload length, first payload of its direction, ports, family; and
-    ``payload(i)``, the payload bytes of packet ``i`` (read only when the counts leave
+    ``payloads(rows)``, the payload bytes of those packets (read only when the counts leave
     it in question)."""
 
     proto: object
@@ -287,27 +287,29 @@ class KernelColumns:
     sport: object
     dport: object
     v6: object
-    payload: object
+    payloads: object
 
 
-def _select(mask, keep):
-    """``mask`` narrowed to the rows where ``keep(row)`` holds."""
+def _select(mask, c: KernelColumns, keep):
+    """``mask`` narrowed to the rows whose payload ``keep(payload, is_ipv6)`` accepts."""
     import numpy as np
 
     rows = np.flatnonzero(mask)
     if len(rows):
         mask = mask.copy()
-        mask[rows] = [bool(keep(int(r))) for r in rows]
+        mask[rows] = [bool(keep(data, v6)) for data, v6 in zip(c.payloads(rows), c.v6[rows].tolist())]
     return mask
 
 
 def _contains(data: bytes, strings) -> bool:
     if strings is None:
         return True
+    if len(strings) <= 4:  # a few substring searches beat the regex engine
+        return any(x in data for x in strings)
     return _finder(strings)(data) is not None
 
 
 @functools.lru_cache(maxsize=8)
 def _finder(strings: tuple[bytes, ...]):
     """One compiled search for any of ``strings`` (what the rules' string matches find)."""
-    return re.compile(b"|".join(re.escape(x) for x in strings) or b"(?!)").search
+    return re.compile(b"|".join(re.escape(x) for x in strings)).search

@@ -78,39 +78,42 @@ class KernelModel:
     def __init__(self, clock: Clock):
         self.clock = clock
         self.at = -1  # the packet being handled; a change applies from the next one
-        self.live: dict[tuple, list] = {}  # key -> [first packet, until, removed at or None, note]
-        self.history: dict[tuple, list[list]] = {}
+        # kind -> element (an address; a (client, peer) pair) -> [first packet, until,
+        # removed at or None, note]: what the set holds now, and every element's lives
+        self.live: dict[str, dict] = {kind: {} for kind in ("peers", "nolock", "pair", "locks")}
+        self.history: dict[str, dict] = {kind: {} for kind in self.live}
 
-    def _add(self, key: tuple, seconds: float, note: str) -> bool:
+    def _add(self, kind: str, key, seconds: float, note: str) -> bool:
         now = self.clock.now
         # the engine takes an element out when its own entry expires (its tick runs every
         # second live), before the kernel's whole-second timeout would: its time counts
         until = now + min(seconds, _timeout(seconds))
-        cur = self.live.get(key)
+        live = self.live[kind]
+        cur = live.get(key)
         if cur is not None and cur[2] is None and now < cur[1]:
             cur[1], cur[3] = until, note or cur[3]  # ipset add -exist: a new timeout
             return True
         entry = [self.at + 1, until, None, note]
-        self.live[key] = entry
-        self.history.setdefault(key, []).append(entry)
+        live[key] = entry
+        self.history[kind].setdefault(key, []).append(entry)
         return True
 
-    def _remove(self, key: tuple) -> None:
-        cur = self.live.get(key)
+    def _remove(self, kind: str, key) -> None:
+        cur = self.live[kind].get(key)
         if cur is not None and cur[2] is None:
             cur[2] = self.at + 1
 
     def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
-        return valid_element(addr) and self._add((kind, addr), seconds, note)
+        return valid_element(addr) and self._add(kind, addr, seconds, note)
 
     def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
-        return valid_element(client) and valid_element(peer) and self._add(("pair", client, peer), seconds, note)
+        return valid_element(client) and valid_element(peer) and self._add("pair", (client, peer), seconds, note)
 
     def remove(self, kind: str, addr: bytes) -> None:
-        self._remove((kind, addr))
+        self._remove(kind, addr)
 
     def remove_pair(self, client: bytes, peer: bytes) -> None:
-        self._remove(("pair", client, peer))
+        self._remove("pair", (client, peer))
 
     def flush(self) -> None:
         pass
@@ -118,12 +121,27 @@ class KernelModel:
     def counters(self) -> dict:
         return {}
 
-    def holds(self, key: tuple, i: int, now: float) -> str | None:
-        """The note of ``key``'s element if the kernel held it for packet ``i``, else None."""
-        cur = self.live.get(key)
+    def holds(self, kind: str, key, i: int, now: float) -> str | None:
+        """The note of the element if the kernel held it for packet ``i``, else None."""
+        cur = self.live[kind].get(key)
         if cur is None or cur[0] > i or now >= cur[1] or (cur[2] is not None and cur[2] <= i):
             return None
         return cur[3]
+
+    def judge(self, src: bytes, dst: bytes, i: int, now: float) -> tuple[str | None, str | None, str | None]:
+        """For packet ``i`` from ``src`` to ``dst``: the set that holds ``dst`` (``peers``,
+        ``nolock``, ``pair``: checked in the rules' order) or None, its note, and the lock
+        set's note for ``src`` (None: not locked)."""
+        live = self.live
+        found, note = None, None
+        for kind, key in (("peers", dst), ("nolock", dst), ("pair", (src, dst))):
+            e = live[kind].get(key)
+            if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
+                found, note = kind, e[3]
+                break
+        e = live["locks"].get(src)
+        locked = e[3] if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i) else None
+        return found, note, locked
 
 
 class Replay:
@@ -247,9 +265,11 @@ class _Run:
         def cat(arrays):
             return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
-        self.local = cat([h.rows for h in parts])
-        self.rows = cat([h.rows + b for h, b in zip(parts, base)]) if len(parts) > 1 else self.local
+        local = cat([h.rows for h in parts])
+        self.rows = cat([h.rows + b for h, b in zip(parts, base)]) if len(parts) > 1 else local
         self.seg = cat([np.full(len(h.rows), k, np.int64) for k, h in enumerate(parts)])
+        self.ip_at = cat([s.ip[h.rows] for s, h in zip(segs, parts)])  # where each IP header is
+        self.ip_len = cat([s.iplen[h.rows] for s, h in zip(segs, parts)])
         for name in ("proto", "v6", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "flags",
                      "payoff", "paylen", "syn", "fin_rst"):
             setattr(self, name, cat([getattr(h, name) for h in parts]))
@@ -287,23 +307,33 @@ class _Run:
         dt = np.zeros(m)
         dt[1:] = g_t[1:] - g_t[:-1]
         dt[new_flow] = 0.0
-        maybe = ~new_flow & (((g_proto == UDP) & (dt > UDP_TIMEOUT)) | ((g_proto == TCP) & (g_syn | (dt > TCP_TIMEOUT))))
         new_conn = new_flow.copy()
-        cand = np.flatnonzero(maybe)
-        if len(cand):
-            flow_start = np.maximum.accumulate(np.where(new_flow, np.arange(m), 0))
-            ca, cb, cf = np.cumsum(g_a), np.cumsum(~g_a), np.cumsum(g_fr)
-            start, group = -1, -1
-            for q in cand.tolist():
+        flow_start = np.maximum.accumulate(np.where(new_flow, np.arange(m), 0))
+
+        def upto(x: np.ndarray) -> np.ndarray:  # upto(x)[i]: rows before i with x set
+            return np.concatenate([[0], np.cumsum(x, dtype=np.int64)])
+
+        # TCP: a SYN after a FIN or RST of the connection it is in, or a silence longer
+        # than conntrack keeps an established one, starts a new connection.  Whether a
+        # FIN or RST came since the previous such point in the flow says it: had one come
+        # before that point, the point itself would have started a new connection.
+        tcp = np.flatnonzero(~new_flow & (g_proto == TCP) & (g_syn | (dt > TCP_TIMEOUT)))
+        if len(tcp):
+            prev = flow_start[tcp].copy()
+            same = flow_start[tcp][1:] == flow_start[tcp][:-1]
+            prev[1:][same] = tcp[:-1][same]
+            fin = upto(g_fr)
+            new_conn[tcp[(dt[tcp] > TCP_TIMEOUT) | (fin[tcp] > fin[prev])]] = True
+        # UDP: silent past conntrack's timeout (longer once both sides spoke); few, in order
+        udp = np.flatnonzero(~new_flow & (g_proto == UDP) & (dt > UDP_TIMEOUT))
+        if len(udp):
+            ca, cb = upto(g_a), upto(~g_a)
+            start = group = -1
+            for q in udp.tolist():
                 if flow_start[q] != group:
                     group = start = int(flow_start[q])
-                before = lambda c: int(c[q - 1]) - (int(c[start - 1]) if start else 0)  # noqa: E731
-                if g_proto[q] == UDP:
-                    replied = before(ca) > 0 and before(cb) > 0
-                    brk = dt[q] > UDP_STREAM_TIMEOUT or not replied
-                else:
-                    brk = dt[q] > TCP_TIMEOUT or before(cf) > 0
-                if brk:
+                replied = ca[q] > ca[start] and cb[q] > cb[start]
+                if dt[q] > UDP_STREAM_TIMEOUT or not replied:
                     new_conn[q] = True
                     start = q
         g_conn = np.cumsum(new_conn) - 1
@@ -314,14 +344,18 @@ class _Run:
         src_lan = self._in_lan(self.src_hi[first], self.src_lo[first], self.v6[first])
         dst_lan = self._in_lan(self.dst_hi[first], self.dst_lo[first], self.v6[first])
         by_src = ~(dst_lan & ~src_lan)
-        g_out = (g_a == g_a[starts][g_conn]) == by_src[g_conn]
-        g_pay = (g_proto == TCP) & (self.paylen[order] > 0)
+        g_by_src = by_src[g_conn]
+        g_out = (g_a == g_a[starts][g_conn]) == g_by_src
+        rank = np.arange(1, m + 1) - starts[g_conn]  # this packet's place in its connection
         g_sent = _count(g_out, g_conn, starts)
-        g_recv = _count(~g_out, g_conn, starts)
-        g_first = np.where(g_pay, np.where(g_out, _count(g_out & g_pay, g_conn, starts),
-                                           _count(~g_out & g_pay, g_conn, starts)) == 1, True)
+        g_recv = rank - g_sent
+        # the first payload of each direction of a TCP connection (what the kernel marks)
+        g_pay = (g_proto == TCP) & (self.paylen[order] > 0)
+        pays = _count(g_pay, g_conn, starts)
+        pays_out = _count(g_out & g_pay, g_conn, starts)
+        g_first = ~g_pay | (np.where(g_out, pays_out, pays - pays_out) == 1)
         self.outgoing, self.sent, self.received, self.first, self.solicited = (
-            self._scatter(order, g) for g in (g_out, g_sent, g_recv, g_first, by_src[g_conn]))
+            self._scatter(order, g) for g in (g_out, g_sent, g_recv, g_first, g_by_src))
 
     @staticmethod
     def _scatter(order: np.ndarray, grouped: np.ndarray) -> np.ndarray:
@@ -344,15 +378,10 @@ class _Run:
                 out[k] = pairs[16 * n:16 * n + 16]
         return out
 
-    def _payload(self, j: int) -> bytes:
-        start = int(self.payoff[j])
-        return bytes(self.segments[self.seg[j]].buf[start:start + int(self.paylen[j])])
-
-    def _packet(self, j: int):
-        seg = self.segments[self.seg[j]]
-        i = self.local[j]
-        start = int(seg.ip[i])
-        return parse(bytes(seg.buf[start:start + int(seg.iplen[i])]))
+    def _payloads(self, rows: np.ndarray) -> list[bytes]:
+        bufs = [s.buf for s in self.segments]
+        return [bytes(bufs[k][a:a + n]) for k, a, n in
+                zip(self.seg[rows].tolist(), self.payoff[rows].tolist(), self.paylen[rows].tolist())]
 
     def replay(self) -> None:
         rp = self.rp
@@ -360,7 +389,7 @@ class _Run:
         self._connections()
         policy, engine, model, clock = rp.policy, rp.engine, rp.model, rp.clock
         cols = KernelColumns(self.proto, self.outgoing, self.solicited, self.sent, self.received, self.syn,
-                             self.paylen, self.first, self.sport, self.dport, self.v6, self._payload)
+                             self.paylen, self.first, self.sport, self.dport, self.v6, self._payloads)
         base = policy.kernel_base(cols)
         engine_sees = base == BASE_QUEUE
         if policy.kernel_sets:
@@ -374,9 +403,10 @@ class _Run:
         times, outs, syns = self.t[seen].tolist(), self.outgoing[seen].tolist(), self.syn[seen].tolist()
         bases, flows, firsts = base[seen].tolist(), self.flow[seen].tolist(), self.first[seen].tolist()
         stamps = self.ts[seen].tolist()
+        in_seg, ip_at, ip_len = self.seg[seen].tolist(), self.ip_at[seen].tolist(), self.ip_len[seen].tolist()
+        bufs = [s.buf for s in self.segments]
         if model is not None:
             srcs, dsts = self._addresses(seen, self.src_hi, self.src_lo), self._addresses(seen, self.dst_hi, self.dst_lo)
-        live = model.live if model is not None else {}
         for k, j in enumerate(seen.tolist()):
             now = times[k]
             if now > clock.now:
@@ -386,18 +416,9 @@ class _Run:
                 engine.tick(now)
             out, syn = outs[k], syns[k]
             peer_set = note = lock_note = None
-            if out and live:
+            if out and model is not None:
                 model.at = j
-                src, dst = srcs[k], dsts[k]
-                for kind, key in (("peers", ("peers", dst)), ("nolock", ("nolock", dst)),
-                                  ("pair", ("pair", src, dst))):
-                    if key in live:
-                        note = model.holds(key, j, now)
-                        if note is not None:
-                            peer_set = kind
-                            break
-                if ("locks", src) in live:
-                    lock_note = model.holds(("locks", src), j, now)
+                peer_set, note, lock_note = model.judge(srcs[k], dsts[k], j, now)
             where = policy.kernel_with_sets(bases[k], out, syn, peer_set, lock_note is not None)
             flow = flows[k]
             if where == KERNEL_DROP:
@@ -414,7 +435,8 @@ class _Run:
             queued += 1
             if model is not None:
                 model.at = j
-            packet = self._packet(j)
+            start = ip_at[k]
+            packet = parse(bytes(bufs[in_seg[k]][start:start + ip_len[k]]))
             if packet is None:
                 continue
             packet.direction = FROM_LAN if out else TO_LAN
@@ -454,11 +476,10 @@ class _Run:
         model = self.rp.model
         rows = np.flatnonzero(self.outgoing & ~engine_sees)
         found: dict[int, tuple[str | None, str]] = {}
-        if not len(rows) or not model.history:
+        if not len(rows):
             return found
-        lanwide = [(k, v) for k, v in model.history.items() if k[0] in ("peers", "nolock")]
-        pairs = [(k, v) for k, v in model.history.items()
-                 if k[0] == "pair" and self.rp.policy.lan_interfaces]
+        lanwide = [((k,), v) for kind in ("peers", "nolock") for k, v in model.history[kind].items()]
+        pairs = list(model.history["pair"].items()) if self.rp.policy.lan_interfaces else []
         for keys, cols, scope in (
                 (lanwide, (self.dst_hi, self.dst_lo, self.v6), "lan"),
                 (pairs, (self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.v6), "client")):
@@ -468,8 +489,8 @@ class _Run:
             order = np.argsort(h, kind="stable")
             hs = h[order]
             for key, lives in keys:
-                halves = [x for a in key[1:] for x in capindex._halves(a)]
-                v6 = len(key[1]) == 16
+                halves = [x for a in key for x in capindex._halves(a)]
+                v6 = len(key[0]) == 16
                 want = [np.array([x], np.uint64) for x in halves] + [np.array([v6])]
                 hk = _mix(*want)[0]
                 lo, hi = np.searchsorted(hs, hk, "left"), np.searchsorted(hs, hk, "right")

@@ -87,13 +87,12 @@ class Reference:
         peer_set, note, lock_note = None, None, None
         if out and self.model is not None:
             self.model.at = i
-            for kind, mkey in (("peers", ("peers", p.dst)), ("nolock", ("nolock", p.dst)),
-                               ("pair", ("pair", p.src, p.dst))):
-                note = self.model.holds(mkey, i, now)
+            for kind, mkey in (("peers", p.dst), ("nolock", p.dst), ("pair", (p.src, p.dst))):
+                note = self.model.holds(kind, mkey, i, now)
                 if note is not None:
                     peer_set = kind
                     break
-            lock_note = self.model.holds(("locks", p.src), i, now)
+            lock_note = self.model.holds("locks", p.src, i, now)
         where = self.policy.kernel_verdict(p, out, c["sent"], c["recv"], peer_set, lock_note is not None,
                                            solicited=c["solicited"])
         if where == KERNEL_DROP:
