@@ -368,7 +368,7 @@ class Daemon:
         names = rules.chain_names(self.settings.queue_number)
         for family in list(self._installed):
             tool = "iptables" if family == 4 else "ip6tables"
-            for chain in (names["lan"], names["input"]):
+            for chain in (names["counted"], names["input"]):  # where the bound rules are
                 out = subprocess.run([tool, "-w", "-L", chain, "-v", "-x", "-n"], capture_output=True,
                                      text=True).stdout
                 total += sum(int(line.split()[0]) for line in out.splitlines()

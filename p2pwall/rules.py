@@ -33,11 +33,14 @@ class RuleSet:
 
 
 def chain_names(queue: int) -> dict[str, str]:
-    """forward/input: entered from FORWARD/INPUT; lan: forwarded packets sent by the LAN;
-    payload: the first data packets of LAN connections, matched against strings."""
+    """forward/input: entered from FORWARD/INPUT; lan: forwarded packets sent by the LAN,
+    counted: those of connections with packet counters (all but the ones conntrack knew
+    before p2pwall started); payload: the first data packets of LAN connections, matched
+    against strings; reply, counted_reply, reply_payload: the same for the answers."""
     return {"forward": f"P2PWALL-F{queue}", "input": f"P2PWALL-I{queue}",
-            "lan": f"P2PWALL-L{queue}", "payload": f"P2PWALL-P{queue}",
-            "reply": f"P2PWALL-R{queue}", "reply_payload": f"P2PWALL-Q{queue}",
+            "lan": f"P2PWALL-L{queue}", "counted": f"P2PWALL-C{queue}", "payload": f"P2PWALL-P{queue}",
+            "reply": f"P2PWALL-R{queue}", "counted_reply": f"P2PWALL-D{queue}",
+            "reply_payload": f"P2PWALL-Q{queue}",
             "early": f"P2PWALL-E{queue}",  # the one chain in the raw table
             "mangle": f"P2PWALL-M{queue}"}  # the one chain in the mangle table
 
@@ -130,8 +133,10 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         to_peer = f"-m set --match-set {sets['peers']} dst"
         to_quiet = f"-m set --match-set {sets['nolock']} dst"
         lan.append(f"-p tcp --syn {to_peer} {target}")  # the engine locks (after its anti-spoof checks)
-        lan.append(f"{to_peer} -j DROP")
-        lan.append(f"{to_quiet} -j DROP")
+        # (UDP never gets here to a peer: see the raw table below; so a UDP datagram on its
+        # way to the queue costs no set lookup here)
+        lan.append(f"! -p udp {to_peer} -j DROP")
+        lan.append(f"! -p udp {to_quiet} -j DROP")
         # UDP to a learned peer goes in the raw table, before conntrack sees it: a flood
         # towards peers costs less than forwarding. (TCP waits for the filter table, where
         # clean connections skip the set lookup.)
@@ -143,6 +148,17 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     chains[names["input"]].append(not_spoofed)
     lan.append(f"-m connmark --mark {clean} -j RETURN")
     reply.append(f"-m connmark --mark {clean} -j RETURN")
+    # A connection conntrack tracked before these rules were loaded has no packet counters
+    # (accounting starts with the first connbytes rule), so no connbytes test ever matches
+    # it: it would never be marked clean, and every one of its packets would meet the
+    # per-host bound below, which cuts a busy VPN or download when p2pwall starts on a
+    # running gateway. Such connections are marked clean at once; the rest go on.
+    for chain, direction, counted in ((lan, "original", "counted"), (reply, "reply", "counted_reply")):
+        # (-g: when the counted chain is done, so is this one: only the others go on below)
+        chain.append(f"-m connbytes --connbytes 0: --connbytes-dir {direction} --connbytes-mode packets "
+                     f"-g {names[counted]}")
+        chain.append(f"-j CONNMARK --or-mark 0x{policy.clean_mark:x}")
+    lan, reply = chains[names["counted"]], chains[names["counted_reply"]]
     if policy.kernel_sets:
         lan.append(f"-p tcp --syn -m set --match-set {sets['locks']} src -j DROP")
     fair = policy.fairness(family, "f")

@@ -59,7 +59,7 @@ def test_kill_9_leaves_traffic_flowing_and_the_next_start_cleans_up(net, server,
     try:
         saved = net.iptables_save()
         assert saved.count("-A FORWARD -j P2PWALL-F0") == 1  # ... and the next start cleans them
-        assert saved.count("-A P2PWALL-L0 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE") == 1
+        assert saved.count("-A P2PWALL-C0 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j NFQUEUE") == 1
     finally:
         assert again.stop() == 0
     assert "P2PWALL" not in net.iptables_save()

@@ -107,3 +107,43 @@ def test_idle_and_slow_clients_on_status_and_metrics_cost_the_lan_nothing(net):
         for h in holders:
             h.kill()
         d.stop()
+
+
+def _arrived(net, rule_match: str) -> int:
+    out = net.exec(net.out, "iptables", "-L", "INPUT", "-v", "-x", "-n").stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if rule_match in line)
+
+
+def test_a_busy_flow_opened_before_p2pwall_starts_keeps_flowing(net):
+    """Connections conntrack knew before the rules were loaded have no packet counters, so
+    connbytes never matches them: unless they are marked clean at once, all their packets
+    meet the per-host bound.  A 5,000 datagram/s stream (a VPN, a video call) opened
+    before the start must lose nothing to it, with the bound low enough to bite."""
+    import shutil
+
+    if not shutil.which("hping3"):
+        pytest.skip("hping3 is not installed")
+    target = net.outside[17]
+    net.exec(net.out, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "9977", "-j", "DROP")
+    # conntrack running before p2pwall, as on any NAT gateway (nothing else here uses it yet)
+    net.exec(net.fw, "iptables", "-I", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+    stream = net.spawn(net.lans[0], "hping3", "--udp", "-k", "-s", "40777", "-p", "9977", "-d", "64", "-i", "u200",
+                       "-q", "-c", "60000", target, log="busy-stream.log")
+    try:
+        time.sleep(1.0)
+        d = net.p2pwall(net.base_config(extra="[queue]\nper_host_rate = 500\n"), name="busy")
+        try:
+            time.sleep(0.5)
+            before, started = _arrived(net, "dpt:9977"), time.monotonic()
+            time.sleep(3.0)
+            rate = (_arrived(net, "dpt:9977") - before) / (time.monotonic() - started)
+            sent = 1 / 200e-6
+            assert stream.poll() is None, "the stream ended early: the measurement is void"
+            assert rate > 0.8 * min(sent, 4000), f"{rate:.0f} datagrams/s arrived of ~{sent:.0f}/s sent"
+            assert d.status()["counters"].get("packets", 0) == 0  # never queued: it is clean
+        finally:
+            d.stop()
+    finally:
+        stream.kill()
+        stream.wait(5)
+        net.exec(net.fw, "iptables", "-D", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")

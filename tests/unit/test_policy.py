@@ -56,7 +56,7 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
     assert "--add-set" not in text  # only the engine locks (the kernel mirrors it)
     assert "-A P2PWALL-L0 -p tcp --syn -m set --match-set p2pwall-peers0 dst -j NFQUEUE" in text
     assert "p2pwall-nolock0 dst -j NFQUEUE" not in text
-    assert "-A P2PWALL-L0 -m set --match-set p2pwall-nolock0 dst -j DROP" in text
+    assert "-A P2PWALL-L0 ! -p udp -m set --match-set p2pwall-nolock0 dst -j DROP" in text  # UDP: raw table
     assert "-i eth1 -p udp -m set --match-set p2pwall-nolock0 dst -j DROP" in text
     assert "# first: ipset create p2pwall-nolock0 hash:ip family inet timeout 0 maxelem 1000000" in text
 
