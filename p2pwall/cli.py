@@ -181,7 +181,8 @@ def rules(config_path, plugins, queue, monitor, fmt):
               help="LAN network (repeatable; default: [network] lan_networks, else the private ranges).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def replay(pcaps, config_path, plugins, lans, fmt):
-    """Run captures through the engine and report, per flow, what it would have done."""
+    """Run captures through the engine, behind a model of the kernel's rules and sets, and
+    report, per flow, what the daemon would have done."""
     from . import pcap
     from .replay import Replay
 
