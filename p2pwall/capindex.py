@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import mmap
 import os
+import struct
+from array import array
 from dataclasses import dataclass, fields
 from struct import Struct
 
@@ -114,7 +116,7 @@ def _block(mm, arr, rec, e: str, scale: float, linktype: int, path: str):
         plain = (incl >= 14) & ((etype == 0x0800) | (etype == 0x86DD))
         ip[plain] = frame[plain] + 14
         iplen[plain] = incl[plain] - 14
-        other = np.flatnonzero(~plain & (incl >= 18) & np.isin(etype, (0x8100, 0x88A8, 0x9100, 0x8864)))
+        other = np.flatnonzero(~plain & (incl >= 18) & one_of(etype, (0x8100, 0x88A8, 0x9100, 0x8864)))
     elif raw:
         ip[:] = frame
         iplen[:] = incl
@@ -141,24 +143,38 @@ def _block(mm, arr, rec, e: str, scale: float, linktype: int, path: str):
 
 class _Walk:
     """Where every record starts: the one loop over records (each length says where the
-    next one is), in blocks.  Afterwards ``cut`` says what a cut-off file ends inside."""
+    next one is), in blocks.  Afterwards ``cut`` says what a cut-off file ends inside.
+
+    On a big file a forked helper walks the second half at the same time, from a record
+    boundary found by looking for a chain of plausible record headers there; the guess is
+    checked when the first half's walk arrives (it must land on it exactly), and if it
+    does not, the walk simply goes on alone: the result never depends on the guess."""
 
     def __init__(self, mm, size: int, e: str, progress):
         self.mm, self.size, self.e, self.progress = mm, size, e, progress
         self.cut: str | None = None
 
+    def _walk(self, off: int, until: int, starts) -> int:
+        """Append record starts from ``off`` while they are before ``until``; returns where
+        the walk stopped (the next record's start, or past the end)."""
+        mm, last = self.mm, self.size - 16
+        length = Struct(self.e + "8xI").unpack_from  # a record header's captured length
+        add = starts.append
+        stop = min(last, until - 1)
+        while off <= stop:
+            add(off)
+            off += 16 + length(mm, off)[0]
+        return off
+
     def blocks(self):
         """(number of the block's first record, the records' offsets) for each block."""
-        mm, size, progress = self.mm, self.size, self.progress
-        length = Struct(self.e + "8xI").unpack_from  # a record header's captured length
-        off, last, first = 24, size - 16, 0
-        while off <= last:
+        size, progress = self.size, self.progress
+        helper = _Helper.start(self) if size >= _PARALLEL_BYTES else None
+        split = helper.at if helper else size
+        off, first = 24, 0
+        while off <= size - 16 and off < split:
             starts: list[int] = []
-            add = starts.append
-            stop = min(last, off + _BLOCK_BYTES)
-            while off <= stop:
-                add(off)
-                off += 16 + length(mm, off)[0]
+            off = self._walk(off, min(split, off + _BLOCK_BYTES + 1), starts)
             if progress is not None:
                 progress(min(off, size))
             if off > size:  # the last record's data runs past the end
@@ -167,10 +183,113 @@ class _Walk:
             if starts:
                 yield first, starts
             first += len(starts)
+        if helper is not None:
+            found = helper.result() if off == split else helper.cancel()
+            if found is not None:
+                off, starts, self.cut = found
+                for k in range(0, len(starts), 1 << 16):
+                    yield first + k, starts[k:k + (1 << 16)]
+            else:  # the guess was no record boundary: walk the rest here
+                while off <= size - 16:
+                    starts = []
+                    off = self._walk(off, off + _BLOCK_BYTES + 1, starts)
+                    if off > size:
+                        starts.pop()
+                        self.cut = "packet data"
+                    if starts:
+                        yield first, starts
+                    first += len(starts)
         if self.cut is None and off < size:
             self.cut = "packet record"
         if progress is not None:
             progress(size)
+
+
+_PARALLEL_BYTES = 1 << 26  # files this big are walked by two processes
+
+
+class _Helper:
+    """A forked process walking a capture from ``at`` to its end."""
+
+    def __init__(self, at: int, pid: int, fd: int, size: int):
+        self.at, self.pid, self.fd, self.size = at, pid, fd, size
+
+    @classmethod
+    def start(cls, walk: _Walk) -> "_Helper | None":
+        if not hasattr(os, "fork"):
+            return None
+        at = _boundary(walk.mm, walk.size, walk.e)
+        if at is None:
+            return None
+        read, write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            return None
+        if pid == 0:  # the helper: walk, send the starts and where it ended, and go
+            code = 1
+            try:
+                os.close(read)
+                starts = array("q")
+                end = walk._walk(at, walk.size + 1, starts)
+                data = struct.pack("<qq", end, len(starts)) + starts.tobytes()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write, view):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        return cls(at, pid, read, walk.size)
+
+    def result(self) -> tuple[int, np.ndarray, str | None] | None:
+        chunks = []
+        while chunk := os.read(self.fd, 1 << 20):
+            chunks.append(chunk)
+        os.close(self.fd)
+        _, status = os.waitpid(self.pid, 0)
+        data = b"".join(chunks)
+        if status != 0 or len(data) < 16:
+            return None
+        end, count = struct.unpack_from("<qq", data)
+        starts = np.frombuffer(data, np.int64, count, 16)
+        cut = None
+        if count and end > self.size:  # the last record's data runs past the end
+            starts, cut = starts[:-1], "packet data"
+        return end, starts, cut
+
+    def cancel(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+        os.close(self.fd)
+        os.waitpid(self.pid, 0)
+        return None
+
+
+def _boundary(mm, size: int, e: str, chain: int = 32) -> int | None:
+    """An offset near the middle where ``chain`` plausible record headers follow one
+    another to within the file (a guess: checked later), or None."""
+    header = Struct(e + "IIII").unpack_from
+    sec0 = header(mm, 24)[0]
+    start = size // 2
+    for at in range(start, min(size - 16, start + (1 << 16))):
+        off, ok = at, True
+        for _ in range(chain):
+            if off + 16 > size:
+                ok = False
+                break
+            sec, frac, incl, orig = header(mm, off)
+            if not (incl <= orig <= MAX_RECORD and frac < 1_000_000_000 and abs(sec - sec0) < 3 * 10**8):
+                ok = False
+                break
+            off += 16 + incl
+        if ok and off <= size:
+            return at
+    return None
 
 
 def _slow(path: str, progress) -> Segment:
@@ -266,6 +385,19 @@ _IP_FIELDS = {  # name: (format, offset in the IP header); overlapping fields ar
 }
 
 
+def one_of(values: np.ndarray, choices: tuple[int, ...]) -> np.ndarray:
+    """``values`` (16-bit at most) that are among ``choices``: a table lookup (np.isin
+    sorts, and pulls in numpy.ma on its way)."""
+    return _table(choices)[values]
+
+
+@functools.lru_cache(maxsize=16)
+def _table(choices: tuple[int, ...]) -> np.ndarray:
+    table = np.zeros(65536, bool)
+    table[list(choices)] = True
+    return table
+
+
 @functools.lru_cache(maxsize=16)
 def _ip_layout(base: int, itemsize: int) -> np.dtype:
     """The header fields of a gathered row whose IP header starts at ``base``."""
@@ -303,7 +435,7 @@ def _headers(buf, arr: np.ndarray, ip: np.ndarray, iplen: np.ndarray, h: np.ndar
     # parse() reads what these start: IPv4 options and fragments of TCP and UDP, IPv6
     # extension headers that lead on to TCP, UDP or another one (any other protocol,
     # ICMPv6 after a hop-by-hop header say, is neither TCP nor UDP)
-    chains = v6 & np.isin(nh, _V6_EXT) & np.isin(f["nh2"], _V6_EXT + (TCP, UDP))
+    chains = v6 & one_of(nh, _V6_EXT) & one_of(f["nh2"], _V6_EXT + (TCP, UDP))
     complex_ = np.flatnonzero((v4 & ~simple4 & ~broken4 & ((f["proto4"] == TCP) | (f["proto4"] == UDP))) | chains)
     l4 = np.where(v6, 40, 20)
     doff = np.where(v6, f["doff6"], f["doff4"]).astype(np.int64) >> 4 << 2

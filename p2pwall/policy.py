@@ -251,6 +251,7 @@ class QueuePolicy:
         """First payloads the size rules queue (kernel model for replay)."""
         import numpy as np
 
+        from .capindex import one_of
         from .plugins import SERVICE_PORTS
 
         sizes = self.first_sizes if outgoing else self.first_sizes_in
@@ -258,7 +259,7 @@ class QueuePolicy:
             return np.zeros(len(c.proto), bool)
         port = c.dport if outgoing else c.sport
         return (c.first & (c.paylen >= sizes[0]) & (c.paylen <= sizes[1])
-                & ~np.isin(port, sorted(SERVICE_PORTS)))
+                & ~one_of(port, tuple(sorted(SERVICE_PORTS))))
 
     def _payload_selected_bytes(self, v6: bool, data: bytes) -> bool:
         if self.tcp_prefixes and v6:

@@ -31,7 +31,10 @@ from .engine import Engine
 from .kernelsets import _timeout, parse_comment, valid_element
 from .packet import FROM_LAN, TCP, TO_LAN, UDP, ip_text, parse
 from .plugins import DetectorSet
-from .policy import BASE_QUEUE, KERNEL_DROP, QUEUE, KernelColumns, QueuePolicy
+from .policy import BASE_QUEUE, KERNEL_DROP, PASS, QUEUE, KernelColumns, QueuePolicy
+
+_V6_KEY = 1 << 128
+_LOW64 = (1 << 64) - 1
 
 # conntrack's defaults (nf_conntrack_udp_timeout, ..._udp_timeout_stream, ..._tcp_timeout_established)
 UDP_TIMEOUT, UDP_STREAM_TIMEOUT, TCP_TIMEOUT = 30.0, 120.0, 432000.0
@@ -103,17 +106,23 @@ class KernelModel:
         if cur is not None and cur[2] is None:
             cur[2] = self.at + 1
 
+    @staticmethod
+    def key(addr: bytes) -> int:
+        """An address as the model keys it: its number, IPv6 ones above 2**128."""
+        return int.from_bytes(addr, "big") | (_V6_KEY if len(addr) == 16 else 0)
+
     def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
-        return valid_element(addr) and self._add(kind, addr, seconds, note)
+        return valid_element(addr) and self._add(kind, self.key(addr), seconds, note)
 
     def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
-        return valid_element(client) and valid_element(peer) and self._add("pair", (client, peer), seconds, note)
+        return (valid_element(client) and valid_element(peer)
+                and self._add("pair", (self.key(client), self.key(peer)), seconds, note))
 
     def remove(self, kind: str, addr: bytes) -> None:
-        self._remove(kind, addr)
+        self._remove(kind, self.key(addr))
 
     def remove_pair(self, client: bytes, peer: bytes) -> None:
-        self._remove("pair", (client, peer))
+        self._remove("pair", (self.key(client), self.key(peer)))
 
     def flush(self) -> None:
         pass
@@ -128,8 +137,8 @@ class KernelModel:
             return None
         return cur[3]
 
-    def judge(self, src: bytes, dst: bytes, i: int, now: float) -> tuple[str | None, str | None, str | None]:
-        """For packet ``i`` from ``src`` to ``dst``: the set that holds ``dst`` (``peers``,
+    def judge(self, src: int, dst: int, i: int, now: float) -> tuple[str | None, str | None, str | None]:
+        """For packet ``i`` from ``src`` to ``dst`` (as :meth:`key` makes them): the set that holds ``dst`` (``peers``,
         ``nolock``, ``pair``: checked in the rules' order) or None, its note, and the lock
         set's note for ``src`` (None: not locked)."""
         live = self.live
@@ -363,20 +372,13 @@ class _Run:
         out[order] = grouped
         return out
 
-    def _addresses(self, rows: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> list[bytes]:
-        """The packed addresses of ``rows``, from their halves, all at once."""
+    def _keys(self, rows: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> list[int]:
+        """The kernel model's keys (:meth:`KernelModel.key`) of these rows' addresses."""
+        low = lo[rows].tolist()
         v6 = self.v6[rows]
-        out: list = [None] * len(rows)
-        four = np.flatnonzero(~v6)
-        blob = lo[rows[four]].astype(">u4").tobytes()
-        for n, k in enumerate(four.tolist()):
-            out[k] = blob[4 * n:4 * n + 4]
-        six = np.flatnonzero(v6)
-        if len(six):
-            pairs = np.stack([hi[rows[six]], lo[rows[six]]], axis=1).astype(">u8").tobytes()
-            for n, k in enumerate(six.tolist()):
-                out[k] = pairs[16 * n:16 * n + 16]
-        return out
+        if not v6.any():
+            return low
+        return [(h << 64 | x | _V6_KEY) if six else x for h, x, six in zip(hi[rows].tolist(), low, v6.tolist())]
 
     def _payloads(self, rows: np.ndarray) -> list[bytes]:
         bufs = [s.buf for s in self.segments]
@@ -406,7 +408,7 @@ class _Run:
         in_seg, ip_at, ip_len = self.seg[seen].tolist(), self.ip_at[seen].tolist(), self.ip_len[seen].tolist()
         bufs = [s.buf for s in self.segments]
         if model is not None:
-            srcs, dsts = self._addresses(seen, self.src_hi, self.src_lo), self._addresses(seen, self.dst_hi, self.dst_lo)
+            srcs, dsts = self._keys(seen, self.src_hi, self.src_lo), self._keys(seen, self.dst_hi, self.dst_lo)
         for k, j in enumerate(seen.tolist()):
             now = times[k]
             if now > clock.now:
@@ -419,7 +421,10 @@ class _Run:
             if out and model is not None:
                 model.at = j
                 peer_set, note, lock_note = model.judge(srcs[k], dsts[k], j, now)
-            where = policy.kernel_with_sets(bases[k], out, syn, peer_set, lock_note is not None)
+            if peer_set is None and lock_note is None:  # no set holds anything for it: the rules decide
+                where = QUEUE if bases[k] == BASE_QUEUE else PASS
+            else:
+                where = policy.kernel_with_sets(bases[k], out, syn, peer_set, lock_note is not None)
             flow = flows[k]
             if where == KERNEL_DROP:
                 kernel_drops += 1
@@ -489,8 +494,8 @@ class _Run:
             order = np.argsort(h, kind="stable")
             hs = h[order]
             for key, lives in keys:
-                halves = [x for a in key for x in capindex._halves(a)]
-                v6 = len(key[0]) == 16
+                halves = [x for a in key for x in ((a >> 64) & _LOW64 if a & _V6_KEY else 0, a & _LOW64)]
+                v6 = bool(key[0] & _V6_KEY)
                 want = [np.array([x], np.uint64) for x in halves] + [np.array([v6])]
                 hk = _mix(*want)[0]
                 lo, hi = np.searchsorted(hs, hk, "left"), np.searchsorted(hs, hk, "right")
