@@ -430,7 +430,7 @@ def _headers(buf, arr: np.ndarray, ip: np.ndarray, iplen: np.ndarray, h: np.ndar
     simple4 = v4 & (ihl == 20) & (total >= 20) & ((f["frag"] & 0x3FFF) == 0)
     broken4 = v4 & ((ihl < 20) | (total < ihl))  # parse() refuses these
     simple6 = v6 & ((nh == TCP) | (nh == UDP))
-    proto = np.where(v4, f["proto4"], nh).astype(np.int32)
+    proto = np.where(v4, f["proto4"], nh)  # uint8
     end = np.where(v4, np.minimum(total, iplen), np.minimum(40 + f["plen6"].astype(np.int64), iplen))
     # parse() reads what these start: IPv4 options and fragments of TCP and UDP, IPv6
     # extension headers that lead on to TCP, UDP or another one (any other protocol,
@@ -459,8 +459,8 @@ def _headers(buf, arr: np.ndarray, ip: np.ndarray, iplen: np.ndarray, h: np.ndar
 
     out = Headers(rows, proto[rows], r_v6, col("src6hi", None, np.uint64), col("src6lo", "src4", np.uint64),
                   col("dst6hi", None, np.uint64), col("dst6lo", "dst4", np.uint64),
-                  col("sport6", "sport4", np.int32), col("dport6", "dport4", np.int32),
-                  np.where(r_tcp, col("flags6", "flags4", np.int32), 0).astype(np.int32),
+                  col("sport6", "sport4", np.uint16), col("dport6", "dport4", np.uint16),
+                  np.where(r_tcp, col("flags6", "flags4", np.uint8), 0).astype(np.uint8),
                   ip[rows] + payrel, (stop - payrel).astype(np.int32))
     if len(complex_):
         out = _add_parsed(out, buf, ip, iplen, complex_.tolist())

@@ -138,19 +138,26 @@ class KernelModel:
         return cur[3]
 
     def judge(self, src: int, dst: int, i: int, now: float) -> tuple[str | None, str | None, str | None]:
-        """For packet ``i`` from ``src`` to ``dst`` (as :meth:`key` makes them): the set that holds ``dst`` (``peers``,
-        ``nolock``, ``pair``: checked in the rules' order) or None, its note, and the lock
-        set's note for ``src`` (None: not locked)."""
+        """For packet ``i`` from ``src`` to ``dst`` (as :meth:`key` makes them): the set
+        that holds ``dst`` (``peers``, ``nolock``, ``pair``: checked in the rules' order)
+        or None, its note, and the lock set's note for ``src`` (None: not locked)."""
         live = self.live
-        found, note = None, None
-        for kind, key in (("peers", dst), ("nolock", dst), ("pair", (src, dst))):
-            e = live[kind].get(key)
-            if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
-                found, note = kind, e[3]
-                break
+        locked = None
         e = live["locks"].get(src)
-        locked = e[3] if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i) else None
-        return found, note, locked
+        if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
+            locked = e[3]
+        e = live["peers"].get(dst)
+        if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
+            return "peers", e[3], locked
+        e = live["nolock"].get(dst)
+        if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
+            return "nolock", e[3], locked
+        pairs = live["pair"]
+        if pairs:
+            e = pairs.get((src, dst))
+            if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
+                return "pair", e[3], locked
+        return None, None, locked
 
 
 class Replay:
@@ -254,7 +261,7 @@ def _groups(cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _count(x: np.ndarray, inst: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """For rows grouped by instance: how many rows of its instance so far (this one
     included) have ``x`` set."""
-    c = np.cumsum(x, dtype=np.int64)
+    c = np.cumsum(x, dtype=np.int32)
     return c - (c[starts] - x[starts])[inst]
 
 
@@ -299,14 +306,19 @@ class _Run:
     def _connections(self) -> None:
         """Flows (by addresses and ports), the connections within them, and each
         packet's direction and connbytes-style counts."""
-        a_is_src = (self.src_hi < self.dst_hi) | ((self.src_hi == self.dst_hi) & (
-            (self.src_lo < self.dst_lo) | ((self.src_lo == self.dst_lo) & (self.sport <= self.dport))))
+        six = bool(self.v6.any())  # (the high halves are all zero without IPv6)
+        a_is_src = (self.src_lo < self.dst_lo) | ((self.src_lo == self.dst_lo) & (self.sport <= self.dport))
+        if six:
+            a_is_src = (self.src_hi < self.dst_hi) | ((self.src_hi == self.dst_hi) & a_is_src)
         pick = lambda x, y: np.where(a_is_src, x, y)  # noqa: E731
         ports = (self.proto.astype(np.uint64) | (self.v6.astype(np.uint64) << np.uint64(8))
                  | (pick(self.sport, self.dport).astype(np.uint64) << np.uint64(16))
                  | (pick(self.dport, self.sport).astype(np.uint64) << np.uint64(32)))
-        self.flow, order, flow_starts = _groups([ports, pick(self.src_hi, self.dst_hi), pick(self.src_lo, self.dst_lo),
-                                                 pick(self.dst_hi, self.src_hi), pick(self.dst_lo, self.src_lo)])
+        key = [ports, pick(self.src_lo, self.dst_lo), pick(self.dst_lo, self.src_lo)]
+        if six:
+            key += [pick(self.src_hi, self.dst_hi), pick(self.dst_hi, self.src_hi)]
+        self.flow, order, flow_starts = _groups(key)
+        del key, ports
         self.flow_first = order[flow_starts]  # each flow's first packet
         g_t, g_proto = self.t[order], self.proto[order]
         g_a, g_syn, g_fr = a_is_src[order], self.syn[order], self.fin_rst[order]
@@ -317,10 +329,10 @@ class _Run:
         dt[1:] = g_t[1:] - g_t[:-1]
         dt[new_flow] = 0.0
         new_conn = new_flow.copy()
-        flow_start = np.maximum.accumulate(np.where(new_flow, np.arange(m), 0))
+        flow_start = np.maximum.accumulate(np.where(new_flow, np.arange(m, dtype=np.int32), 0))
 
         def upto(x: np.ndarray) -> np.ndarray:  # upto(x)[i]: rows before i with x set
-            return np.concatenate([[0], np.cumsum(x, dtype=np.int64)])
+            return np.concatenate([[0], np.cumsum(x, dtype=np.int32)])
 
         # TCP: a SYN after a FIN or RST of the connection it is in, or a silence longer
         # than conntrack keeps an established one, starts a new connection.  Whether a
@@ -345,7 +357,7 @@ class _Run:
                 if dt[q] > UDP_STREAM_TIMEOUT or not replied:
                     new_conn[q] = True
                     start = q
-        g_conn = np.cumsum(new_conn) - 1
+        g_conn = np.cumsum(new_conn, dtype=np.int32) - 1
         starts = np.flatnonzero(new_conn)
         # who opened each connection: its first packet's sender, unless that came from
         # outside towards the LAN (then the LAN host is the client and the flow unsolicited)
@@ -355,7 +367,7 @@ class _Run:
         by_src = ~(dst_lan & ~src_lan)
         g_by_src = by_src[g_conn]
         g_out = (g_a == g_a[starts][g_conn]) == g_by_src
-        rank = np.arange(1, m + 1) - starts[g_conn]  # this packet's place in its connection
+        rank = np.arange(1, m + 1, dtype=np.int32) - starts.astype(np.int32)[g_conn]  # its place in its connection
         g_sent = _count(g_out, g_conn, starts)
         g_recv = rank - g_sent
         # the first payload of each direction of a TCP connection (what the kernel marks)
@@ -382,7 +394,7 @@ class _Run:
 
     def _payloads(self, rows: np.ndarray) -> list[bytes]:
         bufs = [s.buf for s in self.segments]
-        return [bytes(bufs[k][a:a + n]) for k, a, n in
+        return [bufs[k][a:a + n] for k, a, n in  # slices of mmap and bytes are bytes
                 zip(self.seg[rows].tolist(), self.payoff[rows].tolist(), self.paylen[rows].tolist())]
 
     def replay(self) -> None:
@@ -441,7 +453,7 @@ class _Run:
             if model is not None:
                 model.at = j
             start = ip_at[k]
-            packet = parse(bytes(bufs[in_seg[k]][start:start + ip_len[k]]))
+            packet = parse(bufs[in_seg[k]][start:start + ip_len[k]])
             if packet is None:
                 continue
             packet.direction = FROM_LAN if out else TO_LAN
