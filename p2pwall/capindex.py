@@ -153,6 +153,7 @@ class _Walk:
     def __init__(self, mm, size: int, e: str, progress):
         self.mm, self.size, self.e, self.progress = mm, size, e, progress
         self.cut: str | None = None
+        self.off, self.first = 24, 0  # where the walk is: the next record's offset and number
 
     def _walk(self, off: int, until: int, starts) -> int:
         """Append record starts from ``off`` while they are before ``until``; returns where
@@ -168,41 +169,36 @@ class _Walk:
 
     def blocks(self):
         """(number of the block's first record, the records' offsets) for each block."""
-        size, progress = self.size, self.progress
+        size = self.size
         helper = _Helper.start(self) if size >= _PARALLEL_BYTES else None
-        split = helper.at if helper else size
-        off, first = 24, 0
-        while off <= size - 16 and off < split:
+        yield from self._span(helper.at if helper else size)
+        if helper is not None:
+            found = helper.result() if self.off == helper.at else helper.cancel()
+            if found is not None:
+                self.off, starts, self.cut = found
+                for k in range(0, len(starts), 1 << 16):
+                    yield self.first + k, starts[k:k + (1 << 16)]
+            else:  # the guess was no record boundary: walk the rest here
+                yield from self._span(size)
+        if self.cut is None and self.off < size:
+            self.cut = "packet record"
+        if self.progress is not None:
+            self.progress(size)
+
+    def _span(self, until: int):
+        """The blocks of records starting before ``until``, from ``self.off`` on."""
+        size, progress = self.size, self.progress
+        while self.off <= size - 16 and self.off < until:
             starts: list[int] = []
-            off = self._walk(off, min(split, off + _BLOCK_BYTES + 1), starts)
+            self.off = self._walk(self.off, min(until, self.off + _BLOCK_BYTES + 1), starts)
             if progress is not None:
-                progress(min(off, size))
-            if off > size:  # the last record's data runs past the end
+                progress(min(self.off, size))
+            if self.off > size:  # the last record's data runs past the end
                 starts.pop()
                 self.cut = "packet data"
             if starts:
-                yield first, starts
-            first += len(starts)
-        if helper is not None:
-            found = helper.result() if off == split else helper.cancel()
-            if found is not None:
-                off, starts, self.cut = found
-                for k in range(0, len(starts), 1 << 16):
-                    yield first + k, starts[k:k + (1 << 16)]
-            else:  # the guess was no record boundary: walk the rest here
-                while off <= size - 16:
-                    starts = []
-                    off = self._walk(off, off + _BLOCK_BYTES + 1, starts)
-                    if off > size:
-                        starts.pop()
-                        self.cut = "packet data"
-                    if starts:
-                        yield first, starts
-                    first += len(starts)
-        if self.cut is None and off < size:
-            self.cut = "packet record"
-        if progress is not None:
-            progress(size)
+                yield self.first, starts
+            self.first += len(starts)
 
 
 _PARALLEL_BYTES = 1 << 26  # files this big are walked by two processes
@@ -322,8 +318,6 @@ def _rows(arr: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
         tail = arr[starts[k]:]
         out[k, :len(tail)] = tail
     return out
-
-
 
 
 @dataclass

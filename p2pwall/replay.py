@@ -234,23 +234,23 @@ def _groups(cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not m:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    cols = [c for c in cols if c.any()] or cols[:1]  # e.g. the high halves of IPv4 addresses
+
+    def changes(order: np.ndarray) -> np.ndarray:  # where, in this order, a key differs from the one before
+        out = np.zeros(m - 1, bool)
+        for c in cols:
+            g = c[order]
+            out |= g[1:] != g[:-1]
+        return out
+
     h = _mix(*cols)
     order = np.argsort(h, kind="stable")
     hs = h[order]
-    new = np.ones(m, bool)
-    new[1:] = hs[1:] != hs[:-1]
-    changed = np.zeros(m - 1, bool)
-    for c in cols:
-        g = c[order]
-        changed |= g[1:] != g[:-1]
-    if np.count_nonzero(changed) != np.count_nonzero(new[1:]):
+    changed = changes(order)
+    if np.count_nonzero(changed) != np.count_nonzero(hs[1:] != hs[:-1]):
         # two keys with one hash (never seen, but possible): group them exactly instead
         order = np.lexsort(cols[::-1])
-        changed[:] = False
-        for c in cols:
-            g = c[order]
-            changed |= g[1:] != g[:-1]
+        changed = changes(order)
+    new = np.ones(m, bool)
     new[1:] = changed
     starts = np.flatnonzero(new)
     ids = np.empty(m, np.int64)
@@ -365,6 +365,7 @@ class _Run:
         src_lan = self._in_lan(self.src_hi[first], self.src_lo[first], self.v6[first])
         dst_lan = self._in_lan(self.dst_hi[first], self.dst_lo[first], self.v6[first])
         by_src = ~(dst_lan & ~src_lan)
+        self.flow_by_src = by_src[g_conn[flow_starts]]  # a flow's first connection names its client
         g_by_src = by_src[g_conn]
         g_out = (g_a == g_a[starts][g_conn]) == g_by_src
         rank = np.arange(1, m + 1, dtype=np.int32) - starts.astype(np.int32)[g_conn]  # its place in its connection
@@ -430,9 +431,10 @@ class _Run:
                 engine.tick(now)
             out, syn = outs[k], syns[k]
             peer_set = note = lock_note = None
-            if out and model is not None:
-                model.at = j
-                peer_set, note, lock_note = model.judge(srcs[k], dsts[k], j, now)
+            if model is not None:
+                model.at = j  # what this packet makes the engine change applies from the next one
+                if out:
+                    peer_set, note, lock_note = model.judge(srcs[k], dsts[k], j, now)
             if peer_set is None and lock_note is None:  # no set holds anything for it: the rules decide
                 where = QUEUE if bases[k] == BASE_QUEUE else PASS
             else:
@@ -450,8 +452,6 @@ class _Run:
             if where != QUEUE:
                 continue
             queued += 1
-            if model is not None:
-                model.at = j
             start = ip_at[k]
             packet = parse(bufs[in_seg[k]][start:start + ip_len[k]])
             if packet is None:
@@ -533,15 +533,14 @@ class _Run:
             return
         packets = np.bincount(self.flow, minlength=len(first))
         drops = np.bincount(self.flow, weights=dropped, minlength=len(first)).astype(np.int64)
-        src_lan = self._in_lan(self.src_hi[first], self.src_lo[first], self.v6[first])
-        dst_lan = self._in_lan(self.dst_hi[first], self.dst_lo[first], self.v6[first])
+        by_src = self.flow_by_src
         addr = capindex.address
         for k in np.argsort(first, kind="stable").tolist():
             j = int(first[k])
             v6 = bool(self.v6[j])
             src, dst = addr(self.src_hi[j], self.src_lo[j], v6), addr(self.dst_hi[j], self.dst_lo[j], v6)
             sp, dp = int(self.sport[j]), int(self.dport[j])
-            if dst_lan[k] and not src_lan[k]:
+            if not by_src[k]:
                 src, dst, sp, dp = dst, src, dp, sp
             flow = Flow(_PROTO[int(self.proto[j])], src, sp, dst, dp, float(self.ts[j]),
                         int(packets[k]), int(drops[k]))
