@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 
 TOOL = ("-m", "p2pwall.testbed.traffic")
@@ -42,3 +43,37 @@ def wait_until(predicate, timeout=10.0, step=0.1):
             return value
         time.sleep(step)
     return predicate()
+
+
+class Browsing:
+    """The other LAN host fetches ``url`` every second while a test runs (``start`` and
+    ``stop``, or ``with``); ``results`` says which fetches worked."""
+
+    def __init__(self, net, url: str):
+        self.net, self.url = net, url
+        self.results: list[bool] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            done = self.net.exec(self.net.lans[1], sys.executable, "-m", "p2pwall.testbed.traffic", "http",
+                                 "--url", self.url, "--timeout", "3", check=False)
+            self.results.append(json.loads(done.stdout or '{"ok": false}')["ok"])
+            self._stop.wait(1)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> list[bool]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        return self.results
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import threading
 import time
 
 import pytest
 
+from .helpers import Browsing
 from .swarm import Swarm
 
 pytestmark = pytest.mark.e2e
@@ -55,32 +55,6 @@ needs_bt = pytest.mark.skipif(not (shutil.which("aria2c") and shutil.which("open
                               reason="aria2, opentracker and transmission-cli are not installed")
 
 
-def _browse(net, ns, url, results, stop):
-    while not stop.is_set():
-        done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url", url,
-                        "--timeout", "3", check=False)
-        results.append(json.loads(done.stdout or '{"ok": false}')["ok"])
-        stop.wait(1)
-
-
-class _Browsing:
-    """The other LAN host fetches a page every second while a swarm runs."""
-
-    def __init__(self, net, ordinary):
-        self.results, self._stop = [], threading.Event()
-        self._thread = threading.Thread(target=_browse, args=(net, net.lans[1], f"http://{ordinary}/f",
-                                                              self.results, self._stop))
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> list:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-        return self.results
-
-
 def _without_p2pwall_it_arrives(bare: Swarm, seconds: float) -> None:
     """The control run: the same swarm with no p2pwall downloads the whole file."""
     try:
@@ -99,7 +73,7 @@ def test_bittorrent_swarm(net, ordinary, tracker):
 
     swarm = Swarm(net, tag, tracker)
     daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), "--plugin", "bittorrent", name=tag)
-    browsing = _Browsing(net, ordinary)
+    browsing = Browsing(net, f"http://{ordinary}/f")
     try:
         swarm.start()
         browsing.start()
@@ -140,7 +114,7 @@ def _private_swarm(net, ordinary):
 
     swarm = Swarm(net, "bt-private", True, private=True, seeders=4)
     daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), name="bt-private")
-    browsing = _Browsing(net, ordinary)
+    browsing = Browsing(net, f"http://{ordinary}/f")
     try:
         swarm.start()
         browsing.start()

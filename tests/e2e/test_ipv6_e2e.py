@@ -9,13 +9,12 @@ import json
 import re
 import shutil
 import sys
-import threading
 
 import pytest
 
 from p2pwall_plugins.fasttrack import lab as scenario
 
-from .helpers import arrivals, start_server, tcp, udp, wait_until
+from .helpers import Browsing, arrivals, start_server, tcp, udp, wait_until
 from .swarm import Swarm
 
 pytestmark = pytest.mark.e2e
@@ -165,29 +164,6 @@ needs_bt = pytest.mark.skipif(not (shutil.which("aria2c") and shutil.which("open
                               reason="aria2, opentracker and transmission-cli are not installed")
 
 
-class _Browsing6:
-    """The other LAN host fetches a page over IPv6 every second while a swarm runs."""
-
-    def __init__(self, net, url):
-        self.results, self._stop = [], threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(net, url), daemon=True)
-
-    def _run(self, net, url):
-        while not self._stop.is_set():
-            done = net.exec(net.lans[1], sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url", url,
-                            "--timeout", "3", check=False)
-            self.results.append(json.loads(done.stdout or '{"ok": false}')["ok"])
-            self._stop.wait(1)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
-
-
 @needs_bt
 def test_aria2_swarm_over_ipv6(net6):
     web = net6.outside6[-1]
@@ -208,7 +184,7 @@ def test_aria2_swarm_over_ipv6(net6):
     swarm = Swarm(net6, "bt6", tracker=True, ipv6=True)
     daemon = net6.p2pwall(net6.base_config(lock_seconds=LOCK), "--plugin", "bittorrent", name="bt6")
     try:
-        with _Browsing6(net6, url) as browsing:
+        with Browsing(net6, url) as browsing:
             swarm.start()
             swarm.leech(stop_after=12)
         assert swarm.pieces_received() == 0
