@@ -71,6 +71,20 @@ class AddressSet:
             self._cache[addr] = hit
         return hit
 
+    def member_columns(self, hi, lo, v6):
+        """The same test for many addresses at once (numpy columns: the high and low 64
+        bits, IPv4 in the low half, and whether each is IPv6), for replay."""
+        import numpy as np
+
+        hit = np.zeros(len(lo), bool)
+        for base, mask in self.v4:
+            hit |= ~v6 & ((lo & np.uint64(mask)) == np.uint64(base))
+        low = (1 << 64) - 1
+        for base, mask in self.v6:
+            hit |= v6 & ((hi & np.uint64(mask >> 64)) == np.uint64(base >> 64)) & \
+                ((lo & np.uint64(mask & low)) == np.uint64(base & low))
+        return hit
+
 
 class Context:
     """What a detector may ask of the engine while inspecting, and the small, bounded,

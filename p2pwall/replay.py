@@ -292,17 +292,6 @@ class _Run:
         self.ts, self.t = ts[self.rows], eff[self.rows]
         self.last_time = float(eff[-1]) if self.n else self.rp.clock.now
 
-    def _in_lan(self, hi: np.ndarray, lo: np.ndarray, v6: np.ndarray) -> np.ndarray:
-        lan = self.rp.lan
-        hit = np.zeros(len(lo), bool)
-        for net, mask in lan.v4:
-            hit |= ~v6 & ((lo & np.uint64(mask)) == np.uint64(net))
-        m64 = (1 << 64) - 1
-        for net, mask in lan.v6:
-            hit |= v6 & ((hi & np.uint64(mask >> 64)) == np.uint64(net >> 64)) & \
-                ((lo & np.uint64(mask & m64)) == np.uint64(net & m64))
-        return hit
-
     def _connections(self) -> None:
         """Flows (by addresses and ports), the connections within them, and each
         packet's direction and connbytes-style counts."""
@@ -362,8 +351,9 @@ class _Run:
         # who opened each connection: its first packet's sender, unless that came from
         # outside towards the LAN (then the LAN host is the client and the flow unsolicited)
         first = order[starts]
-        src_lan = self._in_lan(self.src_hi[first], self.src_lo[first], self.v6[first])
-        dst_lan = self._in_lan(self.dst_hi[first], self.dst_lo[first], self.v6[first])
+        lan = self.rp.lan
+        src_lan = lan.member_columns(self.src_hi[first], self.src_lo[first], self.v6[first])
+        dst_lan = lan.member_columns(self.dst_hi[first], self.dst_lo[first], self.v6[first])
         by_src = ~(dst_lan & ~src_lan)
         self.flow_by_src = by_src[g_conn[flow_starts]]  # a flow's first connection names its client
         g_by_src = by_src[g_conn]
