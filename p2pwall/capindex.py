@@ -14,8 +14,6 @@ from __future__ import annotations
 import functools
 import mmap
 import os
-import struct
-from array import array
 from dataclasses import dataclass, fields
 from struct import Struct
 
@@ -24,6 +22,11 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import pcap
 from .packet import SYN, ACK, FIN, RST, TCP, UDP, parse
+
+try:  # the record walk in C, when it was built at install time (setup.py)
+    from . import _capwalk
+except ImportError:
+    _capwalk = None
 
 MAX_RECORD = 262144 * 4  # as pcap.read: a longer record is corruption, not a packet
 _BLOCK = 1 << 18  # rows per block of header reading: temporaries reused, not faulted in anew
@@ -81,11 +84,12 @@ def read_file(path: str, progress=None) -> Segment:
     e, scale = _CLASSIC[head[:4]]
     linktype = Struct(e + "I").unpack_from(head, 20)[0] & 0x0FFFFFFF
     arr = np.frombuffer(mm, np.uint8)
-    walk = _Walk(mm, size, e, progress)
-    done = [(first, _block(mm, arr, np.array(starts, np.int64), e, scale, linktype, path))
-            for first, starts in walk.blocks()]
-    if not done:
-        done = [(0, _block(mm, arr, np.zeros(0, np.int64), e, scale, linktype, path))]
+
+    def block(starts) -> tuple:
+        return _block(mm, arr, np.asarray(starts, np.int64), e, scale, linktype, path)
+
+    walk = _Walk(mm, size, e, progress, block)
+    done = list(walk.blocks()) or [(0, block([]))]
     ts, ip, iplen = (np.concatenate([part[k] for _, part in done]) for k in range(3))
     heads = [part[3] for _, part in done]
     for (first, _), h in zip(done, heads):
@@ -143,149 +147,55 @@ def _block(mm, arr, rec, e: str, scale: float, linktype: int, path: str):
 
 class _Walk:
     """Where every record starts: the one loop over records (each length says where the
-    next one is), in blocks.  Afterwards ``cut`` says what a cut-off file ends inside.
+    next one is), in blocks of about 16 MiB, in C when p2pwall._capwalk was built (a
+    pointer chase: ~50 ns a record) and in Python otherwise (~180 ns).  ``blocks()``
+    reads each block into columns with ``block(starts)`` as soon as it is walked;
+    afterwards ``cut`` says what a cut-off file ends inside.
 
-    On a big file a forked helper walks the second half at the same time, from a record
-    boundary found by looking for a chain of plausible record headers there; the guess is
-    checked when the first half's walk arrives (it must land on it exactly), and if it
-    does not, the walk simply goes on alone: the result never depends on the guess."""
+    (A forked helper reading half the blocks into shared memory was tried: the child's
+    page faults on the file and on fresh memory cost more than the half it saves.)"""
 
-    def __init__(self, mm, size: int, e: str, progress):
-        self.mm, self.size, self.e, self.progress = mm, size, e, progress
+    def __init__(self, mm, size: int, e: str, progress, block=None):
+        self.mm, self.size, self.e, self.progress, self.block = mm, size, e, progress, block
         self.cut: str | None = None
         self.off, self.first = 24, 0  # where the walk is: the next record's offset and number
 
-    def _walk(self, off: int, until: int, starts) -> int:
-        """Append record starts from ``off`` while they are before ``until``; returns where
-        the walk stopped (the next record's start, or past the end)."""
-        mm, last = self.mm, self.size - 16
+    def _walk(self, off: int, until: int) -> tuple[np.ndarray, int]:
+        """The starts of the records from ``off`` that begin before ``until`` (their
+        header inside the file), and where the walk stopped: the next record's start, or
+        past the end."""
+        stop = min(self.size - 16, until - 1)
+        if off > stop:
+            return np.zeros(0, np.int64), off
+        if _capwalk is not None:
+            out = np.empty((stop - off) // 16 + 1, np.int64)  # a record takes 16 bytes at least
+            n, off = _capwalk.walk(self.mm, off, until, self.e == ">", out)
+            return out[:n], off
+        mm, starts = self.mm, []
         length = Struct(self.e + "8xI").unpack_from  # a record header's captured length
         add = starts.append
-        stop = min(last, until - 1)
         while off <= stop:
             add(off)
             off += 16 + length(mm, off)[0]
-        return off
+        return np.array(starts, np.int64), off
 
     def blocks(self):
-        """(number of the block's first record, the records' offsets) for each block."""
-        size = self.size
-        helper = _Helper.start(self) if size >= _PARALLEL_BYTES else None
-        yield from self._span(helper.at if helper else size)
-        if helper is not None:
-            found = helper.result() if self.off == helper.at else helper.cancel()
-            if found is not None:
-                self.off, starts, self.cut = found
-                for k in range(0, len(starts), 1 << 16):
-                    yield self.first + k, starts[k:k + (1 << 16)]
-            else:  # the guess was no record boundary: walk the rest here
-                yield from self._span(size)
-        if self.cut is None and self.off < size:
-            self.cut = "packet record"
-        if self.progress is not None:
-            self.progress(size)
-
-    def _span(self, until: int):
-        """The blocks of records starting before ``until``, from ``self.off`` on."""
+        """(number of the block's first record, ``block()`` of its records) for each block."""
         size, progress = self.size, self.progress
-        while self.off <= size - 16 and self.off < until:
-            starts: list[int] = []
-            self.off = self._walk(self.off, min(until, self.off + _BLOCK_BYTES + 1), starts)
+        while self.off <= size - 16:
+            starts, self.off = self._walk(self.off, self.off + _BLOCK_BYTES + 1)
+            if self.off > size:  # the last record's data runs past the end
+                starts = starts[:-1]
+                self.cut = "packet data"
+            if len(starts):
+                yield self.first, self.block(starts)
+            self.first += len(starts)
             if progress is not None:
                 progress(min(self.off, size))
-            if self.off > size:  # the last record's data runs past the end
-                starts.pop()
-                self.cut = "packet data"
-            if starts:
-                yield self.first, starts
-            self.first += len(starts)
-
-
-_PARALLEL_BYTES = 1 << 26  # files this big are walked by two processes
-
-
-class _Helper:
-    """A forked process walking a capture from ``at`` to its end."""
-
-    def __init__(self, at: int, pid: int, fd: int, size: int):
-        self.at, self.pid, self.fd, self.size = at, pid, fd, size
-
-    @classmethod
-    def start(cls, walk: _Walk) -> "_Helper | None":
-        if not hasattr(os, "fork"):
-            return None
-        at = _boundary(walk.mm, walk.size, walk.e)
-        if at is None:
-            return None
-        read, write = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(read)
-            os.close(write)
-            return None
-        if pid == 0:  # the helper: walk, send the starts and where it ended, and go
-            code = 1
-            try:
-                os.close(read)
-                starts = array("q")
-                end = walk._walk(at, walk.size + 1, starts)
-                data = struct.pack("<qq", end, len(starts)) + starts.tobytes()
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(write, view):]
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        return cls(at, pid, read, walk.size)
-
-    def result(self) -> tuple[int, np.ndarray, str | None] | None:
-        chunks = []
-        while chunk := os.read(self.fd, 1 << 20):
-            chunks.append(chunk)
-        os.close(self.fd)
-        _, status = os.waitpid(self.pid, 0)
-        data = b"".join(chunks)
-        if status != 0 or len(data) < 16:
-            return None
-        end, count = struct.unpack_from("<qq", data)
-        starts = np.frombuffer(data, np.int64, count, 16)
-        cut = None
-        if count and end > self.size:  # the last record's data runs past the end
-            starts, cut = starts[:-1], "packet data"
-        return end, starts, cut
-
-    def cancel(self) -> None:
-        try:
-            os.kill(self.pid, 9)
-        except ProcessLookupError:
-            pass
-        os.close(self.fd)
-        os.waitpid(self.pid, 0)
-        return None
-
-
-def _boundary(mm, size: int, e: str, chain: int = 32) -> int | None:
-    """An offset near the middle where ``chain`` plausible record headers follow one
-    another to within the file (a guess: checked later), or None."""
-    header = Struct(e + "IIII").unpack_from
-    sec0 = header(mm, 24)[0]
-    start = size // 2
-    for at in range(start, min(size - 16, start + (1 << 16))):
-        off, ok = at, True
-        for _ in range(chain):
-            if off + 16 > size:
-                ok = False
-                break
-            sec, frac, incl, orig = header(mm, off)
-            if not (incl <= orig <= MAX_RECORD and frac < 1_000_000_000 and abs(sec - sec0) < 3 * 10**8):
-                ok = False
-                break
-            off += 16 + incl
-        if ok and off <= size:
-            return at
-    return None
+        if self.cut is None and self.off < size:
+            self.cut = "packet record"
+        if progress is not None:
+            progress(size)
 
 
 def _slow(path: str, progress) -> Segment:
