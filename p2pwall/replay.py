@@ -31,7 +31,7 @@ from .engine import Engine
 from .kernelsets import _timeout, parse_comment, valid_element
 from .packet import FROM_LAN, TCP, TO_LAN, UDP, ip_text, parse
 from .plugins import DetectorSet
-from .policy import BASE_QUEUE, KERNEL_DROP, PASS, QUEUE, KernelColumns, QueuePolicy
+from .policy import BASE_CLEAN, BASE_QUEUE, KERNEL_DROP, PASS, QUEUE, KernelColumns, QueuePolicy
 
 _V6_KEY = 1 << 128
 _LOW64 = (1 << 64) - 1
@@ -423,6 +423,8 @@ class _Run:
         bufs = [s.buf for s in self.segments]
         if model is not None:
             srcs, dsts = self._keys(seen, self.src_hi, self.src_lo), self._keys(seen, self.dst_hi, self.dst_lo)
+            live_peers, live_nolock = model.live["peers"], model.live["nolock"]
+            live_pairs = model.live["pair"] if policy.lan_interfaces else {}  # (no LAN interfaces: no pair set)
         for k, j in enumerate(seen.tolist()):
             now = times[k]
             if now > clock.now:
@@ -435,7 +437,11 @@ class _Run:
             if model is not None:
                 model.at = j  # what this packet makes the engine change applies from the next one
                 if out:
-                    peer_set, note, lock_note = model.judge(srcs[k], dsts[k], j, now)
+                    dst = dsts[k]
+                    if (bases[k] == BASE_CLEAN and dst not in live_peers and dst not in live_nolock
+                            and not (live_pairs and (srcs[k], dst) in live_pairs)):
+                        continue  # a SYN in a clean connection that no peer set holds: passed
+                    peer_set, note, lock_note = model.judge(srcs[k], dst, j, now)
             if peer_set is None and lock_note is None:  # no set holds anything for it: the rules decide
                 where = QUEUE if bases[k] == BASE_QUEUE else PASS
             else:
