@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A flood towards a learned (blocked) peer: how fast p2pwall's kernel sets drop it,
-against a kernel-only ipset DROP rule in the same run, and against p2pwall without kernel
-sets (every datagram through user space) for contrast.
+"""A flood towards a learned (blocked) peer: how fast p2pwall's kernel sets (its nft
+table, before conntrack) drop it, against a kernel-only ipset DROP rule in the raw table
+in the same run, and against p2pwall without kernel sets (every datagram through user
+space) for contrast.
 
 Target: p2pwall / kernel-only >= 0.9.    python bench/kernel_drop.py [--seconds 4]
 """
@@ -9,6 +10,7 @@ Target: p2pwall / kernel-only >= 0.9.    python bench/kernel_drop.py [--seconds 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from common import Network, cpu_model, flood, table
@@ -16,20 +18,24 @@ from common import Network, cpu_model, flood, table
 PING = bytes.fromhex("270000002980") + b"KaZaA\x00"
 
 
-def dropped_per_second(net: Network, seconds: float, peer: str, chain: str, match: str,
-                       table: str = "raw") -> float:
-    return flood(net, seconds, lambda: _count(net, chain, match, table),
-                 "--udp", "-k", "-s", "40001", "-p", "9999", "-d", "32", peer)
+def dropped_per_second(net: Network, seconds: float, peer: str, count) -> float:
+    return flood(net, seconds, count, "--udp", "-k", "-s", "40001", "-p", "9999", "-d", "32", peer)
 
 
-def _count(net: Network, chain: str, match: str, table: str) -> int:
-    out = net.exec(net.fw, "iptables", "-t", table, "-L", chain, "-v", "-x", "-n").stdout
+def _count(net: Network, chain: str, match: str) -> int:
+    out = net.exec(net.fw, "iptables", "-t", "raw", "-L", chain, "-v", "-x", "-n").stdout
     return sum(int(line.split()[0]) for line in out.splitlines() if match in line)
+
+
+def _count_nft(net: Network) -> int:
+    """What p2pwall's nft table dropped on its way to peers blocked LAN-wide."""
+    out = net.exec(net.fw, "nft", "list", "chain", "inet", "p2pwall0", "peer").stdout
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
 
 
 def learn(net: Network, peer: str) -> None:
     """Both LAN hosts ping the peer: corroborated, it is blocked for the whole LAN (in the
-    raw table's ipset rule, which the flood then meets)."""
+    nft table's peer set, which the flood then meets)."""
     for ns in net.lans:
         net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", peer,
                  "--port", "1214", "--hex", PING.hex(), "--wait", "0.3")
@@ -45,17 +51,17 @@ def main() -> int:
         net.exec(net.fw, "ipset", "add", "bench-peers", peer, "timeout", "600")
         rule = ["PREROUTING", "-i", "br0", "-m", "set", "--match-set", "bench-peers", "dst", "-j", "DROP"]
         net.exec(net.fw, "iptables", "-t", "raw", "-I", *rule)
-        kernel = dropped_per_second(net, args.seconds, peer, "PREROUTING", "bench-peers", table="raw")
+        kernel = dropped_per_second(net, args.seconds, peer, lambda: _count(net, "PREROUTING", "bench-peers"))
         net.exec(net.fw, "iptables", "-t", "raw", "-D", *rule)
         net.exec(net.fw, "ipset", "destroy", "bench-peers")
 
         d = net.p2pwall(net.base_config(), "--plugin", "fasttrack", name="drop-sets")
         learn(net, peer)
-        p2p = dropped_per_second(net, args.seconds, peer, "P2PWALL-E0", "p2pwall-peers0 dst")
+        p2p = dropped_per_second(net, args.seconds, peer, lambda: _count_nft(net))
         # the same rules and sets with no p2pwall process at all (killed: its rules stay)
         d.proc.kill()
         d.proc.wait(5)
-        rules_only = dropped_per_second(net, args.seconds, peer, "P2PWALL-E0", "p2pwall-peers0 dst")
+        rules_only = dropped_per_second(net, args.seconds, peer, lambda: _count_nft(net))
         net.p2pwall(net.base_config(), "--plugin", "fasttrack", name="drop-cleanup").stop()
 
         d = net.p2pwall(net.base_config(extra="[queue]\nkernel_sets = false\n"), "--plugin", "fasttrack",

@@ -158,8 +158,9 @@ def detectors(fmt):
 @click.option("--monitor", is_flag=True, help="The rules of `run --monitor` (no kernel sets).")
 @click.option("--format", "fmt", type=click.Choice(["iptables", "nft"]), default="iptables", show_default=True)
 def rules(config_path, plugins, queue, monitor, fmt):
-    """Print exactly what `run` would install: the ipset sets and the iptables-restore
-    input of each address family (or, for reference, an nft script)."""
+    """Print exactly what `run` would install: its nft table (the peer sets), the ipset
+    sets (the locks) and the iptables-restore input of each address family (or, for
+    reference, an nft script)."""
     import dataclasses
 
     from .policy import QueuePolicy

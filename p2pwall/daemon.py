@@ -607,7 +607,8 @@ class Daemon:
         from .kernelsets import KernelSetError, KernelSets
 
         if not KernelSets.available():
-            raise DaemonError("ipset not found: install it, or set [queue] kernel_sets = false")
+            raise DaemonError("ipset or nft not found: install ipset and nftables, "
+                              "or set [queue] kernel_sets = false")
         kernel = KernelSets(self.policy)
         self.kernel = kernel
         leftovers = kernel.leftovers()  # a crashed run's entries, before the sets are made anew

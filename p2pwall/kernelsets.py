@@ -1,13 +1,19 @@
-"""Learned peers and locks mirrored into ipset sets, so the kernel enforces them.
+"""Learned peers and locks mirrored into kernel sets, so the kernel enforces them.
+
+The peers (``peers``, ``nolock``) and the client-scoped blocks (``pairs``) are nft sets
+in p2pwall's own table, whose one chain before conntrack drops what the LAN sends to
+them; the locks are an ipset set, which the iptables rules read (see
+:meth:`p2pwall.policy.QueuePolicy.nft_sets_text`).
 
 The in-process tables stay the source of truth (status, replay, probes); the sets let
-iptables drop every packet to a blocked peer, established flows included, and every
+the kernel drop every packet to a blocked peer, established flows included, and every
 SYN of a locked client, without a trip to user space.  The mirror is exact: every add
 is validated first, every expiry, eviction, unblock and reload purge is a delete, and
-one bad element never cancels the rest of its batch (``ipset restore`` stops at the
-first error: the lines after it are sent again, the bad one is counted).  Updates are
-batched and written with one ``ipset restore`` after the verdicts, never on the verdict
-path.  Which sets exist and how big they are comes from the queue policy.
+one bad element never cancels the rest of its batch (an nft batch is all or nothing:
+it is sent again element by element; ``ipset restore`` stops at its first error: the
+lines after it are sent again, the bad one is counted).  Updates are batched and written
+after the verdicts, never on the verdict path.  Which sets exist and how big they are
+comes from the queue policy.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import subprocess
 
 from .events import emit
 from .packet import ip_text
-from .policy import QueuePolicy, SetSpec
+from .policy import NFT_KINDS, QueuePolicy, SetSpec
 
 log = logging.getLogger("p2pwall.kernelsets")
 MAX_TIMEOUT = 2147483  # ipset's limit, in seconds
@@ -58,15 +64,16 @@ def valid_element(addr: bytes) -> bool:
 
 
 class KernelSets:
-    """The ipset sets of one queue; ``create`` at start, ``destroy`` at stop."""
+    """The kernel sets of one queue; ``create`` at start, ``destroy`` at stop."""
 
     def __init__(self, policy: QueuePolicy, command: tuple[str, ...] = ("ipset",)):
         self.policy = policy
         self.command = tuple(command)  # tests prefix "ip netns exec NS"
-        self.pending: list[str] = []
-        self.pending_pairs: list[tuple[str, str]] = []  # (op, "client . peer [timeout Ns]")
+        self.pending: list[str] = []  # ipset restore lines (the locks)
+        self.pending_nft: list[tuple] = []  # (op, set, element, timeout, family, comment)
         self.families: list[int] = []
-        self.pairs = False  # the nft table of client-scoped blocks exists
+        self.table = False  # p2pwall's nft table exists (the peer sets)
+        self.pairs = False  # and holds the pair sets
         self.owner = False  # only the process that created the sets destroys them
         self.failures = 0  # elements the kernel refused
         self.refused = 0  # elements refused before reaching the kernel
@@ -74,7 +81,7 @@ class KernelSets:
 
     @staticmethod
     def available() -> bool:
-        return shutil.which("ipset") is not None
+        return shutil.which("ipset") is not None and shutil.which("nft") is not None
 
     def _ipset(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([*self.command, *args], input=stdin, text=True, capture_output=True)
@@ -95,18 +102,19 @@ class KernelSets:
                     raise KernelSetError(f"ipset create {spec.name}: {done.stderr.strip()}")
             self.families.append(family)
         self.owner = True
-        script = self.policy.pairs_text()
+        script = self.policy.nft_sets_text()
         if script:
             self._nft(f"table inet {self.policy.nft_table}\ndelete table inet {self.policy.nft_table}\n")
             done = self._nft(script)
             if done.returncode != 0:
                 raise KernelSetError(f"nft table {self.policy.nft_table}: {done.stderr.strip()[:300]}")
-            self.pairs = True
+            self.table, self.pairs = True, bool(self.policy.lan_interfaces)
 
     def attach(self, families=(4, 6)) -> None:
         """Use sets another process created (a worker beside the main process)."""
         self.families = list(families)
-        self.pairs = bool(self.policy.pairs_text())
+        self.table = bool(self.policy.nft_sets_text())
+        self.pairs = self.table and bool(self.policy.lan_interfaces)
 
     def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
         """Block ``peer`` for ``client`` alone (the nft pair set)."""
@@ -117,23 +125,28 @@ class KernelSets:
         if not math.isfinite(seconds) or seconds <= 0:
             self.refused += 1
             return False
-        self.pending_pairs.append(("add", f"{ip_text(client)} . {ip_text(peer)}", _timeout(seconds),
-                                   4 if len(peer) == 4 else 6, comment(note) if note else ""))
+        family = 4 if len(peer) == 4 else 6
+        self.pending_nft.append(("add", f"pairs{family}", f"{ip_text(client)} . {ip_text(peer)}",
+                                 _timeout(seconds), comment(note) if note else ""))
         return True
 
     def remove_pair(self, client: bytes, peer: bytes) -> None:
         if self.pairs and len(client) == len(peer) and valid_element(peer) and valid_element(client):
-            self.pending_pairs.append(("del", f"{ip_text(client)} . {ip_text(peer)}", 1,
-                                       4 if len(peer) == 4 else 6, ""))
+            family = 4 if len(peer) == 4 else 6
+            self.pending_nft.append(("del", f"pairs{family}", f"{ip_text(client)} . {ip_text(peer)}", 1, ""))
 
     def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
         """Queue an add of ``addr`` to the ``kind`` set; False (and counted) when refused."""
         family = 4 if len(addr) == 4 else 6
-        if family not in self.families:
+        if family not in self.families or (kind in NFT_KINDS and not self.table):
             return False
         if not valid_element(addr) or not math.isfinite(seconds) or seconds <= 0:
             self.refused += 1
             return False
+        if kind in NFT_KINDS:
+            self.pending_nft.append(("add", f"{kind}{family}", ip_text(addr), _timeout(seconds),
+                                     comment(note) if note else ""))
+            return True
         name = self._names(family)[kind]
         text = f' comment "{comment(note)}"' if note else ""
         self.pending.append(f"add {name} {ip_text(addr)} timeout {_timeout(seconds)}{text} -exist")
@@ -141,11 +154,16 @@ class KernelSets:
 
     def remove(self, kind: str, addr: bytes) -> None:
         family = 4 if len(addr) == 4 else 6
-        if family in self.families and valid_element(addr):
+        if family not in self.families or not valid_element(addr):
+            return
+        if kind in NFT_KINDS:
+            if self.table:
+                self.pending_nft.append(("del", f"{kind}{family}", ip_text(addr), 1, ""))
+        else:
             self.pending.append(f"del {self._names(family)[kind]} {ip_text(addr)} -exist")
 
-    def _pair_lines(self, op: str, element: str, timeout: int, family: int, note: str = "") -> list[str]:
-        table = f"inet {self.policy.nft_table} pairs{family}"
+    def _nft_lines(self, op: str, name: str, element: str, timeout: int, note: str = "") -> list[str]:
+        table = f"inet {self.policy.nft_table} {name}"
         # nft has no "add or refresh" nor "delete if present": add (a no-op when there),
         # delete, and add again with the new timeout, in one atomic batch
         lines = [f"add element {table} {{ {element} timeout 1s }}", f"delete element {table} {{ {element} }}"]
@@ -154,36 +172,54 @@ class KernelSets:
             lines.append(f"add element {table} {{ {element} timeout {timeout}s{text} }}")
         return lines
 
-    def _flush_pairs(self) -> None:
-        batch, self.pending_pairs = self.pending_pairs, []
-        if not batch or not self.pairs:
+    def _flush_nft(self) -> None:
+        batch, self.pending_nft = self.pending_nft, []
+        if not batch or not self.table:
             return
-        script = "".join(line + "\n" for item in batch for line in self._pair_lines(*item))
+        script = "".join(line + "\n" for item in batch for line in self._nft_lines(*item))
         if self._nft(script).returncode == 0:
             return
         for item in batch:  # one bad element must not cancel the others
-            done = self._nft("".join(line + "\n" for line in self._pair_lines(*item)))
+            done = self._nft("".join(line + "\n" for line in self._nft_lines(*item)))
             if done.returncode != 0:
                 self.failures += 1
                 self.last_error = done.stderr.strip()[:200]
-                emit(log, logging.WARNING, "kernel_set_error", set=self.policy.nft_table, error=self.last_error)
+                emit(log, logging.WARNING, "kernel_set_error", set=f"{self.policy.nft_table} {item[1]}",
+                     error=self.last_error)
+
+    def _nft_elements(self, name: str) -> list[tuple[object, float, str]]:
+        """An nft set's elements: (value: an address, or [client, peer] for a pair; seconds
+        left; comment)."""
+        import json
+
+        prefix = self.command[:-1]
+        done = subprocess.run([*prefix, "nft", "-j", "list", "set", "inet", self.policy.nft_table, name],
+                              capture_output=True, text=True)
+        try:
+            doc = json.loads(done.stdout or "{}")
+        except ValueError:
+            return []
+        out = []
+        for item in doc.get("nftables", []) if isinstance(doc, dict) else ():
+            for elem in item.get("set", {}).get("elem", []) if isinstance(item, dict) else ():
+                e = elem.get("elem", {}) if isinstance(elem, dict) else {"val": elem}
+                val = e.get("val")
+                if isinstance(val, dict):
+                    val = val.get("concat")
+                if isinstance(val, (str, list)):
+                    out.append((val, float(e.get("expires", 0)), str(e.get("comment", ""))))
+        return out
 
     def pair_members(self, family: int = 4) -> set[tuple[str, str]]:
         """(client, peer) pairs the kernel holds now (for tests and checks)."""
-        prefix = self.command[:-1]
-        done = subprocess.run([*prefix, "nft", "list", "set", "inet", self.policy.nft_table, f"pairs{family}"],
-                              capture_output=True, text=True)
-        found = set()
-        for client, peer in re.findall(r"([0-9a-fA-F.:]+) \. ([0-9a-fA-F.:]+)", done.stdout):
-            found.add((client, peer))
-        return found
+        return {(v[0], v[1]) for v, _, _ in self._nft_elements(f"pairs{family}") if isinstance(v, list) and len(v) == 2}
 
     def flush(self) -> None:
-        """Write what is pending; a refused line is counted and the rest still written.
+        """Write what is pending; a refused element is counted and the rest still written.
         (``ipset restore`` stops at its first bad line, and may not have applied the
         lines before it either: the batch is sent again without that line; adds and
         deletes are idempotent with ``-exist``.)"""
-        self._flush_pairs()
+        self._flush_nft()
         batch, self.pending = self.pending, []
         for _ in range(len(batch) + 1):
             if not batch:
@@ -204,8 +240,9 @@ class KernelSets:
             batch = batch[:bad - 1] + batch[bad:]
 
     def resize(self, policy: QueuePolicy, live: dict[str, list[tuple[bytes, float]]]) -> None:
-        """Take a new policy; sets whose size changed are rebuilt beside the old ones with
-        ``live`` (kind -> [(address, seconds left)]) and swapped in atomically."""
+        """Take a new policy; ipset sets whose size changed are rebuilt beside the old ones
+        with ``live`` (kind -> [(address, seconds left)]) and swapped in atomically.  (The
+        nft peer sets have no size of their own: the peer table bounds them.)"""
         old = {(s.kind, s.family): s for s in self.policy.sets()}
         self.policy = policy
         if not self.owner:
@@ -238,26 +275,17 @@ class KernelSets:
         """What a crashed run on this queue left in the kernel, read before ``create``
         replaces it: {"peers"/"nolock"/"locks": [(address, seconds left, comment)],
         "pairs": [(client, peer, seconds left, comment)]}."""
-        import json
-
         found: dict[str, list] = {"peers": [], "nolock": [], "locks": [], "pairs": []}
         for spec in self.policy.sets():
             found[spec.kind] += [(addr, float(left), note) for addr, left, note in self._list(spec.name) if left > 0]
-        if self.policy.pairs_text():
-            prefix = self.command[:-1]
+        if self.policy.nft_sets_text():
             for family in (4, 6):
-                done = subprocess.run([*prefix, "nft", "-j", "list", "set", "inet", self.policy.nft_table,
-                                       f"pairs{family}"], capture_output=True, text=True)
-                try:
-                    doc = json.loads(done.stdout or "{}")
-                except ValueError:
-                    continue
-                for item in doc.get("nftables", []):
-                    for elem in item.get("set", {}).get("elem", []):
-                        e = elem.get("elem", {}) if isinstance(elem, dict) else {}
-                        concat = e.get("val", {}).get("concat") if isinstance(e.get("val"), dict) else None
-                        if isinstance(concat, list) and len(concat) == 2 and e.get("expires"):
-                            found["pairs"].append((concat[0], concat[1], float(e["expires"]), e.get("comment", "")))
+                for kind in NFT_KINDS:
+                    found[kind] += [(v, left, note) for v, left, note in self._nft_elements(f"{kind}{family}")
+                                    if isinstance(v, str) and left > 0]
+                if self.policy.lan_interfaces:
+                    found["pairs"] += [(v[0], v[1], left, note) for v, left, note in self._nft_elements(f"pairs{family}")
+                                       if isinstance(v, list) and len(v) == 2 and left > 0]
         return found
 
     def _list(self, name: str) -> list[tuple[str, int, str]]:
@@ -276,6 +304,8 @@ class KernelSets:
 
     def members(self, kind: str, family: int = 4) -> dict[str, int]:
         """What the kernel holds now: address -> seconds left (for tests and checks)."""
+        if kind in NFT_KINDS:
+            return {v: int(left) for v, left, _ in self._nft_elements(f"{kind}{family}") if isinstance(v, str)}
         return {addr: left for addr, left, _ in self._list(self._names(family)[kind])}
 
     def counters(self) -> dict:
@@ -284,11 +314,11 @@ class KernelSets:
     def destroy(self) -> None:
         if not self.owner:
             return
-        if self.pairs:
+        if self.table:
             self._nft(f"delete table inet {self.policy.nft_table}\n")
-            self.pairs = False
+            self.table = self.pairs = False
         for family in self.families:
-            for name in self._names(family).values():
+            for name in (spec.name for spec in self.policy.sets(family)):
                 for _ in range(20):  # the rules referencing it may take a moment to go
                     if (self._ipset("destroy", name).returncode == 0
                             or "does not exist" in self._ipset("list", "-n", name).stderr):

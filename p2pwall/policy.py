@@ -2,13 +2,15 @@
 sets it keeps, derived once from the settings and the loaded detectors' declarations.
 
 Everything that depends on "what reaches the queue" reads this one object: the iptables
-rules (:mod:`p2pwall.rules` renders them), the nft reference script, the ipset sets
+rules (:mod:`p2pwall.rules` renders them), the nft reference script, the kernel sets
 (:mod:`p2pwall.kernelsets` creates them), ``p2pwall rules`` (prints exactly what ``run``
 installs) and ``replay``'s model of the kernel (``kernel_verdict``).
 
 Learned peers live in two kernel sets per family: ``peers`` (blocked by a detector whose
-``locks`` is true: a SYN to one time-locks its sender, in the kernel) and ``nolock``
-(blocked by a detector with ``locks = false``: dropped, nobody locked).
+``locks`` is true: a SYN to one is queued and the engine time-locks its sender) and
+``nolock`` (blocked by a detector with ``locks = false``: dropped, nobody locked).  They
+are nft sets in p2pwall's own table, beside the client-scoped ``pairs``, all checked by
+one chain before conntrack; the locks are an ipset set, which the iptables rules read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ KERNEL_DROP = "kernel_drop"  # dropped by a kernel set rule, never seen by p2pwa
 BASE_PASS, BASE_QUEUE, BASE_CLEAN = 0, 1, 2  # kernel_base: before the sets are consulted
 
 SET_KINDS = ("peers", "nolock", "locks")
+NFT_KINDS = ("peers", "nolock")  # in p2pwall's nft table (with the pairs); the locks are ipset
 
 
 @dataclass(frozen=True)
@@ -94,14 +97,11 @@ class QueuePolicy:
         return "peers" if dict(self.locking).get(detector, True) else "nolock"
 
     def sets(self, family: int | None = None) -> list[SetSpec]:
+        """The ipset sets (the lock set of each family); the peer sets are nft ones."""
         if not self.kernel_sets:
             return []
-        out = []
-        for fam in (4, 6) if family is None else (family,):
-            for kind in SET_KINDS:
-                size = self.lock_max if kind == "locks" else self.peer_max
-                out.append(SetSpec(kind, fam, set_name(self.queue, kind, fam), max(64, size)))
-        return out
+        return [SetSpec("locks", fam, set_name(self.queue, "locks", fam), max(64, self.lock_max))
+                for fam in ((4, 6) if family is None else (family,))]
 
     def fairness(self, family: int, where: str) -> str | None:
         """The rule that keeps one LAN host's packets from filling the queue: beyond
@@ -118,31 +118,71 @@ class QueuePolicy:
     def nft_table(self) -> str:
         return f"p2pwall{self.queue}"
 
-    def pairs_text(self) -> str:
-        """The nftables table of client-scoped blocks: sets of (LAN client . peer) with
-        timeouts, and one chain before conntrack that drops what a client sends to a peer
-        blocked for it, except its SYNs, which go on to the queue (the engine locks the
-        client).  Empty without kernel sets or LAN interfaces."""
-        if not self.kernel_sets or not self.lan_interfaces:
+    @property
+    def peer_syn_mark(self) -> int:
+        """Packet mark the nft table gives a LAN host's SYN to a peer blocked for it (LAN-wide
+        or for it alone), so that the iptables rules queue it before anything else, lock
+        or clean connection: the engine (re)locks its sender."""
+        return self.first_mark << 2
+
+    def nft_sets_text(self) -> str:
+        """p2pwall's nftables table: the learned peers (``peers``, ``nolock``) and the
+        client-scoped blocks (``pairs``: LAN client . peer, with LAN interfaces only), all
+        with timeouts, and one chain before conntrack that drops what the LAN sends to
+        them, except the SYNs that must reach the engine: those go on with a mark that the
+        iptables rules queue before anything else.  One hook and native set lookups:
+        an early packet crosses one chain for all of it.  Empty without kernel sets."""
+        if not self.kernel_sets:
             return ""
-        names = ", ".join(f'"{n}"' for n in self.lan_interfaces)
-        size = max(64, self.peer_max)
+        if self.lan_interfaces:
+            names = ", ".join(f'"{n}"' for n in self.lan_interfaces)
+            entries = [f"iifname {{ {names} }} jump lan"]
+        else:
+            entries = []
+            for family, word in ((4, "ip"), (6, "ip6")):
+                nets = [str(ipaddress.ip_network(n, strict=False)) for n in self.lan_networks]
+                nets = [n for n in nets if ipaddress.ip_network(n).version == family]
+                if nets:
+                    entries.append(f"{word} saddr {{ {', '.join(nets)} }} jump lan")
+        if not entries:
+            return ""
+        # no size: the peer table bounds what the engine mirrors, and a reload that resizes
+        # it leaves the sets alone
+        sets = ["  set peers4 { type ipv4_addr; flags timeout; }",
+                "  set peers6 { type ipv6_addr; flags timeout; }",
+                "  set nolock4 { type ipv4_addr; flags timeout; }",
+                "  set nolock6 { type ipv6_addr; flags timeout; }"]
+        lan = []
+        if self.lan_interfaces:  # a client's own address is only known on its own interface
+            sets += ["  set pairs4 { type ipv4_addr . ipv4_addr; flags timeout; }",
+                     "  set pairs6 { type ipv6_addr . ipv6_addr; flags timeout; }"]
+            lan += ["    ip saddr . ip daddr @pairs4 jump blocked",
+                    "    ip6 saddr . ip6 daddr @pairs6 jump blocked"]
+        lan += ["    ip daddr @peers4 jump peer", "    ip6 daddr @peers6 jump peer",
+                "    ip daddr @nolock4 counter drop", "    ip6 daddr @nolock6 counter drop"]
         return "\n".join([
-            f"table inet {self.nft_table} {{",
-            f"  set pairs4 {{ type ipv4_addr . ipv4_addr; flags timeout; size {size}; }}",
-            f"  set pairs6 {{ type ipv6_addr . ipv6_addr; flags timeout; size {size}; }}",
+            f"table inet {self.nft_table} {{", *sets,
             "  chain pre {",
             "    type filter hook prerouting priority -300; policy accept;",
-            f"    iifname {{ {names} }} ip saddr . ip daddr @pairs4 jump blocked",
-            f"    iifname {{ {names} }} ip6 saddr . ip6 daddr @pairs6 jump blocked",
+            *(f"    {e}" for e in entries),
             "  }",
-            "  chain blocked {",
-            "    tcp flags & (syn | ack) == syn accept",
-            "    drop",
+            "  chain lan {", *lan, "  }",
+            "  chain blocked {",  # blocked for this client alone
+            f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{self.peer_syn_mark:x} accept",
+            "    counter drop",
+            "  }",
+            "  chain peer {",  # blocked LAN-wide
+            f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{self.peer_syn_mark:x} accept",
+            "    counter drop",
             "  }", "}", ""])
 
+    def nft_set_name(self, kind: str, family: int) -> str:
+        """An nft set of p2pwall's table, as ``inet TABLE NAME``."""
+        return f"inet {self.nft_table} {kind}{family}"
+
     def set_names(self, family: int) -> dict[str, str]:
-        return {kind: set_name(self.queue, kind, family) for kind in SET_KINDS}
+        """The ipset sets' names, by kind (the locks; the peer sets are nft ones)."""
+        return {kind: set_name(self.queue, kind, family) for kind in SET_KINDS if kind not in NFT_KINDS}
 
     def lan_sources(self, family: int, towards: bool = False) -> list[str]:
         """iptables clauses selecting packets from the LAN (``towards``: to it)."""
@@ -155,15 +195,15 @@ class QueuePolicy:
 
     # ------------------------------------------------------------------ rendering
     def iptables_text(self) -> str:
-        """Everything ``run`` installs, as ``p2pwall rules`` prints it: the ipset sets,
-        then the iptables-restore input of each family that has rules."""
+        """Everything ``run`` installs, as ``p2pwall rules`` prints it: the nft table, the
+        ipset sets, then the iptables-restore input of each family that has rules."""
         from . import rules
 
         out = []
-        pairs = self.pairs_text()
-        if pairs:
-            out.append("# first: nft -f - (client-scoped blocks)\n")
-            out += [f"#   {line}\n" for line in pairs.splitlines()]
+        table = self.nft_sets_text()
+        if table:
+            out.append("# first: nft -f - (learned peers and client-scoped blocks)\n")
+            out += [f"#   {line}\n" for line in table.splitlines()]
         for rs in self.rule_sets():
             if rs.empty:
                 continue

@@ -24,7 +24,6 @@ class RuleSet:
     family: int  # 4 or 6
     chains: dict[str, list[str]]  # chain -> rule bodies (after "-A CHAIN"), in order
     jumps: list[tuple[str, str]]  # (built-in chain, our chain) entered at its top
-    early: list[str] = field(default_factory=list)  # raw table: drops before conntrack
     mangle: list[str] = field(default_factory=list)  # mangle PREROUTING: the reverse-path check
 
     @property
@@ -41,7 +40,7 @@ def chain_names(queue: int) -> dict[str, str]:
             "lan": f"P2PWALL-L{queue}", "counted": f"P2PWALL-C{queue}", "payload": f"P2PWALL-P{queue}",
             "reply": f"P2PWALL-R{queue}", "counted_reply": f"P2PWALL-D{queue}",
             "reply_payload": f"P2PWALL-Q{queue}",
-            "early": f"P2PWALL-E{queue}",  # the one chain in the raw table
+            "early": f"P2PWALL-E{queue}",  # raw table: no longer installed, removed if left
             "mangle": f"P2PWALL-M{queue}"}  # the one chain in the mangle table
 
 
@@ -107,7 +106,6 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     if not sources:
         return RuleSet(policy.queue, family, chains, [])
     wants = policy.wants
-    early: list[str] = []
     mangle: list[str] = []
     first = policy.first_mark  # packet mark: the first payload of its connection, this direction
     spoofed = first << 1  # packet mark: failed the reverse-path check
@@ -125,24 +123,14 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     # A connection past its first packets, sent to no blocked peer, is marked clean in
     # conntrack once; from then on each of its packets costs one connmark test here.
     if policy.kernel_sets:
-        # learned peers and locks enforced in the kernel (see kernelsets.py): a SYN to a
-        # locking peer is queued, and the engine locks its sender (after checking that the
-        # sender is who it says it is); a peer of a detector with lock = false is only
-        # dropped; anything else to a peer is dropped before any other test
+        # learned peers are enforced by p2pwall's nft table before conntrack (see
+        # QueuePolicy.nft_sets_text): everything the LAN sends to a peer is dropped there
+        # but the SYNs to a locking peer, which it marks: those are queued here first,
+        # clean connection or not, and the engine locks the sender (after checking that
+        # the sender is who it says it is)
         sets = policy.set_names(family)
-        to_peer = f"-m set --match-set {sets['peers']} dst"
-        to_quiet = f"-m set --match-set {sets['nolock']} dst"
-        lan.append(f"-p tcp --syn {to_peer} {target}")  # the engine locks (after its anti-spoof checks)
-        # (UDP never gets here to a peer: see the raw table below; so a UDP datagram on its
-        # way to the queue costs no set lookup here)
-        lan.append(f"! -p udp {to_peer} -j DROP")
-        lan.append(f"! -p udp {to_quiet} -j DROP")
-        # UDP to a learned peer goes in the raw table, before conntrack sees it: a flood
-        # towards peers costs less than forwarding. (TCP waits for the filter table, where
-        # clean connections skip the set lookup.)
-        for src in sources:
-            early.append(f"{src} -p udp {to_peer} -j DROP")
-            early.append(f"{src} -p udp {to_quiet} -j DROP")
+        mark = f"0x{policy.peer_syn_mark:x}"
+        lan.append(f"-p tcp -m mark --mark {mark}/{mark} {target}")
     not_spoofed = f"-m mark --mark 0x{spoofed:x}/0x{spoofed:x} -j RETURN"
     chains[names["forward"]].append(not_spoofed)
     chains[names["input"]].append(not_spoofed)
@@ -219,7 +207,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     jumps = [("FORWARD", names["forward"])]
     if len(chains[names["input"]]) > 1:  # more than the reverse-path test
         jumps.append(("INPUT", names["input"]))
-    return RuleSet(policy.queue, family, chains, jumps, early, mangle)
+    return RuleSet(policy.queue, family, chains, jumps, mangle)
 
 
 def restore_script(rules: RuleSet) -> str:
@@ -230,10 +218,6 @@ def restore_script(rules: RuleSet) -> str:
         lines += [f"-A {chain} {body}" for body in bodies]
     lines += [f"-I {parent} 1 -j {chain}" for parent, chain in rules.jumps]
     lines += ["COMMIT"]
-    if rules.early:
-        early = chain_names(rules.queue)["early"]
-        lines += ["*raw", f":{early} - [0:0]"] + [f"-A {early} {r}" for r in rules.early]
-        lines += [f"-I PREROUTING 1 -j {early}", "COMMIT"]
     if rules.mangle:
         mangle = chain_names(rules.queue)["mangle"]
         lines += ["*mangle", f":{mangle} - [0:0]"] + [f"-A {mangle} {r}" for r in rules.mangle]

@@ -243,6 +243,30 @@ class Network(Namespaces):
     def iptables_save(self) -> str:
         return self.exec(self.fw, "iptables-save").stdout
 
+    def kernel_set(self, name: str, queue: int = 0) -> set:
+        """What p2pwall's nft set ``name`` (peers4, nolock6, pairs4, ...) holds now."""
+        return nft_set(self, self.fw, name, queue)
+
+
+def nft_set(net, ns: str, name: str, queue: int = 0) -> set:
+    """The elements of p2pwall's nft set ``name`` in namespace ``ns``: addresses, or
+    (client, peer) pairs; empty when the table or the set does not exist."""
+    import json
+
+    done = net.exec(ns, "nft", "-j", "list", "set", "inet", f"p2pwall{queue}", name, check=False)
+    try:
+        doc = json.loads(done.stdout or "{}")
+    except ValueError:
+        return set()
+    found = set()
+    for item in doc.get("nftables", []):
+        for elem in item.get("set", {}).get("elem", []):
+            val = elem.get("elem", {}).get("val") if isinstance(elem, dict) else elem
+            if isinstance(val, dict):
+                val = tuple(val.get("concat", ()))
+            found.add(val)
+    return found
+
 
 class Daemon:
     """A ``p2pwall run`` process in the firewall namespace."""

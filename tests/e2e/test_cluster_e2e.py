@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from p2pwall.testbed import nft_set
+
 from .conftest import _need_root
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +112,7 @@ def test_what_one_gateway_learns_the_other_enforces_within_a_second(cnet, gatewa
     # ... until it runs P2P against it too: two clients behind two gateways corroborate
     udp(cnet, lan2, peer, 1214, make_ping(), sport=1214)
     assert wait_for(lambda: _scope(gw1, peer) == "lan" and _scope(gw2, peer) == "lan", 5) is not None
-    assert peer in cnet.exec(cnet.fws[0], "ipset", "list", "p2pwall-peers0").stdout
+    assert peer in nft_set(cnet, cnet.fws[0], "peers4")
     assert not connects(cnet, lan2, peer, 1214)
 
 

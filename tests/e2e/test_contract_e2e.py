@@ -37,13 +37,13 @@ def test_lock_false_is_kept_by_the_kernel_and_rules_print_what_run_installed(net
         assert not tcp(net, lan, peer, 6346, timeout=1)["connected"]  # the peer stays blocked ...
         assert tcp(net, lan, web, 80)["connected"]  # ... and nobody is locked
         assert tcp(net, lan, web, 80)["connected"]
-        assert peer in ipset(net, "p2pwall-nolock0") and peer not in ipset(net, "p2pwall-peers0")
+        assert peer in net.kernel_set("nolock4") and peer not in net.kernel_set("peers4")
         assert "192.0.2" not in ipset(net, "p2pwall-locks0").split("Members:")[1]
         snap = d.status()
         assert snap["locks"]["count"] == 0 and snap["peers"]["count"] == 1
         printed = net.python(net.fw, "-m", "p2pwall", "rules", "--config", str(net.dir / "nolock.toml"),
                              "--plugin", "gnutella").stdout
-        assert printed == snap["rules"] and "p2pwall-nolock0" in printed
+        assert printed == snap["rules"] and "@nolock4 counter drop" in printed
         saved = net.iptables_save()
         for line in printed.splitlines():  # and the kernel holds each of those chains
             if line.startswith(":P2PWALL"):

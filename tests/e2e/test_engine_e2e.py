@@ -118,12 +118,14 @@ def test_rules_installed_while_running_and_gone_after_stop(net, server, testdet_
     try:
         rules = net.iptables_save()
         assert "-A FORWARD -j P2PWALL-F0" in rules and "NFQUEUE --queue-num 0 --queue-bypass" in rules
-        assert "p2pwall-peers0" in net.exec(net.fw, "ipset", "list", "-n").stdout
+        assert "p2pwall-locks0" in net.exec(net.fw, "ipset", "list", "-n").stdout
+        assert "table inet p2pwall0" in net.exec(net.fw, "nft", "list", "tables").stdout
     finally:
         code = d.stop(sig)
     assert code == 0
     assert "P2PWALL" not in net.iptables_save()
     assert net.exec(net.fw, "ipset", "list", "-n").stdout.strip() == ""
+    assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
     assert udp(net, net.lans[0], net.outside[8], 5000, b"DROP-after-stop")[0]["reply"]
 
 

@@ -70,11 +70,11 @@ def test_blocks_locks_and_spoofs_over_ipv6_through_the_kernel(net6, server6, tes
         assert not arrivals(server6, dst=blocked)
         # one client's packet proves nothing about the other
         assert udp(net6, lan1, blocked, 5000, b"FREE-1", wait=0.5)[0]["reply"] is not None
-        # a second client's evidence: LAN-wide, in the -6 ipset
+        # a second client's evidence: LAN-wide, in the IPv6 peer set
         assert udp(net6, lan1, blocked, 5000, b"BLOCK-1", wait=0.5)[0]["reply"] is None
         entry = d.status()["peers"]["entries"][0]
         assert (entry["address"], entry["scope"]) == (blocked, "lan")
-        assert blocked in _ipset(net6, "p2pwall-peers0-6")
+        assert blocked in net6.kernel_set("peers6")
         # a SYN to it locks that client (and only it), in the kernel too, until the lock runs out
         assert not tcp(net6, lan2, blocked, 81, timeout=0.5)["connected"]
         assert [e["address"] for e in d.status()["locks"]["entries"]] == [c2]
@@ -193,8 +193,7 @@ def test_aria2_swarm_over_ipv6(net6):
         blocked = {e["address"] for e in snap["peers"]["entries"]}
         assert {swarm.tracker_ip, swarm.seeder_ip} <= blocked
         assert snap["drops_by_detector"].get("bittorrent", 0) > 0
-        in_kernel = {p for _, p in _pairs6(net6)} | set(re.findall(r"^([0-9a-f:]+)", _ipset(
-            net6, "p2pwall-peers0-6") + _ipset(net6, "p2pwall-nolock0-6"), re.M))
+        in_kernel = {p for _, p in _pairs6(net6)} | net6.kernel_set("peers6") | net6.kernel_set("nolock6")
         assert swarm.seeder_ip in in_kernel
     finally:
         swarm.stop()

@@ -115,13 +115,17 @@ def test_the_kernel_follows_every_change_of_the_tables(ns):
         assert not engine.peers.live(bytes([203, 0, 113, 2]), clock.now)
         assert not engine.peers.live(bytes([203, 0, 113, 3]), clock.now)
         assert_mirror(engine, kernel, clock)
-        # reload with bigger tables: the sets are rebuilt with the new size, entries kept
-        bigger = from_dict(dict(wider, peers={"max": 5000}))
+        # reload with bigger tables: the lock set is rebuilt with the new size, entries
+        # kept; the nft peer sets have no size of their own (the peer table bounds them)
+        for i in range(1, 4):
+            feed(engine, f"192.0.2.{i + 40}", f"203.0.113.{i + 210}")
+        bigger = from_dict(dict(wider, peers={"max": 5000}, lock={"max": 700}))
         engine.reconfigure(bigger, detectors)
         kernel.resize(QueuePolicy.build(bigger, detectors), engine.live_entries())
-        listing = subprocess.run(["ip", "netns", "exec", ns, "ipset", "list", kernel.policy.set_names(4)["peers"]],
+        listing = subprocess.run(["ip", "netns", "exec", ns, "ipset", "list", kernel.policy.set_names(4)["locks"]],
                                  capture_output=True, text=True).stdout
-        assert "maxelem 5000" in listing
+        assert "maxelem 700" in listing
+        assert len(kernel.members("locks")) == 3
         assert_mirror(engine, kernel, clock)
         assert kernel.failures == 0
     finally:
@@ -132,15 +136,20 @@ def test_one_bad_element_does_not_cancel_its_batch(ns):
     clock = Clock()
     engine, kernel, _ = build(ns, CONFIG, clock)
     try:
-        name = kernel.policy.set_names(4)["peers"]
-        kernel.pending += [f"add {name} 203.0.113.7 timeout 60 -exist",
+        name = kernel.policy.set_names(4)["locks"]  # an ipset batch
+        kernel.pending += [f"add {name} 192.0.2.7 timeout 60 -exist",
                            f"add {name} 0.0.0.0 timeout 60 -exist",  # refused by the kernel
-                           f"add {name} 203.0.113.8 timeout 60 -exist",
+                           f"add {name} 192.0.2.8 timeout 60 -exist",
                            f"add {name} 2001:db8::1 timeout 60 -exist",  # wrong family
-                           f"add {name} 203.0.113.9 timeout 60 -exist"]
+                           f"add {name} 192.0.2.9 timeout 60 -exist"]
+        # an nft batch (all or nothing in the kernel: sent again element by element)
+        kernel.pending_nft += [("add", "peers4", "203.0.113.7", 60, ""), ("add", "peers4", "2001:db8::1", 60, ""),
+                               ("add", "peers4", "203.0.113.8", 60, "x|y"), ("add", "peers4", "203.0.113.300", 60, ""),
+                               ("add", "peers4", "203.0.113.9", 60, "")]
         kernel.flush()
+        assert set(kernel.members("locks")) == {"192.0.2.7", "192.0.2.8", "192.0.2.9"}
         assert set(kernel.members("peers")) == {"203.0.113.7", "203.0.113.8", "203.0.113.9"}
-        assert kernel.failures == 2 and engine.all_counters()["kernel_set_failures"] == 2
+        assert kernel.failures == 4 and engine.all_counters()["kernel_set_failures"] == 4
         # and the engine never sends such an element at all: a lock on 0.0.0.0 is refused
         assert not kernel.add("locks", bytes(4), 10) and kernel.refused == 1
     finally:

@@ -149,6 +149,7 @@ def test_monitor_mode_decides_and_logs_but_accepts(net, server, testdet_env):
         assert snap["monitor"] and snap["counters"]["would_drop"] == 1
         assert "event=peer_blocked" in d.output()
         assert net.exec(net.fw, "ipset", "list", "-n").stdout.strip() == ""  # nothing enforced in the kernel
+        assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
     finally:
         d.stop()
 
@@ -186,6 +187,7 @@ def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_
         assert d.stop() == 0
     assert "P2PWALL" not in net.iptables_save()  # removed without root
     assert net.exec(net.fw, "ipset", "list", "-n").stdout.strip() == ""
+    assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
 
 
 def test_status_and_metrics(net, server, testdet_env):

@@ -54,11 +54,30 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
     assert policy.peer_set_kind("gnutella") == "nolock" and policy.peer_set_kind("fasttrack") == "peers"
     text = policy.iptables_text()
     assert "--add-set" not in text  # only the engine locks (the kernel mirrors it)
-    assert "-A P2PWALL-L0 -p tcp --syn -m set --match-set p2pwall-peers0 dst -j NFQUEUE" in text
-    assert "p2pwall-nolock0 dst -j NFQUEUE" not in text
-    assert "-A P2PWALL-L0 ! -p udp -m set --match-set p2pwall-nolock0 dst -j DROP" in text  # UDP: raw table
-    assert "-i eth1 -p udp -m set --match-set p2pwall-nolock0 dst -j DROP" in text
-    assert "# first: ipset create p2pwall-nolock0 hash:ip family inet timeout 0 maxelem 1000000" in text
+    # the nft table: SYNs to a locking peer (or one blocked for the sender) are marked and
+    # go on, everything else to a peer is dropped, and all of it to a lock = false peer
+    table = policy.nft_sets_text()
+    assert '    iifname { "eth1" } jump lan' in table
+    assert "ip daddr @peers4 jump peer" in table and "ip daddr @nolock4 counter drop" in table
+    peer_chain = table[table.index("chain peer {"):]
+    assert "tcp flags & (syn | ack) == syn meta mark set meta mark | 0x800000 accept" in peer_chain
+    assert peer_chain.index("accept") < peer_chain.index("counter drop")
+    # the iptables rules queue the marked SYNs first, before the clean-connection test
+    lan = [line for line in text.splitlines() if line.startswith("-A P2PWALL-L0")]
+    assert lan[0] == "-A P2PWALL-L0 -p tcp -m mark --mark 0x800000/0x800000 -j NFQUEUE --queue-num 0 --queue-bypass"
+    assert "connmark" in lan[1]
+    assert "p2pwall-peers0" not in text and "p2pwall-nolock0" not in text and "*raw" not in text
+    assert "# first: ipset create p2pwall-locks0 hash:ip family inet timeout 0 maxelem 65536" in text
+
+
+def test_without_lan_interfaces_the_nft_table_selects_the_lan_by_source_and_has_no_pair_sets():
+    policy, _, _ = policy_for({"network": {"lan_networks": ["192.168.0.0/16", "fd00::/8"]}})
+    table = policy.nft_sets_text()
+    assert "ip saddr { 192.168.0.0/16 } jump lan" in table and "ip6 saddr { fd00::/8 } jump lan" in table
+    assert "pairs" not in table and "iifname" not in table
+    assert policy.nft_sets_text() and not QueuePolicy.build(
+        from_dict({"network": {"lan_networks": ["192.168.0.0/16"]}, "queue": {"kernel_sets": False}}),
+        plugins.load(["fasttrack"])).nft_sets_text()
 
 
 def test_the_engine_puts_each_peer_in_the_set_its_detector_asks_for():
@@ -94,7 +113,8 @@ def test_the_engine_puts_each_peer_in_the_set_its_detector_asks_for():
 
 def test_rules_prints_exactly_the_policy_run_installs(tmp_path):
     conf = tmp_path / "c.toml"
-    conf.write_text('[network]\nlan_interfaces = ["br0"]\n[peers]\nmax = 5000\n[detectors.gnutella]\nlock = false\n')
+    conf.write_text('[network]\nlan_interfaces = ["br0"]\n[peers]\nmax = 5000\n[lock]\nmax = 3000\n'
+                    '[detectors.gnutella]\nlock = false\n')
     done = subprocess.run([sys.executable, "-m", "p2pwall", "rules", "--config", str(conf)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -102,7 +122,8 @@ def test_rules_prints_exactly_the_policy_run_installs(tmp_path):
 
     settings = load(conf)
     assert done.stdout == QueuePolicy.build(settings, plugins.load(None, settings)).iptables_text()
-    assert "maxelem 5000" in done.stdout  # the size the daemon creates, not another one
+    assert "maxelem 3000" in done.stdout  # the sizes the daemon creates, not others
+    assert "set pairs4 { type ipv4_addr . ipv4_addr; flags timeout; }" in done.stdout  # the peer table bounds it
 
 
 def test_kernel_model_follows_the_rules():
