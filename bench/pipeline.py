@@ -6,12 +6,16 @@ Every datagram is queued ([queue] udp_packets = 0) so the pipeline itself is mea
 a second p2pwall figure uses the default (first 8 datagrams of a flow queued).  The bare
 loop runs twice: as is, and on a stateful gateway (conntrack on, which p2pwall needs and
 a NAT gateway has anyway), to tell conntrack's share from p2pwall's own.
-Target: p2pwall / bare >= 0.85.    python bench/pipeline.py [--seconds 5]
+Each figure is measured in interleaved rounds, and a ratio is the median of the rounds
+ratios (with their range): on these shared machines a slow spell of a few seconds would
+otherwise land on one measurement only.
+Target: p2pwall / bare >= 0.85.    python bench/pipeline.py [--seconds 5] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from common import Network, counter, cpu_model, start_bare_queue, stop, table
 from common import flood as common_flood
@@ -31,38 +35,46 @@ def flood(net: Network, seconds: float, target: str) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    runs: dict[str, list[float]] = {k: [] for k in ("plain", "bare", "bare_ct", "every", "default")}
     with Network(lan_hosts=1, outside_addresses=2) as net:
         target = net.outside[0]
         net.exec(net.out, "iptables", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP")
-        plain = flood(net, args.seconds, target)
         rule = ["-I", "FORWARD", "-i", "br0", "-p", "udp", "-j", "NFQUEUE", "--queue-num", "0"]
-        bare_proc = start_bare_queue(net, [rule])
-        bare = flood(net, args.seconds, target)
-        stop(bare_proc)
-        net.exec(net.fw, "iptables", "-D", *rule[1:])
         # the same loop on a stateful gateway: conntrack on, as p2pwall (and NAT) need it
         stateful_rule = rule[:6] + ["-m", "conntrack", "--ctstate", "NEW,ESTABLISHED"] + rule[6:]
-        bare_proc = start_bare_queue(net, [stateful_rule])
-        bare_ct = flood(net, args.seconds, target)
-        stop(bare_proc)
-        net.exec(net.fw, "iptables", "-D", *stateful_rule[1:])
-        results = {}
-        for label, extra in (("every datagram", "[queue]\nudp_packets = 0\nper_host_rate = 0\n"), ("default", "")):
-            d = net.p2pwall(net.base_config(extra=extra), name=f"bench-{label.split()[0]}")
-            results[label] = flood(net, args.seconds, target)
-            d.stop()
+        for n in range(args.rounds):  # interleaved rounds: a slow spell of the machine hits all alike
+            runs["plain"].append(flood(net, args.seconds, target))
+            for key, r in (("bare", rule), ("bare_ct", stateful_rule)):
+                bare_proc = start_bare_queue(net, [r])
+                runs[key].append(flood(net, args.seconds, target))
+                stop(bare_proc)
+                net.exec(net.fw, "iptables", "-D", *r[1:])
+            for key, extra in (("every", "[queue]\nudp_packets = 0\nper_host_rate = 0\n"), ("default", "")):
+                d = net.p2pwall(net.base_config(extra=extra), name=f"bench-{key}-{n}")
+                runs[key].append(flood(net, args.seconds, target))
+                d.stop()
+
+    def ratio(key: str, base: str = "bare") -> tuple[float, float, float]:
+        values = sorted(a / b for a, b in zip(runs[key], runs[base]))
+        return statistics.median(values), values[0], values[-1]
+
+    def cell(key: str, base: str = "bare", note: str = "") -> str:
+        mid, lo, hi = ratio(key, base)
+        return f"{mid:.2f} ({lo:.2f}-{hi:.2f}){note}"
+
+    med = {k: statistics.median(v) for k, v in runs.items()}
     rows = [
-        ("kernel forwarding, nothing queued", f"{plain:,.0f} pkt/s", f"{plain / bare:.2f}"),
-        ("bare NetfilterQueue accept loop", f"{bare:,.0f} pkt/s", "1.00 (baseline)"),
-        ("bare accept loop, conntrack on", f"{bare_ct:,.0f} pkt/s", f"{bare_ct / bare:.2f}"),
-        ("p2pwall, all detectors, every datagram", f"{results['every datagram']:,.0f} pkt/s",
-         f"{results['every datagram'] / bare:.2f} (target >= 0.85); "
-         f"{results['every datagram'] / bare_ct:.2f} of the conntrack loop"),
-        ("p2pwall, all detectors, default config", f"{results['default']:,.0f} pkt/s",
-         f"{results['default'] / bare:.2f}"),
+        ("kernel forwarding, nothing queued", f"{med['plain']:,.0f} pkt/s", cell("plain")),
+        ("bare NetfilterQueue accept loop", f"{med['bare']:,.0f} pkt/s", "1.00 (baseline)"),
+        ("bare accept loop, conntrack on", f"{med['bare_ct']:,.0f} pkt/s", cell("bare_ct")),
+        ("p2pwall, all detectors, every datagram", f"{med['every']:,.0f} pkt/s",
+         cell("every", note=" (target >= 0.85); ") + cell("every", "bare_ct", " of the conntrack loop")),
+        ("p2pwall, all detectors, default config", f"{med['default']:,.0f} pkt/s", cell("default")),
     ]
-    print(f"UDP flood, 32-byte datagrams, one flow, {args.seconds:g} s each; {cpu_model()}")
+    print(f"UDP flood, 32-byte datagrams, one flow, {args.seconds:g} s each, {args.rounds} interleaved rounds "
+          f"(ratios: median of the rounds, range); {cpu_model()}")
     print(table(rows))
     return 0
 
