@@ -147,3 +147,42 @@ def test_a_busy_flow_opened_before_p2pwall_starts_keeps_flowing(net):
         stream.kill()
         stream.wait(5)
         net.exec(net.fw, "iptables", "-D", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+
+
+def test_a_clean_flow_is_cut_the_moment_its_peer_is_learned(net):
+    """A UDP stream past its first datagrams is marked clean and never queued again; when
+    its destination is then proven a P2P peer (two LAN hosts ping it), the kernel's peer
+    set stops the stream's next datagrams: the set is checked before the clean mark."""
+    import shutil
+
+    from p2pwall_plugins.fasttrack import make_ping
+
+    if not shutil.which("hping3"):
+        pytest.skip("hping3 is not installed")
+    target = net.outside[16]
+    net.exec(net.out, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "9976", "-j", "DROP")
+    d = net.p2pwall(net.base_config(), name="clean-cut")
+    stream = net.spawn(net.lans[0], "hping3", "--udp", "-k", "-s", "40776", "-p", "9976", "-d", "32", "-i", "u10000",
+                       "-q", "-c", "1500", target, log="clean-stream.log")
+    try:
+        time.sleep(1.5)
+        queued = d.status()["counters"].get("packets", 0)
+        before = _arrived(net, "dpt:9976")
+        time.sleep(1.0)
+        flowing = _arrived(net, "dpt:9976") - before
+        assert flowing > 50, f"only {flowing} datagrams/s arrived: the stream is not running"
+        assert d.status()["counters"].get("packets", 0) == queued  # clean: no longer queued
+        for lan in net.lans[:2]:  # two clients' evidence: blocked for the whole LAN
+            net.exec(lan, sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", target,
+                     "--port", "1214", "--hex", make_ping().hex(), "--wait", "0.2")
+        assert [e["scope"] for e in d.status()["peers"]["entries"] if e["address"] == target] == ["lan"]
+        time.sleep(0.3)  # the set update is written after the verdicts
+        cut = _arrived(net, "dpt:9976")
+        time.sleep(1.0)
+        assert stream.poll() is None, "the stream ended early: the measurement is void"
+        assert _arrived(net, "dpt:9976") - cut == 0
+    finally:
+        stream.kill()
+        stream.wait(5)
+        d.stop()
+        net.exec(net.out, "iptables", "-D", "INPUT", "-p", "udp", "--dport", "9976", "-j", "DROP")
