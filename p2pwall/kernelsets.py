@@ -26,7 +26,7 @@ import subprocess
 
 from .events import emit
 from .packet import ip_text
-from .policy import NFT_KINDS, QueuePolicy, SetSpec
+from .policy import NFT_KINDS, QueuePolicy, SetSpec, set_name
 
 log = logging.getLogger("p2pwall.kernelsets")
 MAX_TIMEOUT = 2147483  # ipset's limit, in seconds
@@ -95,6 +95,8 @@ class KernelSets:
 
     def create(self, families=(4, 6)) -> None:
         for family in families:
+            for kind in NFT_KINDS:  # ipset peer sets an older version left behind
+                self._ipset("destroy", set_name(self.policy.queue, kind, family))
             for spec in self.policy.sets(family):
                 self._ipset("destroy", spec.name)  # leftovers of a crashed run
                 done = self._ipset(*spec.create_args(), "-exist")

@@ -154,3 +154,18 @@ def test_one_bad_element_does_not_cancel_its_batch(ns):
         assert not kernel.add("locks", bytes(4), 10) and kernel.refused == 1
     finally:
         kernel.destroy()
+
+
+def test_the_ipset_peer_sets_of_an_older_version_are_removed_at_start(ns):
+    """Earlier versions kept peers in ipset sets; their leftovers must not stay behind."""
+    for name in ("p2pwall-peers0", "p2pwall-nolock0-6"):
+        family = "inet6" if name.endswith("-6") else "inet"
+        subprocess.run(["ip", "netns", "exec", ns, "ipset", "create", name, "hash:ip", "family", family], check=True)
+    clock = Clock()
+    _, kernel, _ = build(ns, CONFIG, clock)
+    try:
+        names = subprocess.run(["ip", "netns", "exec", ns, "ipset", "list", "-n"], capture_output=True,
+                               text=True).stdout.split()
+        assert sorted(names) == ["p2pwall-locks0", "p2pwall-locks0-6"]
+    finally:
+        kernel.destroy()
