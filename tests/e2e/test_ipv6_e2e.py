@@ -1,6 +1,7 @@
 """IPv6 end to end, on a dual-stack test bed (2001:db8::/32): the engine's actions through
-ip6tables, the IPv6 nft peer and pair sets and the ``-6`` lock ipset; the FastTrack client's three modes with
-spoofed pongs and probes over IPv6; a real aria2 swarm over IPv6; nothing left after SIGTERM.
+ip6tables, the IPv6 nft peer and pair sets and the ``-6`` lock ipset; the FastTrack
+client's three modes with spoofed pongs and probes over IPv6; a real aria2 swarm over
+IPv6; nothing left after SIGTERM.
 Each p2pwall run has its control run (or its counterpart address) so these tests can fail."""
 
 from __future__ import annotations
