@@ -62,6 +62,27 @@ def test_block_stops_that_client_then_every_lan_host_once_corroborated(net, serv
     assert tcp(net, lan2, other, 80)["connected"]
 
 
+def test_a_locked_clients_syn_to_its_own_blocked_peer_renews_its_lock(net, server, daemon):
+    """A peer blocked for one client alone (the nft pair set): each further SYN the locked
+    client sends it reaches the engine and restarts the lock, as ftwall's rule says; the
+    kernel's lock rule must not drop it first."""
+    lan1 = net.lans[0]
+    blocked, web = net.outside[5], net.outside[6]
+    udp(net, lan1, blocked, 5000, b"BLOCK-5", wait=0.3)
+    assert [e["scope"] for e in daemon.status()["peers"]["entries"] if e["address"] == blocked] == ["client"]
+    assert not tcp(net, lan1, blocked, 80, timeout=0.5)["connected"]  # locks lan1
+
+    def remaining() -> float:
+        return [e["remaining"] for e in daemon.status()["locks"]["entries"] if e["address"] == net.lan_ips[0]][0]
+
+    time.sleep(2.0)
+    before = remaining()
+    assert before < LOCK - 1.5
+    assert not tcp(net, lan1, blocked, 80, timeout=0.5)["connected"]  # locked already: renewed?
+    assert remaining() > before + 1.5
+    assert not tcp(net, lan1, web, 80, timeout=0.5)["connected"]
+
+
 def test_syn_to_blocked_peer_locks_the_client_until_the_lock_expires(net, server, daemon):
     lan1, lan2 = net.lans
     blocked, web = net.outside[3], net.outside[4]
