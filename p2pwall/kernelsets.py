@@ -31,6 +31,7 @@ from .policy import NFT_KINDS, QueuePolicy, SetSpec, set_name
 log = logging.getLogger("p2pwall.kernelsets")
 MAX_TIMEOUT = 2147483  # ipset's limit, in seconds
 _LINE = re.compile(r"Error in line (\d+):\s*(.*)")
+_FRESH_BATCH = 256  # nft batches this big try one line per new element first
 
 
 class KernelSetError(Exception):
@@ -164,13 +165,16 @@ class KernelSets:
         else:
             self.pending.append(f"del {self._names(family)[kind]} {ip_text(addr)} -exist")
 
-    def _nft_lines(self, op: str, name: str, element: str, timeout: int, note: str = "") -> list[str]:
+    def _nft_lines(self, op: str, name: str, element: str, timeout: int, note: str = "",
+                   fresh: bool = False) -> list[str]:
         table = f"inet {self.policy.nft_table} {name}"
+        text = f' comment "{note}"' if note else ""
+        if fresh and op == "add":  # fails if the element is there: then the batch goes the long way
+            return [f"create element {table} {{ {element} timeout {timeout}s{text} }}"]
         # nft has no "add or refresh" nor "delete if present": add (a no-op when there),
         # delete, and add again with the new timeout, in one atomic batch
         lines = [f"add element {table} {{ {element} timeout 1s }}", f"delete element {table} {{ {element} }}"]
         if op == "add":
-            text = f' comment "{note}"' if note else ""
             lines.append(f"add element {table} {{ {element} timeout {timeout}s{text} }}")
         return lines
 
@@ -178,16 +182,27 @@ class KernelSets:
         batch, self.pending_nft = self.pending_nft, []
         if not batch or not self.table:
             return
-        script = "".join(line + "\n" for item in batch for line in self._nft_lines(*item))
-        if self._nft(script).returncode == 0:
+        if len(batch) >= _FRESH_BATCH:  # a restore or a resync: most elements are new
+            script = "".join(line + "\n" for item in batch for line in self._nft_lines(*item, fresh=True))
+            if self._nft(script).returncode == 0:
+                return
+        self._write_nft(batch)
+
+    def _write_nft(self, batch: list[tuple]) -> None:
+        """One atomic batch; if the kernel refuses it, each half again, down to the bad
+        elements, which are counted (the rest is written)."""
+        done = self._nft("".join(line + "\n" for item in batch for line in self._nft_lines(*item)))
+        if done.returncode == 0:
             return
-        for item in batch:  # one bad element must not cancel the others
-            done = self._nft("".join(line + "\n" for line in self._nft_lines(*item)))
-            if done.returncode != 0:
-                self.failures += 1
-                self.last_error = done.stderr.strip()[:200]
-                emit(log, logging.WARNING, "kernel_set_error", set=f"{self.policy.nft_table} {item[1]}",
-                     error=self.last_error)
+        if len(batch) > 1:
+            half = len(batch) // 2
+            self._write_nft(batch[:half])
+            self._write_nft(batch[half:])
+            return
+        self.failures += 1
+        self.last_error = done.stderr.strip()[:200]
+        emit(log, logging.WARNING, "kernel_set_error", set=f"{self.policy.nft_table} {batch[0][1]}",
+             error=self.last_error)
 
     def _nft_elements(self, name: str) -> list[tuple[object, float, str]]:
         """An nft set's elements: (value: an address, or [client, peer] for a pair; seconds

@@ -169,3 +169,33 @@ def test_the_ipset_peer_sets_of_an_older_version_are_removed_at_start(ns):
         assert sorted(names) == ["p2pwall-locks0", "p2pwall-locks0-6"]
     finally:
         kernel.destroy()
+
+
+def test_a_big_batch_goes_in_whole_and_one_bad_element_in_it_costs_only_itself(ns):
+    """A restore or a resync writes hundreds of elements at once: new ones in one line
+    each; when some are there already the batch goes the long way (timeouts renewed);
+    and one element the kernel refuses is found by halving, the rest still written."""
+    clock = Clock()
+    _, kernel, _ = build(ns, CONFIG, clock)
+    try:
+        scripts = []
+        send = kernel._nft
+        kernel._nft = lambda script: scripts.append(script) or send(script)
+        addrs = [f"203.0.{113 if i < 250 else 114}.{i % 250 + 1}" for i in range(400)]
+        kernel.pending_nft += [("add", "peers4", a, 60, "bittorrent|own|x") for a in addrs]
+        kernel.flush()
+        assert set(kernel.members("peers")) == set(addrs) and kernel.failures == 0
+        assert len(scripts) == 1 and scripts[0].count("\n") == 400  # one line each
+        kernel.pending_nft += [("add", "peers4", a, 3000, "") for a in addrs]  # all there: renewed
+        kernel.flush()
+        assert min(kernel.members("peers").values()) > 2000 and kernel.failures == 0
+        assert len(scripts) == 3 and scripts[2].count("\n") == 1200  # the long way, at once
+        more = [f"198.51.100.{i}" for i in range(1, 255)] + [f"198.51.101.{i}" for i in range(1, 100)]
+        batch = [("add", "peers4", a, 60, "") for a in more]
+        batch.insert(200, ("add", "peers4", "2001:db8::7", 60, ""))  # the wrong family: refused
+        kernel.pending_nft += batch
+        kernel.flush()
+        assert set(more) <= set(kernel.members("peers")) and kernel.failures == 1
+        assert len(scripts) < 3 + 2 + 2 * 10  # halving, not one nft per element
+    finally:
+        kernel.destroy()
