@@ -155,7 +155,7 @@ class _Walk:
     (A forked helper reading half the blocks into shared memory was tried: the child's
     page faults on the file and on fresh memory cost more than the half it saves.)"""
 
-    def __init__(self, mm, size: int, e: str, progress, block=None):
+    def __init__(self, mm, size: int, e: str, progress, block):
         self.mm, self.size, self.e, self.progress, self.block = mm, size, e, progress, block
         self.cut: str | None = None
         self.off, self.first = 24, 0  # where the walk is: the next record's offset and number

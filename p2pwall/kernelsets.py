@@ -10,8 +10,8 @@ the kernel drop every packet to a blocked peer, established flows included, and 
 SYN of a locked client, without a trip to user space.  The mirror is exact: every add
 is validated first, every expiry, eviction, unblock and reload purge is a delete, and
 one bad element never cancels the rest of its batch (an nft batch is all or nothing:
-it is sent again element by element; ``ipset restore`` stops at its first error: the
-lines after it are sent again, the bad one is counted).  Updates are batched and written
+a refused one is sent again in halves down to the bad elements; ``ipset restore`` stops
+at its first error: the lines after it are sent again, the bad one is counted).  Updates are batched and written
 after the verdicts, never on the verdict path.  Which sets exist and how big they are
 comes from the queue policy.
 """
@@ -64,6 +64,27 @@ def valid_element(addr: bytes) -> bool:
     return False
 
 
+def nft_elements(listing: str) -> list[tuple[object, float, str]]:
+    """The elements of an nft set as ``nft -j list set`` gives them: (value: an address, or
+    [client, peer] for a pair; seconds left; comment); none when it is no such listing."""
+    import json
+
+    try:
+        doc = json.loads(listing or "{}")
+    except ValueError:
+        return []
+    out = []
+    for item in doc.get("nftables", []) if isinstance(doc, dict) else ():
+        for elem in item.get("set", {}).get("elem", []) if isinstance(item, dict) else ():
+            e = elem.get("elem", {}) if isinstance(elem, dict) else {"val": elem}
+            val = e.get("val")
+            if isinstance(val, dict):
+                val = val.get("concat")
+            if isinstance(val, (str, list)):
+                out.append((val, float(e.get("expires", 0)), str(e.get("comment", ""))))
+    return out
+
+
 class KernelSets:
     """The kernel sets of one queue; ``create`` at start, ``destroy`` at stop."""
 
@@ -71,7 +92,7 @@ class KernelSets:
         self.policy = policy
         self.command = tuple(command)  # tests prefix "ip netns exec NS"
         self.pending: list[str] = []  # ipset restore lines (the locks)
-        self.pending_nft: list[tuple] = []  # (op, set, element, timeout, family, comment)
+        self.pending_nft: list[tuple] = []  # (op, set name, element, timeout, comment)
         self.families: list[int] = []
         self.table = False  # p2pwall's nft table exists (the peer sets)
         self.pairs = False  # and holds the pair sets
@@ -111,13 +132,13 @@ class KernelSets:
             done = self._nft(script)
             if done.returncode != 0:
                 raise KernelSetError(f"nft table {self.policy.nft_table}: {done.stderr.strip()[:300]}")
-            self.table, self.pairs = True, bool(self.policy.lan_interfaces)
+            self.table, self.pairs = True, self.policy.pair_sets
 
     def attach(self, families=(4, 6)) -> None:
         """Use sets another process created (a worker beside the main process)."""
         self.families = list(families)
         self.table = bool(self.policy.nft_sets_text())
-        self.pairs = self.table and bool(self.policy.lan_interfaces)
+        self.pairs = self.table and self.policy.pair_sets
 
     def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
         """Block ``peer`` for ``client`` alone (the nft pair set)."""
@@ -205,27 +226,10 @@ class KernelSets:
              error=self.last_error)
 
     def _nft_elements(self, name: str) -> list[tuple[object, float, str]]:
-        """An nft set's elements: (value: an address, or [client, peer] for a pair; seconds
-        left; comment)."""
-        import json
-
         prefix = self.command[:-1]
         done = subprocess.run([*prefix, "nft", "-j", "list", "set", "inet", self.policy.nft_table, name],
                               capture_output=True, text=True)
-        try:
-            doc = json.loads(done.stdout or "{}")
-        except ValueError:
-            return []
-        out = []
-        for item in doc.get("nftables", []) if isinstance(doc, dict) else ():
-            for elem in item.get("set", {}).get("elem", []) if isinstance(item, dict) else ():
-                e = elem.get("elem", {}) if isinstance(elem, dict) else {"val": elem}
-                val = e.get("val")
-                if isinstance(val, dict):
-                    val = val.get("concat")
-                if isinstance(val, (str, list)):
-                    out.append((val, float(e.get("expires", 0)), str(e.get("comment", ""))))
-        return out
+        return nft_elements(done.stdout)
 
     def pair_members(self, family: int = 4) -> set[tuple[str, str]]:
         """(client, peer) pairs the kernel holds now (for tests and checks)."""
@@ -300,7 +304,7 @@ class KernelSets:
                 for kind in NFT_KINDS:
                     found[kind] += [(v, left, note) for v, left, note in self._nft_elements(f"{kind}{family}")
                                     if isinstance(v, str) and left > 0]
-                if self.policy.lan_interfaces:
+                if self.policy.pair_sets:
                     found["pairs"] += [(v[0], v[1], left, note) for v, left, note in self._nft_elements(f"pairs{family}")
                                        if isinstance(v, list) and len(v) == 2 and left > 0]
         return found

@@ -119,6 +119,12 @@ class QueuePolicy:
         return f"p2pwall{self.queue}"
 
     @property
+    def pair_sets(self) -> bool:
+        """Whether the nft table holds the client-scoped pair sets: a client's own address
+        is only known on its own interface, so they need the LAN interfaces."""
+        return self.kernel_sets and bool(self.lan_interfaces)
+
+    @property
     def peer_syn_mark(self) -> int:
         """Packet mark the nft table gives a LAN host's SYN to a peer blocked for it (LAN-wide
         or for it alone), so that the iptables rules queue it before anything else, lock
@@ -153,7 +159,7 @@ class QueuePolicy:
                 "  set nolock4 { type ipv4_addr; flags timeout; }",
                 "  set nolock6 { type ipv6_addr; flags timeout; }"]
         lan = []
-        if self.lan_interfaces:  # a client's own address is only known on its own interface
+        if self.pair_sets:
             sets += ["  set pairs4 { type ipv4_addr . ipv4_addr; flags timeout; }",
                      "  set pairs6 { type ipv6_addr . ipv6_addr; flags timeout; }"]
             lan += ["    ip saddr . ip daddr @pairs4 jump blocked",
@@ -175,10 +181,6 @@ class QueuePolicy:
             f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{self.peer_syn_mark:x} accept",
             "    counter drop",
             "  }", "}", ""])
-
-    def nft_set_name(self, kind: str, family: int) -> str:
-        """An nft set of p2pwall's table, as ``inet TABLE NAME``."""
-        return f"inet {self.nft_table} {kind}{family}"
 
     def set_names(self, family: int) -> dict[str, str]:
         """The ipset sets' names, by kind (the locks; the peer sets are nft ones)."""
@@ -279,7 +281,7 @@ class QueuePolicy:
                 return QUEUE if syn else KERNEL_DROP  # a SYN locks in the kernel and is queued
             if peer_set == "nolock":
                 return KERNEL_DROP
-            if peer_set == "pair" and self.lan_interfaces:
+            if peer_set == "pair" and self.pair_sets:
                 return QUEUE if syn else KERNEL_DROP  # the nft pair set; SYNs go on to the engine
         if base == BASE_CLEAN:
             return PASS  # marked clean in conntrack

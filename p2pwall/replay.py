@@ -78,8 +78,9 @@ class KernelModel:
     covers (from the packet after the one that added it, until its timeout or removal),
     so packets the engine never sees are judged by what the kernel held then."""
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock, pairs: bool):
         self.clock = clock
+        self.pairs = pairs  # the pair set exists (QueuePolicy.pair_sets): else, as live, no pair is held
         self.at = -1  # the packet being handled; a change applies from the next one
         # kind -> element (an address; a (client, peer) pair) -> [first packet, until,
         # removed at or None, note]: what the set holds now, and every element's lives
@@ -115,7 +116,7 @@ class KernelModel:
         return valid_element(addr) and self._add(kind, self.key(addr), seconds, note)
 
     def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
-        return (valid_element(client) and valid_element(peer)
+        return (self.pairs and valid_element(client) and valid_element(peer)
                 and self._add("pair", (self.key(client), self.key(peer)), seconds, note))
 
     def remove(self, kind: str, addr: bytes) -> None:
@@ -164,7 +165,7 @@ class Replay:
     def __init__(self, settings: Settings, detectors: DetectorSet, keep_events: int = 100000):
         self.clock = Clock()
         self.policy = QueuePolicy.build(settings, detectors)
-        self.model = KernelModel(self.clock) if self.policy.kernel_sets else None
+        self.model = KernelModel(self.clock, self.policy.pair_sets) if self.policy.kernel_sets else None
         self.engine = Engine(settings, detectors, clock=self.clock, keep_events=keep_events, kernel=self.model)
         self.lan = self.engine.lan
         self.flows: list[Flow] = []
@@ -424,7 +425,7 @@ class _Run:
         if model is not None:
             srcs, dsts = self._keys(seen, self.src_hi, self.src_lo), self._keys(seen, self.dst_hi, self.dst_lo)
             live_peers, live_nolock = model.live["peers"], model.live["nolock"]
-            live_pairs = model.live["pair"] if policy.lan_interfaces else {}  # (no LAN interfaces: no pair set)
+            live_pairs = model.live["pair"]
         for k, j in enumerate(seen.tolist()):
             now = times[k]
             if now > clock.now:
@@ -451,7 +452,7 @@ class _Run:
                 kernel_drops += 1
                 dropped[j] = True
                 if flow not in flagged:
-                    if peer_set is not None and not (peer_set == "pair" and not policy.lan_interfaces):
+                    if peer_set is not None:
                         flagged[flow] = (j, _detector(note), "peer blocked", "client" if peer_set == "pair" else "lan")
                     else:
                         flagged[flow] = (j, _detector(lock_note), "client locked", None)
@@ -503,7 +504,7 @@ class _Run:
         if not len(rows):
             return found
         lanwide = [((k,), v) for kind in ("peers", "nolock") for k, v in model.history[kind].items()]
-        pairs = list(model.history["pair"].items()) if self.rp.policy.lan_interfaces else []
+        pairs = list(model.history["pair"].items())
         for keys, cols, scope in (
                 (lanwide, (self.dst_hi, self.dst_lo, self.v6), "lan"),
                 (pairs, (self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.v6), "client")):

@@ -125,9 +125,9 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     if policy.kernel_sets:
         # learned peers are enforced by p2pwall's nft table before conntrack (see
         # QueuePolicy.nft_sets_text): everything the LAN sends to a peer is dropped there
-        # but the SYNs to a locking peer, which it marks: those are queued here first,
-        # clean connection or not, and the engine locks the sender (after checking that
-        # the sender is who it says it is)
+        # but the SYNs to a peer blocked for their sender, which it marks: those are
+        # queued here first, clean connection or lock or not, and the engine (re)locks the
+        # sender (after checking that the sender is who it says it is)
         sets = policy.set_names(family)
         mark = f"0x{policy.peer_syn_mark:x}"
         lan.append(f"-p tcp -m mark --mark {mark}/{mark} {target}")

@@ -251,21 +251,10 @@ class Network(Namespaces):
 def nft_set(net, ns: str, name: str, queue: int = 0) -> set:
     """The elements of p2pwall's nft set ``name`` in namespace ``ns``: addresses, or
     (client, peer) pairs; empty when the table or the set does not exist."""
-    import json
+    from ..kernelsets import nft_elements
 
     done = net.exec(ns, "nft", "-j", "list", "set", "inet", f"p2pwall{queue}", name, check=False)
-    try:
-        doc = json.loads(done.stdout or "{}")
-    except ValueError:
-        return set()
-    found = set()
-    for item in doc.get("nftables", []):
-        for elem in item.get("set", {}).get("elem", []):
-            val = elem.get("elem", {}).get("val") if isinstance(elem, dict) else elem
-            if isinstance(val, dict):
-                val = tuple(val.get("concat", ()))
-            found.add(val)
-    return found
+    return {tuple(v) if isinstance(v, list) else v for v, _, _ in nft_elements(done.stdout)}
 
 
 class Daemon:

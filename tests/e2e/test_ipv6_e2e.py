@@ -7,7 +7,6 @@ Each p2pwall run has its control run (or its counterpart address) so these tests
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 
@@ -38,11 +37,6 @@ def _ipset(net, name: str) -> str:
     return net.exec(net.fw, "ipset", "list", name, check=False).stdout
 
 
-def _pairs6(net) -> set[tuple[str, str]]:
-    done = net.exec(net.fw, "nft", "list", "set", "inet", "p2pwall0", "pairs6", check=False)
-    return set(re.findall(r"([0-9a-f:]+) \. ([0-9a-f:]+)", done.stdout))
-
-
 def _leftovers(net) -> list[str]:
     found = []
     for tool in ("iptables-save", "ip6tables-save"):
@@ -63,7 +57,7 @@ def test_blocks_locks_and_spoofs_over_ipv6_through_the_kernel(net6, server6, tes
     try:
         assert "-A FORWARD -j P2PWALL-F0" in net6.exec(net6.fw, "ip6tables-save").stdout
         assert udp(net6, lan2, blocked, 5000, b"BLOCK-2", wait=0.5)[0]["reply"] is None
-        assert (c2, blocked) in _pairs6(net6)
+        assert (c2, blocked) in net6.kernel_set("pairs6")
         # the client's next datagram to the peer is dropped by the kernel: the engine never sees it
         seen = d.status()["counters"]["packets"]
         assert udp(net6, lan2, blocked, 5000, b"AFTER-2", wait=0.5)[0]["reply"] is None
@@ -194,7 +188,7 @@ def test_aria2_swarm_over_ipv6(net6):
         blocked = {e["address"] for e in snap["peers"]["entries"]}
         assert {swarm.tracker_ip, swarm.seeder_ip} <= blocked
         assert snap["drops_by_detector"].get("bittorrent", 0) > 0
-        in_kernel = {p for _, p in _pairs6(net6)} | net6.kernel_set("peers6") | net6.kernel_set("nolock6")
+        in_kernel = {p for _, p in net6.kernel_set("pairs6")} | net6.kernel_set("peers6") | net6.kernel_set("nolock6")
         assert swarm.seeder_ip in in_kernel
     finally:
         swarm.stop()

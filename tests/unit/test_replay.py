@@ -30,7 +30,8 @@ class Reference:
     def __init__(self, settings, detectors):
         self.clock = Clock()
         self.policy = QueuePolicy.build(settings, detectors)
-        self.model = KernelModel(self.clock) if self.policy.kernel_sets else None
+        # every pair is held here; which of them the rules read is decided below, per packet
+        self.model = KernelModel(self.clock, pairs=True) if self.policy.kernel_sets else None
         self.engine = Engine(settings, detectors, clock=self.clock, kernel=self.model)
         self.flows, self.conns, self.n = {}, {}, 0
         self.verdicts = {"accept": 0, "drop": 0}
