@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MAX_SECONDS = 366 * 86400.0  # a year and a day: the longest any entry may live
-MAX_NOTE = 512  # bytes a detector may keep with an entry
+from .records import MAX_NOTE, MAX_SECONDS  # noqa: F401  (the longest an entry may live; a note's bytes)
 MAX_PAYLOAD = 1400  # bytes of a spoof or probe: one datagram, never fragmented
 MAX_REASON = 200
 

@@ -163,6 +163,7 @@ def rules(config_path, plugins, queue, monitor, fmt):
     reference, an nft script)."""
     import dataclasses
 
+    from . import rules as rules_mod
     from .policy import QueuePolicy
 
     settings = _settings(config_path)
@@ -171,7 +172,10 @@ def rules(config_path, plugins, queue, monitor, fmt):
     if monitor:
         settings = dataclasses.replace(settings, kernel_sets=False)
     policy = QueuePolicy.build(settings, _detectors(plugins, settings))
-    click.echo(policy.nft_text() if fmt == "nft" else policy.iptables_text(), nl=False)
+    if not settings.lan_interfaces:
+        click.echo("p2pwall: note: no [network] lan_interfaces: `run` refuses to start so; these rules "
+                   "select the LAN by [network] lan_networks", err=True)
+    click.echo(rules_mod.nft_script(policy) if fmt == "nft" else rules_mod.iptables_text(policy), nl=False)
 
 
 @cli.command()

@@ -7,6 +7,11 @@ so a short disconnect catches up without a reload; when the stream no longer rea
 back that far (trimmed, or Redis restarted empty) it reloads every live key and
 publishes all of its own entries again.
 
+What travels is the ledger's own record (:class:`p2pwall.records.Record`, as
+``Record.to_doc`` writes it) with the gateway's name and when it learned it; the link
+is one of the ledger's mirrors (:mod:`p2pwall.mirrors`): it publishes this gateway's own
+live changes, never what it restored or took from another gateway.
+
 Nothing here runs on the packet path.  Two threads talk to Redis: the writer publishes
 what the engine learned (coalesced per address), the reader collects what the other
 gateways learned into an inbox; the daemon's loop drains the inbox (rate bounded) and
@@ -29,14 +34,14 @@ import re
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .events import emit
+from .packet import ip_text
+from .records import BLOCK, GATEWAY_PREFIX, LOCK, LOCKS, PAIR, UNBLOCK, UNLOCK, Record
 
 log = logging.getLogger("p2pwall.cluster")
 
-OPS = ("block", "lock", "unblock", "unlock")
-_DETECTOR = re.compile(r"[A-Za-z0-9_.-]{0,64}")
 _GATEWAY = re.compile(r"[A-Za-z0-9_.:/@-]{1,100}")
 
 
@@ -46,21 +51,15 @@ class ClusterError(Exception):
 
 @dataclass
 class Change:
-    op: str  # block, lock, unblock, unlock
-    addr: str
-    until: float = 0.0  # wall clock
-    detector: str = ""
-    reason: str = ""
-    note: str | None = None  # hex
+    """One record on the wire: what a gateway learned (or undid), who and when."""
+
+    record: Record
     gw: str = ""
     ts: float = 0.0  # when the gateway learned it (wall clock)
-    kind: str = "own"  # the evidence: own, reply, named, operator
-    client: str | None = None  # the LAN client it concerns
-    lanwide: bool = False
 
     @property
     def table(self) -> str:
-        return "peers" if self.op in ("block", "unblock") else "locks"
+        return "peers" if self.record.op in (BLOCK, UNBLOCK) else "locks"
 
 
 def _canonical(doc: dict) -> bytes:
@@ -68,20 +67,27 @@ def _canonical(doc: dict) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def encode(change: Change, key: bytes | None) -> str:
-    doc = asdict(change)
+def encode(change: Change, key: bytes | None, wall: float | None = None) -> str:
+    wall = time.time() if wall is None else wall
+    doc = {**change.record.to_doc(wall), "gw": change.gw, "ts": change.ts}
     if key is not None:
         doc["sig"] = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
     return json.dumps(doc, separators=(",", ":"))
 
 
-def decode(text, key: bytes | None) -> Change:
-    """Parse and check one change; raises ValueError with the reason it is refused."""
+def decode(text, key: bytes | None, wall: float | None = None) -> Change:
+    """Parse and check one change; raises ValueError with the reason it is refused.
+    Bounded before anything else: at most 4 KiB, and nesting deep enough to exhaust the
+    parser is refused like any other garbage."""
+    wall = time.time() if wall is None else wall
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     if not isinstance(text, str) or len(text) > 4096:
         raise ValueError("not a change")
-    doc = json.loads(text)
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("not a change")
     if key is not None:
@@ -89,35 +95,13 @@ def decode(text, key: bytes | None) -> Change:
         good = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
         if not isinstance(sig, str) or not hmac.compare_digest(sig, good):
             raise ValueError("missing or bad signature")
-    try:
-        change = Change(op=doc["op"], addr=doc["addr"], until=doc.get("until", 0.0),
-                        detector=doc.get("detector", ""), reason=doc.get("reason", ""),
-                        note=doc.get("note"), gw=doc.get("gw", ""), ts=doc.get("ts", 0.0),
-                        kind=doc.get("kind", "own"), client=doc.get("client"), lanwide=doc.get("lanwide", False))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"malformed change: {exc}") from None
-    if change.op not in OPS:
-        raise ValueError(f"unknown op {change.op!r}")
-    for name in ("until", "ts"):
-        value = getattr(change, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e11:
-            raise ValueError(f"{name} is not a time")
-    if not isinstance(change.addr, str) or len(change.addr) > 45:
-        raise ValueError("bad address")
-    if not isinstance(change.detector, str) or not _DETECTOR.fullmatch(change.detector):
-        raise ValueError("bad detector name")
-    if not isinstance(change.reason, str) or len(change.reason) > 200:
-        raise ValueError("bad reason")
-    if not isinstance(change.gw, str) or not _GATEWAY.fullmatch(change.gw):
+    gw, ts = doc.get("gw", ""), doc.get("ts", 0.0)
+    if not isinstance(gw, str) or not _GATEWAY.fullmatch(gw):
         raise ValueError("bad gateway name")
-    if change.kind not in ("own", "reply", "named", "operator") or not isinstance(change.lanwide, bool):
-        raise ValueError("bad evidence")
-    if change.client is not None and (not isinstance(change.client, str) or len(change.client) > 45):
-        raise ValueError("bad client")
-    if change.note is not None and (not isinstance(change.note, str) or len(change.note) > 1024
-                                    or not re.fullmatch(r"[0-9a-f]*", change.note)):
-        raise ValueError("bad note")
-    return change
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts != ts or abs(ts) > 1e11:
+        raise ValueError("ts is not a time")
+    record = Record.from_doc(doc, wall, origin=GATEWAY_PREFIX + gw)
+    return Change(record, gw, float(ts))
 
 
 def _read_secret(path: str, what: str) -> bytes | None:
@@ -187,7 +171,7 @@ class Cluster:
         self.state = "connecting"
         self.want_full_publish = False
         self.last_id: str | None = None
-        self.counters = collections.Counter()
+        self.tally = collections.Counter()
         self.gateways: dict[str, float] = {}  # other gateways seen, and when last
         self.lag = None  # seconds between another gateway learning an entry and our applying it
         self.lag_max = 0.0
@@ -218,15 +202,30 @@ class Cluster:
     def fileno(self) -> int:
         return self.wake_r.fileno()
 
-    def publish(self, op: str, addr: str, left: float = 0.0, detector: str = "", reason: str = "",
-                note: bytes | None = None, kind: str = "own", client: str | None = None,
-                lanwide: bool = False) -> None:
-        """Queue a local change for the others (coalesced: the latest per address wins);
-        ``left`` is the entry's remaining time in seconds."""
-        until = round(time.time() + left, 3) if op in ("block", "lock") else 0.0
-        change = Change(op, addr, until, detector or "", reason or "",
-                        note.hex() if note else None, self.name, round(time.time(), 6), kind, client, lanwide)
-        slot = (change.table, addr, client if op == "block" and not lanwide else None)
+    # the mirror interface (see mirrors.py): this gateway's own live changes go out
+    def add(self, where: str, record: Record) -> None:
+        if record.local:
+            if where == LOCKS:
+                self.publish(record.but(op=LOCK))
+            else:
+                self.publish(record.but(op=BLOCK, lanwide=where != PAIR, client=record.client if where == PAIR else None))
+
+    def remove(self, where: str, record: Record) -> None:
+        if record.local and record.op in (UNBLOCK, UNLOCK):
+            self.publish(record.but(client=None))
+
+    def flush(self) -> None:
+        pass  # the writer thread publishes
+
+    def counters(self) -> dict:
+        return {}
+
+    def publish(self, record: Record) -> None:
+        """Queue a record for the others (coalesced: the latest per address, and per
+        client for a client-scoped block, wins)."""
+        change = Change(record, self.name, round(time.time(), 6))
+        client = ip_text(record.client) if record.op == BLOCK and not record.lanwide and record.client else None
+        slot = (change.table, ip_text(record.address), client)
         with self._lock:
             self._pending[slot] = change
         self._wrote.set()
@@ -247,8 +246,21 @@ class Cluster:
             self._tokens -= 1
         return out
 
+    def apply_pending(self, ledger, publish: bool = True) -> int:
+        """Apply what the other gateways learned (at most the rate bound allows) through
+        the ledger's own checks; after a resync, publish every live entry of ours again
+        (``publish`` false: monitor mode, which tells the others nothing)."""
+        changes = self.drain()
+        for change in changes:
+            self.applied(change, ledger.apply(change.record, quiet=True))
+        if self.want_full_publish and publish:
+            self.want_full_publish = False
+            for record in ledger.records():
+                self.publish(record)
+        return len(changes)
+
     def applied(self, change: Change, ok: bool) -> None:
-        self.counters["applied" if ok else "refused"] += 1
+        self.tally["applied" if ok else "refused"] += 1
         if change.ts and ok:
             self.lag = max(0.0, time.time() - change.ts)
             self.lag_max = max(self.lag_max, self.lag)
@@ -262,7 +274,7 @@ class Cluster:
                 "lag_seconds": None if self.lag is None else round(self.lag, 3),
                 "lag_max_seconds": round(self.lag_max, 3), **self._percentiles(),
                 "inbox": len(self.inbox),
-                "pending": len(self._pending), **dict(self.counters)}
+                "pending": len(self._pending), **dict(self.tally)}
 
     def _percentiles(self) -> dict:
         lags = sorted(self._lags)
@@ -283,7 +295,7 @@ class Cluster:
         if self.state != "down":
             self.state = "down"
             self._down_since = time.monotonic()
-            self.counters["disconnects"] += 1
+            self.tally["disconnects"] += 1
             emit(log, logging.WARNING, "cluster_down", gateway=self.name, error=str(exc)[:200])
 
     def _up(self) -> None:
@@ -337,7 +349,7 @@ class Cluster:
                     count += self._load(keys)
                     keys = []
             count += self._load(keys)
-        self.counters["resyncs"] += 1
+        self.tally["resyncs"] += 1
         self.want_full_publish = True
         self._wake()
         emit(log, logging.INFO, "cluster_resync", gateway=self.name, loaded=count)
@@ -355,10 +367,10 @@ class Cluster:
         try:
             change = decode(raw, self.key)
         except ValueError as exc:
-            self.counters["rejected"] += 1
-            if self.counters["rejected"] <= 10 or self.counters["rejected"] % 1000 == 0:
+            self.tally["rejected"] += 1
+            if self.tally["rejected"] <= 10 or self.tally["rejected"] % 1000 == 0:
                 emit(log, logging.WARNING, "cluster_rejected", error=str(exc)[:200],
-                     count=self.counters["rejected"])
+                     count=self.tally["rejected"])
             return False
         if change.gw == self.name:
             return False  # our own, back from the stream
@@ -366,7 +378,7 @@ class Cluster:
         if not live:
             change.ts = 0.0  # loaded, not propagated: no lag to measure
         if len(self.inbox) == self.inbox.maxlen:
-            self.counters["inbox_overflow"] += 1
+            self.tally["inbox_overflow"] += 1
         self.inbox.append(change)
         return True
 
@@ -395,10 +407,10 @@ class Cluster:
             pipe = self.client.pipeline(transaction=False)
             now = time.time()
             for (table, addr, client), change in batch.items():
-                text = encode(change, self.key)
+                text = encode(change, self.key, change.ts)
                 key = f"{self.prefix}:{table}:{addr}" + (f"@{client}" if client else "")
-                if change.op in ("block", "lock"):
-                    ttl = int((change.until - now) * 1000)
+                if change.record.op in (BLOCK, LOCK):
+                    ttl = int(change.record.seconds * 1000 - (now - change.ts) * 1000)
                     if ttl <= 0:
                         continue
                     pipe.set(key, text, px=ttl)
@@ -409,7 +421,7 @@ class Cluster:
                             pipe.delete(scoped)
                 pipe.xadd(self.stream, {"m": text}, maxlen=self.stream_length, approximate=True)
             pipe.execute()
-            self.counters["published"] += len(batch)
+            self.tally["published"] += len(batch)
         except Exception:
             with self._lock:  # keep what failed, unless something newer came meanwhile
                 for k, change in batch.items():

@@ -89,7 +89,10 @@ def _range(low=None, high=None):
     return (lambda v: low <= v <= high), f"between {low} and {high}"
 
 
-# section -> key -> (Settings attribute, kind, range check or None)
+RESTART = "restart"  # the schema's last column: a SIGHUP cannot apply this key, only a restart
+
+
+# section -> key -> (Settings attribute, kind, range check or None[, RESTART])
 _SCHEMA = {
     "network": {
         "lan_interfaces": ("lan_interfaces", "iflist", None),
@@ -98,17 +101,17 @@ _SCHEMA = {
         "resolv_conf": ("resolv_conf", "optstr", None),
     },
     "queue": {
-        "number": ("queue_number", "int", _range(0, 65535)),
+        "number": ("queue_number", "int", _range(0, 65535), RESTART),
         "fail_closed": ("fail_closed", "bool", None),
-        "maxlen": ("queue_maxlen", "int", _range()),
+        "maxlen": ("queue_maxlen", "int", _range(), RESTART),
         "payload_packets": ("payload_packets", "int", _range(1, 64)),
         "udp_packets": ("udp_packets", "int", _range(0, 1000)),
-        "workers": ("workers", "int", _range(1, 64)),
-        "kernel_sets": ("kernel_sets", "bool", None),
+        "workers": ("workers", "int", _range(1, 64), RESTART),
+        "kernel_sets": ("kernel_sets", "bool", None, RESTART),
         "clean_mark": ("clean_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**32,
                                               "a single bit of the 32-bit conntrack mark")),
         "per_host_rate": ("per_host_rate", "int", _range(0, 10_000_000)),
-        "overflow": ("overflow", "choice:accept,drop", None),
+        "overflow": ("overflow", "choice:accept,drop", None, RESTART),
         "first_mark": ("first_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**30,
                                               "a single bit of the 32-bit mark, below the top two")),
     },
@@ -130,30 +133,30 @@ _SCHEMA = {
         "per_client_per_second": ("send_per_client_per_second", "number", _range(0, 1e6)),
     },
     "status": {
-        "socket": ("status_socket", "str", None),
+        "socket": ("status_socket", "str", None, RESTART),
     },
     "state": {
         "file": ("state_file", "optstr", None),
         "save_seconds": ("state_save_seconds", "number", _range()),
     },
     "metrics": {
-        "listen": ("metrics_listen", "listen", None),
+        "listen": ("metrics_listen", "listen", None, RESTART),
     },
     "daemon": {
-        "user": ("user", "optstr", None),
+        "user": ("user", "optstr", None, RESTART),
     },
     "cluster": {
-        "url": ("cluster_url", "redisurl", None),
-        "name": ("cluster_name", "optstr", None),
-        "prefix": ("cluster_prefix", "str", None),
-        "password_file": ("cluster_password_file", "optstr", None),
-        "key_file": ("cluster_key_file", "optstr", None),
+        "url": ("cluster_url", "redisurl", None, RESTART),
+        "name": ("cluster_name", "optstr", None, RESTART),
+        "prefix": ("cluster_prefix", "str", None, RESTART),
+        "password_file": ("cluster_password_file", "optstr", None, RESTART),
+        "key_file": ("cluster_key_file", "optstr", None, RESTART),
         "apply_per_second": ("cluster_apply_per_second", "number", _range(1, 1e6)),
         "stream_length": ("cluster_stream_length", "int", _range(100, 10_000_000)),
     },
     "log": {
-        "level": ("log_level", "choice:debug,info,warning,error", None),
-        "format": ("log_format", "choice:text,json", None),
+        "level": ("log_level", "choice:debug,info,warning,error", None, RESTART),
+        "format": ("log_format", "choice:text,json", None, RESTART),
     },
 }
 
@@ -242,12 +245,18 @@ def from_dict(data: dict) -> Settings:
         for key, value in body.items():
             if key not in schema:
                 raise ConfigError(f"unknown key [{section}] {key}")
-            attr, kind, check = schema[key]
+            attr, kind, check = schema[key][:3]
             setattr(settings, attr, _check(section, key, value, kind, check))
             settings.explicit = settings.explicit | {attr}
     if settings.clean_mark in (settings.first_mark, settings.first_mark << 1, settings.first_mark << 2):
         raise ConfigError("[queue] first_mark: its bit and the two above it must differ from clean_mark")
     return settings
+
+
+def restart_only() -> dict[str, str]:
+    """Settings attribute -> "[section] key" of every key a reload cannot apply."""
+    return {entry[0]: f"[{section}] {key}" for section, keys in _SCHEMA.items()
+            for key, entry in keys.items() if entry[3:] == (RESTART,)}
 
 
 def per_queue(settings: Settings) -> Settings:

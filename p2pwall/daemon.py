@@ -1,10 +1,22 @@
-"""``p2pwall run``: the queue, the rules and the loop that ties them to the engine.
+"""``p2pwall run``: the composition root that ties the queue, the rules, the ledger's
+mirrors and the loop to the engine.
 
 Start order matters: the queue is bound first (a second instance fails there and touches
-nothing); then leftovers of a crashed run on this queue are removed, the kernel sets
-created, saved state restored, and the rules installed.  On SIGTERM/SIGINT, or after any
-error, state is saved, the rules and sets removed and the queue closed.  SIGHUP re-reads
-the configuration; a bad one is rejected and the running one kept.
+nothing: no rule, no set, no state file of the running one); then leftovers of a crashed
+run on this queue are removed, the kernel sets created, saved state restored, and the
+rules installed.  On SIGTERM/SIGINT, or after any error, state is saved, the rules and
+sets removed and the queue closed.  SIGHUP re-reads the configuration and applies all of
+it (rules and p2pwall's nft table re-rendered, the table refilled from the ledger) or,
+for the keys only a restart can apply (:func:`p2pwall.config.restart_only`), refuses it
+and keeps the running one.
+
+Monitor mode is a dry run: every verdict is accept, the ledger's only mirror is
+:class:`~p2pwall.mirrors.DryRun`, spoofs and probes are not sent, and the state file is
+neither read nor written, so a later real run enforces nothing a monitor run learned.
+
+The parts live in their own modules: the queue (:mod:`p2pwall.nfqsource`), the LAN
+(:mod:`p2pwall.lan`), the control protocol (:mod:`p2pwall.control`), the background
+watches (:mod:`p2pwall.watch`), the cluster link (:mod:`p2pwall.cluster`).
 """
 
 from __future__ import annotations
@@ -19,104 +31,20 @@ import time
 
 from . import rules
 from . import state as state_mod
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, restart_only
+from .control import Control
 from .engine import Engine
+from .errors import DaemonError, QueueBusy  # noqa: F401  (the CLI imports them from here)
 from .events import emit
+from .lan import interface_networks, lan_ifindexes, with_lan
+from .mirrors import DryRun, KernelMirror
+from .nfqsource import NfqueueSource
 from .plugins import DetectorSet
 from .policy import QueuePolicy
 from .status import StatusServer
+from .watch import OverloadWatch, Watcher
 
 log = logging.getLogger("p2pwall.daemon")
-
-
-class DaemonError(Exception):
-    """A failure at run time (exit status 1)."""
-
-
-class QueueBusy(DaemonError):
-    pass
-
-
-def lan_ifindexes(settings: Settings) -> set[int]:
-    if not settings.lan_interfaces:
-        raise ConfigError("[network] lan_interfaces is required: name the interfaces that face the LAN "
-                          "(only what arrives on them is filtered, and spoofs go only to their hosts)")
-    found = set()
-    for name in settings.lan_interfaces:
-        try:
-            found.add(socket.if_nametoindex(name))
-        except OSError:
-            raise ConfigError(f"[network] lan_interfaces: no interface named {name!r}") from None
-    return found
-
-
-def interface_networks(names) -> list[str]:
-    """The networks of the addresses configured on these interfaces (IPv4 and IPv6,
-    link-local included): the hosts that are on-link there."""
-    import ipaddress
-    import json
-    import subprocess
-
-    nets = []
-    for name in names:
-        done = subprocess.run(["ip", "-j", "addr", "show", "dev", name], capture_output=True, text=True)
-        try:
-            for link in json.loads(done.stdout or "[]"):
-                for a in link.get("addr_info", []):
-                    net = ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
-                    if str(net) not in nets and net.prefixlen < net.max_prefixlen:
-                        nets.append(str(net))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return nets
-
-
-def with_lan(settings: Settings) -> Settings:
-    """``[network] lan_networks`` given in the file, or else the LAN interfaces' own."""
-    if "lan_networks" in settings.explicit or not settings.lan_interfaces:
-        return settings
-    derived = interface_networks(settings.lan_interfaces)
-    if not derived:
-        raise ConfigError("[network] lan_networks: the LAN interfaces have no addresses to take them from; "
-                          "give lan_networks")
-    return dataclasses.replace(settings, lan_networks=derived)
-
-
-class NfqueueSource:
-    """Binds an NFQUEUE queue; its fd is non-blocking and polled in the engine's loop."""
-
-    def __init__(self, number: int, maxlen: int, callback, fail_open: bool = True):
-        from netfilterqueue import NetfilterQueue
-
-        from .queueflags import set_fail_open
-
-        self.number = number
-        try:
-            self.nfq = NetfilterQueue()
-        except OSError as exc:
-            raise DaemonError(f"cannot open netfilter queue handle: {exc}") from None
-        try:
-            self.nfq.bind(number, callback, max_len=maxlen)
-        except OSError:
-            raise QueueBusy(f"queue {number} is already in use by another process "
-                            f"(another p2pwall?); choose another with --queue") from None
-        self.fd = self.nfq.get_fd()
-        try:  # a full queue: accept unjudged (fail open) or drop, as [queue] overflow says
-            set_fail_open(self.fd, number, fail_open)
-        except OSError as exc:
-            raise DaemonError(f"queue {number}: cannot set the overflow policy: {exc.strerror or exc}") from None
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def poll(self) -> None:
-        self.nfq.run(block=False)
-
-    def close(self) -> None:
-        try:
-            self.nfq.unbind()
-        except Exception:  # closing must not hide the reason we stop
-            pass
 
 
 class Daemon:
@@ -146,8 +74,8 @@ class Daemon:
         self._installed: list[int] = []
         self._rules_text = ""
         self._saved_at = time.monotonic()
-        self._overload_seen = {"queue_dropped": 0, "user_dropped": 0, "fairness_dropped": 0}
-        self.overload: dict = {}
+        self._owns_state = False  # set once this run holds its queue and socket: only then is the file its own
+        self.overload = OverloadWatch(settings, self._installed, worker)
         if settings.user:  # paths it must keep writing, checked before anything is touched
             from .privileges import PrivilegeError
 
@@ -190,8 +118,14 @@ class Daemon:
 
                 self._children = spawn(self._worker, range(1, self.settings.workers),
                                        self.settings.status_socket)  # before binding anything
-            sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
-            self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor)
+            if self.monitor:
+                from .sender import DrySender
+
+                sender = DrySender()
+            else:
+                sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
+            self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor,
+                                 mirrors=[DryRun()] if self.monitor else [])
             self._set_onlink()
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
                                    self._callback, fail_open=self.settings.overflow == "accept")
@@ -199,6 +133,7 @@ class Daemon:
                 status = StatusServer(self._status_path())
             except OSError as exc:
                 raise DaemonError(f"status socket: {exc}") from None
+            self._owns_state = not self.monitor
             if self.worker:
                 return self._run_worker(source, status, wake_r)
             if self.settings.metrics_listen:
@@ -265,7 +200,7 @@ class Daemon:
 
             self.kernel = KernelSets(self.policy)
             self.kernel.attach()
-            self.engine.kernel = self.kernel
+            self.engine.ledger.mirrors.append(KernelMirror(self.kernel))
         self._restore_state()
         self._start_cluster()
         if self.settings.user:
@@ -288,7 +223,7 @@ class Daemon:
         snap["pid"] = os.getpid()
         if not self.worker:
             snap["rules"] = self._rules_text
-        snap["queue_health"] = dict(self.overload)
+        snap["queue_health"] = dict(self.overload.figures)
         if self.cluster is not None:
             snap["cluster"] = self.cluster.status()
         if self._children:
@@ -298,16 +233,14 @@ class Daemon:
         return snap
 
     def _loop(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
-        import threading
-
-        stop_watch = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(stop_watch,), name="overload-watch", daemon=True)
-        watcher.start()
+        watcher = Watcher([(2.0, self.overload), (1.0, self._read_neighbours)]).start()
         try:
             self._serve(source, status, wake, metrics)
         finally:
-            stop_watch.set()
-            watcher.join(5)
+            watcher.stop()
+
+    def _read_neighbours(self) -> None:
+        self.engine.evidence.neighbours.reload()
 
     def _serve(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
         engine = self.engine
@@ -330,11 +263,11 @@ class Daemon:
                     emit(log, logging.WARNING, "queue_error", error=str(exc))
                 engine.flush()  # side effects after the verdicts
             if status in ready:
-                status.serve_pending(self._answer)
+                status.serve_pending(self.control.answer)
             if metrics is not None and metrics in ready:
-                metrics.serve_pending(self._answer)
-            if cluster is not None:
-                self._apply_cluster()
+                metrics.serve_pending(self.control.answer)
+            if cluster is not None and cluster.apply_pending(engine.ledger, publish=not self.monitor):
+                engine.flush()
             if wake in ready:
                 try:
                     wake.recv(64)
@@ -351,134 +284,15 @@ class Daemon:
                 self._save_state()
 
     def _set_onlink(self) -> None:
-        from .engine import AddressSet
+        from .addresses import AddressSet
         from .neighbours import Neighbours
 
         self.engine.onlink = AddressSet(interface_networks(self.settings.lan_interfaces))
         self.engine.evidence.neighbours = Neighbours(self.settings.lan_interfaces)
 
-    # ---------------------------------------------------------------- overload
-    def _fairness_dropped(self) -> int:
-        """Packets the per-host bound dropped (the kernel's counters of its rules)."""
-        import subprocess
-
-        if not self.install_rules or not self.settings.per_host_rate:
-            return 0
-        total = 0
-        names = rules.chain_names(self.settings.queue_number)
-        for family in list(self._installed):
-            tool = "iptables" if family == 4 else "ip6tables"
-            for chain in (names["counted"], names["input"]):  # where the bound rules are
-                out = subprocess.run([tool, "-w", "-L", chain, "-v", "-x", "-n"], capture_output=True,
-                                     text=True).stdout
-                total += sum(int(line.split()[0]) for line in out.splitlines()
-                             if "limit: above" in line and "DROP" in line)
-        return total
-
-    def _watch(self, stop) -> None:
-        """The overload watch's thread: every 2 s, off the packet path (it reads /proc and
-        runs iptables), until ``stop`` is set."""
-        while not stop.wait(2.0):
-            try:
-                self._watch_overload()
-            except Exception as exc:  # a failed reading must not end the watch
-                emit(log, logging.WARNING, "queue_watch_failed", error=str(exc))
-
-    def _watch_overload(self) -> None:
-        """The queue's and the fairness bound's drops; ``event=queue_overflow`` (at most one
-        line per 2 s) when they grew."""
-        from .metrics import queue_stats
-
-        figures = dict(queue_stats(self.settings.queue_number + self.worker))
-        figures["fairness_dropped"] = self._fairness_dropped() if not self.worker else 0
-        grew = {k: figures.get(k, 0) - v for k, v in self._overload_seen.items() if figures.get(k, 0) > v}
-        self._overload_seen = {k: max(v, figures.get(k, 0)) for k, v in self._overload_seen.items()}
-        self.overload = {"overflow": self.settings.overflow, "per_host_rate": self.settings.per_host_rate,
-                         **{k: figures.get(k, 0) for k in ("waiting", "queue_dropped", "user_dropped",
-                                                           "fairness_dropped")}}
-        if grew:
-            emit(log, logging.WARNING, "queue_overflow", **{f"new_{k}": v for k, v in grew.items()},
-                 overflow=self.settings.overflow)
-
-    # ---------------------------------------------------------------- requests
-    def _answer(self, request) -> bytes:
-        """Answer one status-socket or metrics request (in the loop, between verdicts)."""
-        import json
-
-        from .status import CHANGES
-
-        doc = request.doc
-        cmd = doc.get("cmd")
-        if cmd == "metrics":
-            from .metrics import http_answer, render
-
-            return http_answer(render(self._snapshot(), self.settings.queue_number))
-        if cmd == "status":
-            answer = self._address_report(doc["address"]) if doc.get("address") else self._snapshot()
-        elif cmd in CHANGES:
-            if request.uid not in (0, None):
-                answer = {"ok": False, "error": "only root may change p2pwall's tables"}
-            else:
-                answer = self._change(cmd, doc)
-        else:
-            answer = {"ok": False, "error": f"unknown request {cmd!r}"}
-        return json.dumps(answer).encode() + b"\n"
-
-    def _address_report(self, text) -> dict:
-        from .packet import ip_bytes
-
-        try:
-            key = ip_bytes(str(text))
-        except ValueError:
-            return {"ok": False, "error": f"not an IP address: {text!r}"}
-        engine, now = self.engine, self.engine.clock()
-        wall = time.time()
-
-        def entry(table):
-            from .tables import describe
-
-            e = table.get(key, now)
-            if e is None:
-                return None
-            d = describe(key, e.until - now, e, now, table.evidence)
-            d.update(until=round(wall + e.until - now, 3), note=e.note is not None)
-            return d
-
-        return {"ok": True, "address": str(text), "peer": entry(engine.peers), "lock": entry(engine.locks),
-                "in_lan": key in engine.lan, "allowlisted": key in engine.allow,
-                "protected": key in engine.protected}
-
-    def _change(self, cmd: str, doc: dict) -> dict:
-        from .packet import ip_bytes
-        from .status import StatusError, query
-
-        text = doc.get("address")
-        try:
-            key = ip_bytes(str(text))
-        except ValueError:
-            return {"ok": False, "error": f"not an IP address: {text!r}", "usage": True}
-        engine = self.engine
-        if cmd == "block":
-            seconds = doc.get("seconds") or self.settings.peer_seconds
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 366 * 86400:
-                return {"ok": False, "error": f"seconds must be between 0 and a year, got {seconds!r}", "usage": True}
-            ok = engine.operator_block(key, float(seconds))
-            error = None if ok else f"{text} cannot be blocked (inside the LAN, allowlisted or not unicast)"
-        elif cmd == "unblock":
-            ok = engine.unblock(key, why="unblocked by an operator")
-            error = None if ok else f"{text} is not blocked"
-        else:
-            ok = engine.unlock(key, why="unlocked by an operator")
-            error = None if ok else f"{text} is not locked"
-        engine.flush()
-        for child in self._children:  # workers hold tables of their own
-            try:
-                query(child.status, dict(doc, forwarded=True), timeout=2.0)
-            except StatusError:
-                pass
-        if ok:
-            self._save_state()  # an operator's word survives a crash too
-        return {"ok": ok, "error": error} if error and not doc.get("forwarded") else {"ok": True}
+    @property
+    def control(self) -> Control:
+        return Control(self.engine, self.settings, self._snapshot, self._save_state, self._children)
 
     # ---------------------------------------------------------------- cluster
     def _start_cluster(self) -> None:
@@ -490,41 +304,9 @@ class Daemon:
             self.cluster = Cluster(self.settings, suffix=f"/worker{self.worker}" if self.worker else "")
         except ClusterError as exc:
             raise DaemonError(str(exc)) from None
-        self.engine.replicate = None if self.monitor else self.cluster.publish
+        if not self.monitor:  # a dry run tells the other gateways nothing
+            self.engine.ledger.mirrors.append(self.cluster)
         self.cluster.start()
-
-    def _apply_cluster(self) -> None:
-        """Apply what the other gateways learned (off the packet path, rate bounded)."""
-        from .packet import ip_bytes, ip_text
-
-        cluster, engine = self.cluster, self.engine
-        changes = cluster.drain()
-        wall = time.time()
-        for ch in changes:
-            try:
-                key = ip_bytes(ch.addr)
-                note = bytes.fromhex(ch.note) if ch.note else None
-                client = ip_bytes(ch.client) if ch.client else None
-            except ValueError:
-                cluster.applied(ch, False)
-                continue
-            ok = engine.apply_remote(ch.op, key, ch.until - wall, ch.detector, ch.reason, note,
-                                     why=f"by gateway {ch.gw}", kind=ch.kind, client=client, lanwide=ch.lanwide)
-            cluster.applied(ch, ok)
-        if cluster.want_full_publish and not self.monitor:
-            cluster.want_full_publish = False
-            now = engine.clock()
-            for key, left, e in engine.peers.full_entries(now):
-                for i, client in enumerate(e.clients or (None,)):
-                    own = bool(e.own >> i & 1)
-                    cluster.publish("block", ip_text(key), left, e.detector, e.reason, e.note,
-                                    kind=e.kind if own or e.kind != "own" else "named",
-                                    client=ip_text(client) if client else None,
-                                    lanwide=e.lanwide and i == len(e.clients or (None,)) - 1)
-            for key, left, detector, reason in engine.locks.entries(now):
-                cluster.publish("lock", ip_text(key), left, detector, reason, engine.locks.note(key))
-        if changes:
-            engine.flush()
 
     # ---------------------------------------------------------------- reload
     def _reload(self) -> None:
@@ -532,9 +314,8 @@ class Daemon:
             return
         try:
             settings, detectors = self.reload()
-            fixed = ("queue_number", "status_socket", "metrics_listen", "kernel_sets", "user", "workers",
-                     "cluster_url", "cluster_name", "cluster_prefix", "cluster_password_file", "cluster_key_file")
-            changed = [k for k in fixed if getattr(settings, k) != getattr(self.settings, k)]
+            fixed = restart_only()
+            changed = [fixed[k] for k in fixed if getattr(settings, k) != getattr(self.settings, k)]
             if changed:
                 raise ConfigError(f"{', '.join(changed)} cannot change without a restart")
             lan_ifs = lan_ifindexes(settings)
@@ -545,14 +326,18 @@ class Daemon:
         if self.monitor:
             settings = dataclasses.replace(settings, kernel_sets=False)
         policy = QueuePolicy.build(settings, detectors)
+        old_table = rules.nft_table(self.policy)
         self.settings, self.detectors, self.lan_ifs = settings, detectors, lan_ifs
+        self.overload.settings = settings
         self.engine.reconfigure(settings, detectors)  # purges what the new settings forbid
         self._set_onlink()
         if self.kernel is not None:
-            self.kernel.resize(policy, self.engine.live_entries())
+            self.kernel.resize(policy, self.engine.ledger.live_entries())
+            if rules.nft_table(policy) != old_table and self.kernel.remake_table():
+                self.engine.ledger.render(KernelMirror(self.kernel))  # on the new interfaces and marks
             self.engine.flush()
         old_text, self.policy = self._rules_text, policy
-        if self.install_rules and policy.iptables_text() != old_text:
+        if self.install_rules and rules.iptables_text(policy) != old_text:
             self._uninstall()
             self._install()
         emit(log, logging.INFO, "reloaded", detectors=",".join(detectors.names()),
@@ -560,7 +345,7 @@ class Daemon:
 
     # ---------------------------------------------------------------- state
     def _restore_state(self) -> None:
-        if not self.settings.state_file:
+        if not self.settings.state_file or not self._owns_state:
             return
         path = self._state_path()
         try:
@@ -573,7 +358,7 @@ class Daemon:
             emit(log, logging.WARNING, "state_corrupt", error=str(exc), set_aside=aside)
             return
         if saved:
-            count = self.engine.restore(saved)
+            count = self.engine.ledger.restore(saved)
             self.engine.flush()
             emit(log, logging.INFO, "state_restored", entries=count, file=path)
 
@@ -582,11 +367,10 @@ class Daemon:
 
     def _save_state(self) -> None:
         self._saved_at = time.monotonic()
-        if not self.settings.state_file or self.engine is None:
-            return
+        if not self.settings.state_file or self.engine is None or not self._owns_state:
+            return  # a dry run's, or a run that never got its queue: the file is not its own
         try:
-            state_mod.save(self._state_path(), {"peers": self.engine.peers, "locks": self.engine.locks},
-                           self.engine.clock())
+            state_mod.save(self._state_path(), self.engine.ledger.records())
         except OSError as exc:
             emit(log, logging.WARNING, "state_save_failed", file=self.settings.state_file, error=str(exc))
 
@@ -616,7 +400,7 @@ class Daemon:
             kernel.create()
         except KernelSetError as exc:
             raise DaemonError(str(exc)) from None
-        self.engine.kernel = kernel
+        self.engine.ledger.mirrors.append(KernelMirror(kernel))
         taken = self.engine.restore_kernel(leftovers)
         if taken:
             self.engine.flush()
@@ -625,7 +409,7 @@ class Daemon:
     def _install(self) -> None:
         """Install the policy's rules; what was installed is what ``status`` shows and
         what ``p2pwall rules`` prints for the same configuration."""
-        for rs in self.policy.rule_sets():
+        for rs in rules.rule_sets(self.policy):
             if rs.empty:
                 continue
             try:
@@ -636,7 +420,7 @@ class Daemon:
                 emit(log, logging.WARNING, "ipv6_rules_skipped", error=str(exc))
                 continue
             self._installed.append(rs.family)
-        self._rules_text = self.policy.iptables_text()
+        self._rules_text = rules.iptables_text(self.policy)
 
     def _uninstall(self) -> None:
         while self._installed:

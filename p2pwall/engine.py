@@ -1,32 +1,37 @@
 """The engine: one packet's whole way from parse to verdict, and the timers.
 
     parse -> direction -> core tables -> detectors -> merge actions -> verdict
-          -> side effects (spoofs, probes) after the verdict -> events
+    after the verdicts (``flush``): mirror writes, spoofs and probes, then events
     timers: expire tables, probe locked clients
 
 The engine knows no protocol; detectors (``p2pwall_inspect``) recognise, the engine
-decides and enforces.  It has no I/O of its own: a source feeds it, a sender (optional)
-transmits spoofs and probes, and the clock is injected (replay uses capture times).
+decides, and the ledger (:mod:`p2pwall.ledger`) records and enforces through its mirrors.
+It has no I/O of its own: a source feeds it, a sender (optional) transmits spoofs and
+probes, and the clock is injected (replay uses capture times).  Nothing but the verdict
+runs on the verdict path: events, their log lines and the ``p2pwall_event`` observers
+wait in an outbox until ``flush``.
 """
 
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import logging
 import time
 from collections import Counter
-from typing import NamedTuple
 
 from . import events as ev
 from . import actions as act
 from .actions import Block, Drop, Lock, Probe, Report, Spoof
+from .addresses import AddressSet
+from .contract import ACCEPTED, UNPARSED, Context, Verdict, address_key as _key
 from .config import Settings
 from .evidence import Evidence, Refused, nameservers
 from .kernelsets import valid_element
-from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_bytes, ip_text, parse
+from .ledger import Ledger
+from .mirrors import KernelMirror
+from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_text, parse
 from .plugins import KINDS, DetectorSet
-from .tables import NAMED, OPERATOR as OPERATOR_KIND, OWN, LockTable, PeerTable
+from .records import BLOCK, LOCK, OWN, PAIR, Record, from_kernel
 
 log = logging.getLogger("p2pwall.engine")
 
@@ -35,127 +40,28 @@ HOOK_LOCAL_IN = 1
 HOOK_FORWARD = 2
 
 
-class Verdict(NamedTuple):
-    """What the engine decided for one packet."""
-
-    drop: bool
-    detector: str | None = None
-    reason: str = ""
-
-
-ACCEPTED = Verdict(False)
-OPERATOR = "operator"  # the "detector" of entries an operator made by hand
-UNPARSED = Verdict(False, None, "unparsed")
-
-
-class AddressSet:
-    """Fast membership of packed addresses in a list of networks."""
-
-    def __init__(self, networks):
-        self.v4 = []
-        self.v6 = []
-        for net in networks:
-            net = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
-            pair = (int(net.network_address), int(net.netmask))
-            (self.v4 if net.version == 4 else self.v6).append(pair)
-        self._cache: dict[bytes, bool] = {}
-
-    def __contains__(self, addr: bytes) -> bool:
-        hit = self._cache.get(addr)
-        if hit is None:
-            nets = self.v4 if len(addr) == 4 else self.v6
-            value = int.from_bytes(addr, "big")
-            hit = any((value & mask) == base for base, mask in nets)
-            if len(self._cache) > 65536:
-                self._cache.clear()
-            self._cache[addr] = hit
-        return hit
-
-    def member_columns(self, hi, lo, v6):
-        """The same test for many addresses at once (numpy columns: the high and low 64
-        bits, IPv4 in the low half, and whether each is IPv6), for replay."""
-        import numpy as np
-
-        hit = np.zeros(len(lo), bool)
-        for base, mask in self.v4:
-            hit |= ~v6 & ((lo & np.uint64(mask)) == np.uint64(base))
-        low = (1 << 64) - 1
-        for base, mask in self.v6:
-            hit |= v6 & ((hi & np.uint64(mask >> 64)) == np.uint64(base >> 64)) & \
-                ((lo & np.uint64(mask & low)) == np.uint64(base & low))
-        return hit
-
-
-class Context:
-    """What a detector may ask of the engine while inspecting, and the small, bounded,
-    expiring memory the core keeps for it (so a detector keeps no tables of its own)."""
-
-    __slots__ = ("_engine", "now", "detector")
-
-    def __init__(self, engine: Engine):
-        self._engine = engine
-        self.now = 0.0
-        self.detector = ""  # the detector being asked, set by the engine
-
-    def requested(self, packet) -> bool:
-        """For a reply towards the LAN: did this detector recognise the client's request
-        on this same flow (and act on it)?"""
-        from .evidence import flow_key
-
-        return self.detector in self._engine.evidence.asked.get(flow_key(packet, False), ())
-
-    def note_for(self, client, peer, tag: str) -> bytes | None:
-        """What this detector kept about ``client`` talking to ``peer`` (``keep_note``)."""
-        return self._engine.evidence.note(self.detector, _key(client), _key(peer), tag, self.now)
-
-    def keep_note(self, client, peer, tag: str, data: bytes, seconds: float) -> None:
-        """Keep up to 64 bytes about ``client`` talking to ``peer`` for up to an hour
-        (bounded by the core: the oldest notes go first)."""
-        self._engine.evidence.keep_note(self.detector, _key(client), _key(peer), tag,
-                                        bytes(data[:64]), min(max(seconds, 0.0), 3600.0), self.now)
-
-    def is_blocked(self, addr) -> bool:
-        return self._engine.peers.live(_key(addr), self.now)
-
-    def is_locked(self, addr) -> bool:
-        return self._engine.locks.live(_key(addr), self.now)
-
-    def in_lan(self, addr) -> bool:
-        return _key(addr) in self._engine.lan
-
-    @property
-    def settings(self) -> Settings:
-        return self._engine.settings
-
-
-def _key(addr) -> bytes:
-    if isinstance(addr, bytes) and len(addr) in (4, 16):
-        return addr
-    return ip_bytes(addr)
-
-
-def _tag(detector: str, kind: str, reason: str) -> str:
-    """The comment a kernel set element carries: enough to take it back after a crash."""
-    return f"{detector}|{kind}|{reason}"
-
-
 class Engine:
     """Applies the tables and detectors to packets; owns the tables and the timers."""
 
     def __init__(self, settings: Settings, detectors: DetectorSet, clock=time.monotonic,
-                 sender=None, monitor: bool = False, keep_events: int = 0, kernel=None):
+                 sender=None, monitor: bool = False, keep_events: int = 0, kernel=None, mirrors=()):
+        """``mirrors`` receive the ledger's changes (:mod:`p2pwall.mirrors`); ``kernel``, a
+        set writer (KernelSets, replay's model), is one more, wrapped in a KernelMirror.
+        ``monitor``: every verdict is accept (what would have been dropped is counted as
+        ``would_drop``); give it a DryRun mirror and no kernel."""
         self.clock = clock
         self.sender = sender
-        self.kernel = kernel  # KernelSets, or None (replay, tests)
         self.monitor = monitor
-        self.peers = PeerTable(settings.peer_max)
-        self.locks = LockTable(settings.lock_max)
-        self.peers.on_evict = self._peer_evicted
-        self.locks.on_evict = self._lock_evicted
+        self.counters: Counter[str] = Counter()
+        mirrors = list(mirrors) + ([KernelMirror(kernel)] if kernel is not None else [])
+        self.ledger = Ledger(settings, clock, mirrors, self.counters)
+        self.ledger.emit = self._event
+        self.ledger.on_lock = self._locked
+        self.ledger.on_unlock = self._unlocked
         self.evidence = Evidence()
         self.onlink = None  # AddressSet of the LAN interfaces' own networks (the daemon sets it)
         self.events = ev.EventLog(keep=keep_events)
-        self.counters: Counter[str] = Counter()
+        self._pending_events: list[tuple[ev.Event, str | None]] = []
         self.n_accepted = self.n_dropped = 0  # the hot counters, kept out of the Counter
         self.by_detector: Counter[str] = Counter()
         self.context = Context(self)
@@ -163,12 +69,16 @@ class Engine:
         self._probe_heap: list[tuple[float, bytes]] = []
         self._probe_due: dict[bytes, tuple[float, int]] = {}  # at most one per live lock
         self._error_log: dict[str, tuple[float, int]] = {}
-        self._locking: dict[str, bool] = {}
-        # called for every local change, as replicate(op, address text, seconds left,
-        # detector, reason, note): the cluster link publishes them (see cluster.py)
-        self.replicate = None
         self.reconfigure(settings, detectors)
         self.started = clock()
+
+    @property
+    def peers(self):
+        return self.ledger.peers
+
+    @property
+    def locks(self):
+        return self.ledger.locks
 
     def reconfigure(self, settings: Settings, detectors: DetectorSet) -> None:
         """Take new settings and detectors (SIGHUP), keeping tables and counters; entries
@@ -184,51 +94,35 @@ class Engine:
         self.protected = AddressSet(list(settings.allow) + list(settings.protect)
                                     + nameservers(settings.resolv_conf))
         self._udp_screen = detectors.udp_screen()
-        self.peers.max_entries = settings.peer_max
-        self.locks.max_entries = settings.lock_max
-        screens = detectors.udp_screens()
-        self._dispatch = {kind: [(name, fn, screens.get(name) if kind.startswith("udp") else None)
+        # each detector sees only what its own declarations select: its udp_screen, its
+        # TCP strings, prefixes and first-payload sizes (the kernel queues their union)
+        udp = detectors.udp_screens()
+        tcp = {"tcp_payload": detectors.tcp_screens("tcp_payload"),
+               "tcp_payload_in": detectors.tcp_screens("tcp_payload_in")}
+        self._dispatch = {kind: [(name, fn, udp.get(name) if kind.startswith("udp") else None,
+                                  tcp[kind].get(name) if kind in tcp else None)
                                  for name, fn in detectors.impls("p2pwall_inspect", kind)] for kind in KINDS}
-        old_locking = self._locking
-        self._locking = {**detectors.locking(), OPERATOR: False}  # an operator's block locks nobody
         self._probe_makers = dict(detectors.impls("p2pwall_make_probe"))
         self._observers = detectors.impls("p2pwall_event")
-        self._purge(old_locking)
+        self.ledger.configure(settings, detectors.locking(), self.lan, self.allow, self.protected)
 
-    def _purge(self, old_locking: dict[str, bool]) -> None:
-        now = self.clock()
-        for key, _, detector, _ in list(self.peers.entries(now)):
-            if key in self.protected or key in self.lan:
-                self.unblock(key, why="no longer allowed by the configuration", replicate=False)
-            elif old_locking and self.set_kind(detector) != self.set_kind(detector, old_locking):
-                if self.kernel is not None:
-                    entry = self.peers.get(key, now)
-                    self.kernel.remove(self.set_kind(detector, old_locking), key)
-                    self.kernel.add(self.set_kind(detector), key, entry.until - now,
-                                    _tag(entry.detector, entry.kind, entry.reason))
-        for key, _, _, _ in list(self.locks.entries(now)):
-            if key in self.allow or key not in self.lan:
-                self.unlock(key, why="no longer allowed by the configuration", replicate=False)
-        for table in (self.peers, self.locks):
-            for _ in range(max(0, len(table) - table.max_entries)):
-                table.evict_one()
-
-    def set_kind(self, detector: str | None, locking: dict | None = None) -> str:
-        return "peers" if (self._locking if locking is None else locking).get(detector, True) else "nolock"
-
-    def restore(self, saved: dict) -> int:
-        """Put back peers and locks saved by a previous run (see state.py), each checked
-        like a live one; returns how many were taken back."""
-        now = self.clock()
-        count = 0
-        for key, left, detector, reason, note, *evidence in saved.get("peers", []):
-            kind, lanwide, clients, own = evidence if evidence else (OWN, True, [], 0)
-            if self._restore_peer(key, left, detector, reason, note, kind, lanwide, clients, own, now):
-                count += 1
-        for key, left, detector, reason, note in saved.get("locks", []):
-            if self._lock_key(key, left, detector, reason, note, now, quiet=True):
-                count += 1
-        return count
+    def restore_kernel(self, found: dict) -> int:
+        """Take back what a crashed run left in the kernel sets (``KernelSets.leftovers``):
+        the remaining time, and the detector, evidence and reason kept in each element's
+        comment.  Every entry is checked as a live one."""
+        records = []
+        for where, rows in found.items():
+            for row in rows:
+                try:
+                    if where == "pairs":
+                        client, peer, left, tag = row
+                        records.append(from_kernel(PAIR, peer, left, tag, client))
+                    else:
+                        text, left, tag = row
+                        records.append(from_kernel(where, text, left, tag))
+                except (ValueError, TypeError):
+                    continue
+        return self.ledger.restore(records)
 
     # ------------------------------------------------------------------ packets
     def process_raw(self, raw: bytes, hook: int | None = None, from_lan_if: bool | None = None,
@@ -287,11 +181,11 @@ class Engine:
             peer = self.peers.get(packet.dst, now)
             if peer is not None and (peer.lanwide or packet.src in peer.clients):
                 drop, fired, reason, to_peer = True, peer.detector, "peer blocked", True
-                if syn and self._locking.get(peer.detector, True):
+                if syn and self.ledger.locks_for(peer.detector):
                     neighbours = self.evidence.neighbours
                     if neighbours is None or neighbours.genuine(packet.src, packet.mac):
-                        self._lock_key(packet.src, self.settings.lock_seconds, peer.detector,
-                                       "SYN to blocked peer", peer.note, now)
+                        self.ledger.lock(Record(LOCK, packet.src, None, self.settings.lock_seconds, peer.detector,
+                                                "SYN to blocked peer", note=peer.note), now)
                     else:
                         self.counters["evidence_refused.spoofed_neighbour"] += 1
             elif syn:
@@ -320,8 +214,10 @@ class Engine:
         else:
             kind = None
         if kind is not None:
-            for name, inspect, own_screen in self._dispatch[kind]:
+            for name, inspect, own_screen, tcp_screen in self._dispatch[kind]:
                 if own_screen is not None and own_screen(packet.raw, packet.off, packet.end) is None:
+                    continue
+                if tcp_screen is not None and not tcp_screen(packet.data, packet.first):
                     continue
                 self.context.detector = name
                 try:
@@ -348,12 +244,13 @@ class Engine:
                     elif fired is None and isinstance(action, (Block, Lock, Report)):
                         fired, reason = name, action.reason
         if drop:
-            self.n_dropped += 1
             if fired:
                 self.by_detector[fired] += 1
-            if self.monitor:
+            if self.monitor:  # a dry run: what would have been dropped is counted, not dropped
                 self.counters["would_drop"] += 1
+                self.n_accepted += 1
                 return Verdict(False, fired, reason)
+            self.n_dropped += 1
             return Verdict(True, fired, reason)
         self.n_accepted += 1
         return Verdict(False, fired, reason) if fired else ACCEPTED
@@ -376,8 +273,9 @@ class Engine:
             except Refused as exc:
                 self.counters[f"evidence_refused.{exc.why}"] += 1
                 return False
-            if self._block_key(key, action.seconds or self.settings.peer_seconds, name, action.reason,
-                               action.note, now, kind, client, lanwide) and kind == OWN:
+            record = Record(BLOCK, key, client, action.seconds or self.settings.peer_seconds, name,
+                            action.reason, kind, lanwide, action.note)
+            if self.ledger.block(record, now) and kind == OWN:
                 self.evidence.recognised(packet, name)  # its replies may teach, on this flow only
         elif isinstance(action, Lock):
             key = self._address(action.client, name, action, now)
@@ -388,8 +286,8 @@ class Engine:
             except Refused as exc:
                 self.counters[f"evidence_refused.{exc.why}"] += 1
                 return False
-            self._lock_key(key, action.seconds or self.settings.lock_seconds, name, action.reason,
-                           action.note, now, answered=packet.direction == TO_FIREWALL)
+            self.ledger.lock(Record(LOCK, key, None, action.seconds or self.settings.lock_seconds, name,
+                                    action.reason, note=action.note), now, answered=packet.direction == TO_FIREWALL)
         elif isinstance(action, Report):
             self.counters["reported"] += 1
             self._event(ev.REPORTED, now, name, address=ip_text(packet.src), peer=ip_text(packet.dst),
@@ -409,184 +307,15 @@ class Engine:
         self.counters["actions_refused"] += 1
         self._detector_failed(name, ValueError(f"{type(action).__name__} refused: {why}"), kind=ev.ACTION_REFUSED)
 
-    # ------------------------------------------------------------------ tables
-    def _block_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
-                   kind: str = OWN, client: bytes | None = None, lanwide: bool = False,
-                   quiet: bool = False, remote: bool = False) -> bool:
-        """Record evidence against ``key`` and enforce what it earns: LAN-wide in the
-        kernel's peer sets, or for ``client`` alone in its pair set."""
-        if key in self.protected or key in self.lan or not valid_element(key):
-            self.counters["block_refused"] += 1
-            return False
-        if client is not None and (client not in self.lan or not valid_element(client)):
-            client = None  # evidence concerns LAN clients only
-        if client is None and not lanwide:
-            self.counters["block_refused"] += 1
-            return False
-        old = self.peers.get(key, now)
-        entry, new, widened = self.peers.learn(key, now, seconds, name, reason, note, kind, client, lanwide,
-                                               self.settings.corroborate)
-        if self.kernel is not None and not self.monitor:
-            left = entry.until - now
-            if entry.lanwide:
-                set_kind = self.set_kind(entry.detector)
-                if old is not None and old.lanwide and self.set_kind(old.detector) != set_kind:
-                    self.kernel.remove(self.set_kind(old.detector), key)
-                self.kernel.add(set_kind, key, left, _tag(entry.detector, entry.kind, entry.reason))
-                if widened:  # the client-scoped entries it grew out of are covered now
-                    for c in entry.clients:
-                        self.kernel.remove_pair(c, key)
-            elif client is not None:
-                self.kernel.add_pair(client, key, left, _tag(entry.detector, kind, entry.reason))
-        if self.replicate is not None and not remote:
-            self.replicate("block", ip_text(key), entry.until - now, name, entry.reason, entry.note,
-                           kind=kind, client=ip_text(client) if client else None, lanwide=lanwide)
-        if not quiet and (new or widened):
-            self._event(ev.PEER_BLOCKED, now, name, peer=ip_text(key), until=entry.until, reason=reason,
-                        address=ip_text(client) if client and not entry.lanwide else None,
-                        scope="lan" if entry.lanwide else "client", evidence=entry.kind)
-        return True
-
-    def restore_kernel(self, found: dict) -> int:
-        """Take back what a crashed run left in the kernel sets (``KernelSets.leftovers``):
-        the remaining time, and the detector, evidence and reason kept in each element's
-        comment.  Every entry is checked as a live one."""
-        from .kernelsets import parse_comment
-
-        now = self.clock()
-        count = 0
-        for set_kind in ("peers", "nolock"):
-            for text, left, tag in found.get(set_kind, []):
-                detector, kind, reason = (parse_comment(tag) + ["", "", ""])[:3]
-                try:
-                    key = ip_bytes(text)
-                except ValueError:
-                    continue
-                kind = kind if kind in ("own", "reply", "named", OPERATOR_KIND) else OWN
-                count += self._block_key(key, left, detector or "kernel", reason, None, now, kind, None, True,
-                                         quiet=True, remote=True)
-        for client_text, peer_text, left, tag in found.get("pairs", []):
-            detector, kind, reason = (parse_comment(tag) + ["", "", ""])[:3]
-            try:
-                client, key = ip_bytes(client_text), ip_bytes(peer_text)
-            except ValueError:
-                continue
-            kind = kind if kind in ("own", "named") else OWN
-            count += self._block_key(key, left, detector or "kernel", reason, None, now, kind, client, False,
-                                     quiet=True, remote=True)
-        for text, left, tag in found.get("locks", []):
-            detector, _, reason = (parse_comment(tag) + ["", "", ""])[:3]
-            try:
-                key = ip_bytes(text)
-            except ValueError:
-                continue
-            count += self._lock_key(key, left, detector or "kernel", reason, None, now, quiet=True, remote=True)
-        return count
-
-    def _restore_peer(self, key, left, detector, reason, note, kind, lanwide, clients, own, now) -> bool:
-        clients = [c for c in clients if c in self.lan and valid_element(c)]
-        if not lanwide and not clients:
-            return False
-        ok = False
-        for i, client in enumerate(clients or [None]):
-            client_kind = kind if (own >> i & 1 or kind != OWN) else NAMED
-            ok = self._block_key(key, left, detector, reason, note, now, client_kind, client,
-                                 lanwide and i == len(clients or [None]) - 1, quiet=True, remote=True) or ok
-        return ok
-
-    def _lock_key(self, key: bytes, seconds: float, name: str, reason: str, note, now: float,
-                  answered: bool = False, quiet: bool = False, remote: bool = False) -> bool:
-        if key in self.allow or key not in self.lan or not valid_element(key):
-            self.counters["lock_refused"] += 1
-            return False
-        entry, new = self.locks.put(key, now, seconds, name, reason, note)
-        if self.kernel is not None and not self.monitor:
-            self.kernel.add("locks", key, entry.until - now, _tag(entry.detector, "lock", entry.reason))
-        if self.replicate is not None and not remote:
-            self.replicate("lock", ip_text(key), entry.until - now, name, entry.reason, entry.note)
-        if not quiet:
-            kind = ev.CLIENT_LOCKED if new else (ev.PROBE_ANSWERED if answered else ev.LOCK_RESTARTED)
-            self._event(kind, now, name, address=ip_text(key), until=entry.until, reason=reason)
-        if self.settings.probes_per_lock and name in self._probe_makers:
+    # ------------------------------------------------------------------ locks
+    def _locked(self, key: bytes, entry, now: float) -> None:
+        """The ledger placed or restarted a lock: probes at half of what is left."""
+        if self.settings.probes_per_lock and entry.detector in self._probe_makers:
             self._schedule_probe(key, now + (entry.until - now) / 2, 0)
-        return True
 
-    def operator_block(self, key: bytes, seconds: float) -> bool:
-        """``p2pwall block``: a peer blocked by hand, for every LAN host, locking nobody."""
-        return self._block_key(key, seconds, OPERATOR, "blocked by an operator", None, self.clock(),
-                               OPERATOR_KIND, None, True)
-
-    def apply_remote(self, op: str, key: bytes, left: float, detector: str, reason: str, note,
-                     why: str = "", kind: str = OWN, client: bytes | None = None, lanwide: bool = False) -> bool:
-        """Apply a change another gateway made, through the same checks as a local one
-        (allowlist, protected, LAN, unicast, bounds); it is not published again.  Its
-        evidence joins this gateway's: two clients behind two gateways corroborate."""
-        now = self.clock()
-        if op in ("block", "lock"):
-            if not 0 < left <= act.MAX_SECONDS:
-                return False
-            if op == "block":
-                if kind not in (OWN, NAMED, "reply", OPERATOR_KIND):
-                    return False
-                return self._block_key(key, left, detector, reason, note, now, kind, client, lanwide,
-                                       quiet=True, remote=True)
-            return self._lock_key(key, left, detector, reason, note, now, quiet=True, remote=True)
-        if op == "unblock":
-            return self.unblock(key, why=why, replicate=False)
-        return self.unlock(key, why=why, replicate=False)
-
-    def unblock(self, key: bytes, why: str = "", replicate: bool = True) -> bool:
-        """Take a peer out of the table and the kernel now."""
-        entry = self.peers.remove(key)
-        if entry is None:
-            return False
-        if self.replicate is not None and replicate:
-            self.replicate("unblock", ip_text(key), 0.0, entry.detector, why, None)
-        self._kernel_forget_peer(key, entry)
-        self._event(ev.PEER_UNBLOCKED, self.clock(), entry.detector, peer=ip_text(key), reason=why)
-        return True
-
-    def unlock(self, key: bytes, why: str = "", replicate: bool = True) -> bool:
-        """Free a locked client now (table, kernel, probe schedule)."""
-        entry = self.locks.remove(key)
-        if entry is None:
-            return False
-        if self.replicate is not None and replicate:
-            self.replicate("unlock", ip_text(key), 0.0, entry.detector, why, None)
+    def _unlocked(self, key: bytes) -> None:
         self._probe_due.pop(key, None)
         self.evidence.forget(key)
-        if self.kernel is not None:
-            self.kernel.remove("locks", key)
-        self._event(ev.LOCK_EXPIRED, self.clock(), entry.detector, address=ip_text(key), reason=why)
-        return True
-
-    def _kernel_forget_peer(self, key: bytes, entry) -> None:
-        if self.kernel is None or self.monitor:
-            return
-        if entry.lanwide:
-            self.kernel.remove(self.set_kind(entry.detector), key)
-        for client in entry.clients:
-            self.kernel.remove_pair(client, key)
-
-    def _peer_evicted(self, key: bytes, entry) -> None:
-        self.counters["peers_evicted"] += 1
-        self._kernel_forget_peer(key, entry)
-
-    def _lock_evicted(self, key: bytes, entry) -> None:
-        self.counters["locks_evicted"] += 1
-        self._probe_due.pop(key, None)
-        if self.kernel is not None:
-            self.kernel.remove("locks", key)
-
-    def live_entries(self) -> dict[str, list[tuple[bytes, float]]]:
-        """Kernel set kind -> [(address, seconds left)], for rebuilding kernel sets."""
-        now = self.clock()
-        out: dict[str, list] = {"peers": [], "nolock": [], "locks": []}
-        for key, left, entry in self.peers.full_entries(now):
-            if entry.lanwide:
-                out[self.set_kind(entry.detector)].append((key, left))
-        out["locks"] = [(key, left) for key, left, _, _ in self.locks.entries(now)]
-        return out
 
     # ------------------------------------------------------------------ timers
     def _schedule_probe(self, key: bytes, due: float, sent: int) -> None:
@@ -600,17 +329,7 @@ class Engine:
         """Expire what is due and send due probes; called by the loop, traffic or not."""
         now = self.clock() if now is None else now
         self.context.now = now
-        kernel = None if self.monitor else self.kernel
-        for key, entry in self.peers.expire(now):
-            self.counters["peers_expired"] += 1
-            if kernel is not None:
-                self._kernel_forget_peer(key, entry)
-        for key, entry in self.locks.expire(now):
-            self._probe_due.pop(key, None)
-            self.evidence.forget(key)
-            if kernel is not None:
-                kernel.remove("locks", key)
-            self._event(ev.LOCK_EXPIRED, now, entry.detector, address=ip_text(key))
+        self.ledger.expire(now)
         heap = self._probe_heap
         while heap and heap[0][0] <= now:
             due, key = heapq.heappop(heap)
@@ -663,23 +382,23 @@ class Engine:
 
     # ------------------------------------------------------------------ side effects
     def flush(self) -> None:
-        """Write kernel set updates and send the spoofs and probes requested since the
-        last flush: side effects, after the verdicts.  Nothing here may raise."""
-        if self.kernel is not None:
-            try:
-                self.kernel.flush()
-            except Exception as exc:  # ipset gone, a broken pipe: count, keep filtering
-                self.counters["kernel_set_errors"] += 1
-                ev.emit(log, logging.ERROR, "kernel_set_error", error=str(exc))
-        if not self.outbox:
-            return
-        outbox, self.outbox = self.outbox, []
-        now = self.clock()
-        for name, action in outbox:
-            try:
-                self._send(name, action, now)
-            except Exception as exc:  # a malformed action that slipped through: its detector's fault
-                self._detector_failed(name, exc)
+        """Write the mirrors' updates, send the spoofs and probes requested since the last
+        flush, then tell the events: side effects, after the verdicts.  Nothing here may
+        raise."""
+        try:
+            self.ledger.flush()
+        except Exception as exc:  # ipset gone, a broken pipe: count, keep filtering
+            self.counters["kernel_set_errors"] += 1
+            ev.emit(log, logging.ERROR, "kernel_set_error", error=str(exc))
+        if self.outbox:
+            outbox, self.outbox = self.outbox, []
+            now = self.clock()
+            for name, action in outbox:
+                try:
+                    self._send(name, action, now)
+                except Exception as exc:  # a malformed action that slipped through: its detector's fault
+                    self._detector_failed(name, exc)
+        self.drain_events()
 
     def _send(self, name: str, action, now: float) -> None:
         dst = action.dst if isinstance(action, Spoof) else action.client
@@ -696,9 +415,6 @@ class Engine:
         if isinstance(action, Probe):
             entry = self.locks.get(key, now)
             self.evidence.probe_sent(key, action.dport, now, entry.until if entry else now + self.settings.lock_seconds)
-        if self.monitor:
-            self.counters["would_send"] += 1
-            return
         if self.sender is None:
             self.counters[kind] += 1
             return
@@ -707,6 +423,9 @@ class Engine:
         except OSError as exc:
             self.counters["send_failed"] += 1
             ev.emit(log, logging.WARNING, "send_failed", detector=name, address=ip_text(key), error=str(exc))
+            return
+        if sent is None:  # a dry run's sender (monitor mode): nothing left the gateway
+            self.counters["would_send"] += 1
             return
         if sent:
             if kind == ev.PROBE_SENT:
@@ -718,15 +437,23 @@ class Engine:
 
     # ------------------------------------------------------------------ events
     def _event(self, kind: str, now: float, detector: str | None, *, skip: str | None = None, **fields) -> None:
-        event = ev.Event(kind, now, detector, **fields)
-        self.events.record(event)
-        for name, observe in self._observers:
-            if name == skip:
-                continue
-            try:
-                observe(event)
-            except Exception as exc:
-                self._detector_failed(name, exc, notify=False)
+        """Queue an event; it is counted, logged and observed by ``drain_events``."""
+        self._pending_events.append((ev.Event(kind, now, detector, **fields), skip))
+
+    def drain_events(self) -> None:
+        """Count, log and hand to the observers the events queued since the last drain
+        (after the verdicts; replay drains after each packet so their order stays)."""
+        while self._pending_events:
+            pending, self._pending_events = self._pending_events, []
+            for event, skip in pending:
+                self.events.record(event)
+                for name, observe in self._observers:
+                    if name == skip:
+                        continue
+                    try:
+                        observe(event)
+                    except Exception as exc:
+                        self._detector_failed(name, exc, notify=False)
 
     def _detector_failed(self, name: str, exc: Exception, kind: str = ev.DETECTOR_ERROR,
                          notify: bool = True) -> None:
@@ -750,8 +477,7 @@ class Engine:
         counters = dict(self.counters)
         counters.update(accepted=self.n_accepted, dropped=self.n_dropped,
                         packets=self.n_accepted + self.n_dropped + counters.get("unparsed", 0))
-        if self.kernel is not None:
-            counters.update(self.kernel.counters())
+        counters.update(self.ledger.mirror_counters())
         return counters
 
     def snapshot(self, limit: int = 1000, wall: float | None = None) -> dict:

@@ -26,7 +26,7 @@ import ipaddress
 from collections import OrderedDict
 
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN
-from .tables import NAMED, OWN, REPLY
+from .records import NAMED, OWN, REPLY
 
 MAX_NAMED = 50  # addresses one reply may name
 NAMED_PER_SOURCE = 500  # addresses one replying source may name per minute

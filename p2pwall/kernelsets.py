@@ -3,7 +3,7 @@
 The peers (``peers``, ``nolock``) and the client-scoped blocks (``pairs``) are nft sets
 in p2pwall's own table, whose one chain before conntrack drops what the LAN sends to
 them; the locks are an ipset set, which the iptables rules read (see
-:meth:`p2pwall.policy.QueuePolicy.nft_sets_text`).
+:func:`p2pwall.rules.nft_table`).
 
 The in-process tables stay the source of truth (status, replay, probes); the sets let
 the kernel drop every packet to a blocked peer, established flows included, and every
@@ -27,6 +27,7 @@ import subprocess
 from .events import emit
 from .packet import ip_text
 from .policy import NFT_KINDS, QueuePolicy, SetSpec, set_name
+from .rules import nft_table
 
 log = logging.getLogger("p2pwall.kernelsets")
 MAX_TIMEOUT = 2147483  # ipset's limit, in seconds
@@ -126,7 +127,7 @@ class KernelSets:
                     raise KernelSetError(f"ipset create {spec.name}: {done.stderr.strip()}")
             self.families.append(family)
         self.owner = True
-        script = self.policy.nft_sets_text()
+        script = nft_table(self.policy)
         if script:
             self._nft(f"table inet {self.policy.nft_table}\ndelete table inet {self.policy.nft_table}\n")
             done = self._nft(script)
@@ -134,10 +135,31 @@ class KernelSets:
                 raise KernelSetError(f"nft table {self.policy.nft_table}: {done.stderr.strip()[:300]}")
             self.table, self.pairs = True, self.policy.pair_sets
 
+    def remake_table(self) -> bool:
+        """Make p2pwall's nft table anew, empty, from the current policy (a reload changed
+        the LAN interfaces or the marks; a firewall reload removed it): True when it was
+        made (the ledger then renders its entries into it).  The ipset lock sets stay."""
+        if not self.owner:
+            return False
+        self.pending_nft = []  # the ledger renders everything again
+        self._nft(f"table inet {self.policy.nft_table}\ndelete table inet {self.policy.nft_table}\n")
+        self.table = self.pairs = False
+        script = nft_table(self.policy)
+        if not script:
+            return False
+        done = self._nft(script)
+        if done.returncode != 0:
+            self.failures += 1
+            self.last_error = done.stderr.strip()[:200]
+            emit(log, logging.ERROR, "kernel_set_error", set=self.policy.nft_table, error=self.last_error)
+            return False
+        self.table, self.pairs = True, self.policy.pair_sets
+        return True
+
     def attach(self, families=(4, 6)) -> None:
         """Use sets another process created (a worker beside the main process)."""
         self.families = list(families)
-        self.table = bool(self.policy.nft_sets_text())
+        self.table = bool(nft_table(self.policy))
         self.pairs = self.table and self.policy.pair_sets
 
     def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
@@ -299,7 +321,7 @@ class KernelSets:
         found: dict[str, list] = {"peers": [], "nolock": [], "locks": [], "pairs": []}
         for spec in self.policy.sets():
             found[spec.kind] += [(addr, float(left), note) for addr, left, note in self._list(spec.name) if left > 0]
-        if self.policy.nft_sets_text():
+        if nft_table(self.policy):
             for family in (4, 6):
                 for kind in NFT_KINDS:
                     found[kind] += [(v, left, note) for v, left, note in self._nft_elements(f"{kind}{family}")

@@ -6,6 +6,10 @@ cannot stop a host from sending as its neighbour on the same segment.  Here the 
 MAC of the packet that would earn evidence or a lock is compared with the MAC the
 gateway itself resolved for that address: a mismatch is a spoofed packet and earns
 nothing.  An address the gateway has not resolved (yet) is taken as it comes.
+
+The table is read off the packet path: ``reload`` runs at start and then from the
+daemon's watch thread (every ``REFRESH`` seconds); ``genuine`` only looks it up, so no
+verdict waits for ``ip neigh``.
 """
 
 from __future__ import annotations
@@ -17,15 +21,21 @@ import time
 from .packet import ip_bytes
 
 
+REFRESH = 1.0  # seconds between readings of the neighbour table
+
+
 class Neighbours:
-    def __init__(self, interfaces, refresh: float = 1.0, clock=time.monotonic):
+    def __init__(self, interfaces, clock=time.monotonic, read: bool = True):
         self.interfaces = set(interfaces)
-        self.refresh = refresh
         self.clock = clock
         self._table: dict[bytes, bytes] = {}
         self._read_at = -1e9
+        if read:
+            self.reload()
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
+        """Read the gateway's ARP and NDP tables for the LAN interfaces (swapped in whole:
+        the loop's lookups never see half a table)."""
         table: dict[bytes, bytes] = {}
         try:
             with open("/proc/net/arp") as f:
@@ -54,9 +64,4 @@ class Neighbours:
         if not mac:
             return True
         known = self._table.get(addr)
-        if known is not None and known == mac[:len(known)]:
-            return True
-        if self.clock() - self._read_at >= self.refresh:
-            self._reload()
-            known = self._table.get(addr)
         return known is None or known == mac[:len(known)]

@@ -69,6 +69,9 @@ class DetectorInfo:
     in the engine and in the kernel (``[detectors.<name>] lock`` for the built-in ones)."""
     origin: str = ""
     """Set by p2pwall: "built in" or the distribution the detector came from."""
+    observer: bool = False
+    """Set by p2pwall for a plugin that implements ``p2pwall_event`` and no
+    ``p2pwall_detector_info``: a reporting plugin, not a detector."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -195,6 +198,8 @@ class DetectorSet:
                 raise ConfigError(f"[detectors.{name}]: detector failed to configure: {exc}") from None
         describe = dict(self.impls("p2pwall_detector_info"))
         for d in self.detectors:
+            if d.info.observer:
+                continue
             try:
                 info = _coerce_info(d.name, describe[d.name]())
             except PluginError as exc:
@@ -214,8 +219,9 @@ class DetectorSet:
         for d in self.detectors:
             if kind in d.info.wants:
                 mine = d.info.tcp_strings if kind == "tcp_payload" else d.info.tcp_strings_in
-                if not mine and not (kind == "tcp_payload" and d.info.tcp_prefixes):
-                    return None
+                sizes = d.info.tcp_first_sizes if kind == "tcp_payload" else d.info.tcp_first_sizes_in
+                if not mine and not sizes and not (kind == "tcp_payload" and d.info.tcp_prefixes):
+                    return None  # it wants every first payload of that kind
                 strings.extend(s for s in mine if s not in strings)
         return strings
 
@@ -233,6 +239,20 @@ class DetectorSet:
             if "tcp_payload" in d.info.wants:
                 found.extend(p for p in d.info.tcp_prefixes if p not in found)
         return found
+
+    def tcp_screens(self, kind: str = "tcp_payload") -> dict:
+        """Each detector's own narrowing of ``kind`` (``tcp_payload`` or ``tcp_payload_in``):
+        a test ``screen(payload bytes, first)`` that passes what its declarations select
+        (one of its strings, one of its prefixes, a first payload of its sizes), or None
+        where it declared none of them (it sees every payload of that kind)."""
+        out = {}
+        for d in self.detectors:
+            i = d.info
+            strings = tuple(i.tcp_strings if kind == "tcp_payload" else i.tcp_strings_in)
+            prefixes = tuple(i.tcp_prefixes) if kind == "tcp_payload" else ()
+            sizes = i.tcp_first_sizes if kind == "tcp_payload" else i.tcp_first_sizes_in
+            out[d.name] = _tcp_screen(strings, prefixes, sizes) if strings or prefixes or sizes else None
+        return out
 
     def udp_screens(self) -> dict:
         """Each detector's compiled ``udp_screen`` match, or None where it gave none."""
@@ -252,6 +272,15 @@ class DetectorSet:
     def locking(self) -> dict[str, bool]:
         """Per detector: do SYNs to the peers it learned lock their sender?"""
         return {d.name: d.info.locks for d in self.detectors}
+
+
+def _tcp_screen(strings: tuple, prefixes: tuple, sizes):
+    low, high = sizes if sizes else (1, 0)
+
+    def screen(data: bytes, first: bool) -> bool:
+        return (any(x in data for x in strings) or (bool(prefixes) and data.startswith(prefixes))
+                or (first and low <= len(data) <= high))
+    return screen
 
 
 def _screen(patterns: list[bytes]):
@@ -285,8 +314,14 @@ def register(entries) -> DetectorSet:
             pm.register(plugin, name=name)
         except Exception as exc:
             raise PluginError(f"detector {name}: not a valid plugin: {exc}") from None
+        _honoured(pm, name)
         if not any(i.plugin_name == name for i in pm.hook.p2pwall_detector_info.get_hookimpls()):
-            raise PluginError(f"detector {name}: does not implement p2pwall_detector_info")
+            if not any(i.plugin_name == name for i in pm.hook.p2pwall_event.get_hookimpls()):
+                raise PluginError(f"detector {name}: does not implement p2pwall_detector_info")
+            # an observer: implements p2pwall_event and nothing about packets
+            detectors.append(Detector(name, plugin, DetectorInfo(name=name, origin=origin, observer=True,
+                                                                  description="observes events")))
+            continue
         detectors.append(Detector(name, plugin, DetectorInfo(name=name, origin=origin)))
     try:
         pm.check_pending()
@@ -298,6 +333,23 @@ def register(entries) -> DetectorSet:
         if unknown:
             raise PluginError(f"detector {plugin_name}: unknown hook {unknown[0]} (see p2pwall.hookspecs)")
     return DetectorSet(detectors, pm)
+
+
+# pluggy options the engine does not honour: it calls each detector's hook itself, in load
+# order, never as one pluggy call, so ordering and wrapping would silently not happen
+_UNHONOURED = ("tryfirst", "trylast", "wrapper", "hookwrapper")
+
+
+def _honoured(pm: pluggy.PluginManager, name: str) -> None:
+    for hook in ("p2pwall_detector_info", "p2pwall_configure", "p2pwall_inspect", "p2pwall_make_probe",
+                 "p2pwall_event"):
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            if impl.plugin_name != name:
+                continue
+            used = [opt for opt in _UNHONOURED if getattr(impl, opt, False)]
+            if used:
+                raise PluginError(f"detector {name}: {hook}: hookimpl option {used[0]}=True is not supported "
+                                  f"(p2pwall calls each detector's hooks on its own, in load order)")
 
 
 def load(names: list[str] | tuple[str, ...] | None = None, settings: Settings | None = None) -> DetectorSet:

@@ -1,8 +1,7 @@
 """Replaying captures through the same engine the daemon runs, with capture time as clock.
 
 Each packet first meets replay's model of the kernel, taken from the same queue policy
-the live rules are rendered from (:meth:`p2pwall.policy.QueuePolicy.kernel_base` and
-``kernel_with_sets``): what the rules would queue goes through the engine; what the
+the live rules are rendered from (:mod:`p2pwall.kernelmodel`): what the rules would queue goes through the engine; what the
 kernel sets would drop, or the rules let pass unseen, is counted as such.  So the report
 says what the daemon would have done.
 
@@ -28,10 +27,12 @@ import numpy as np
 from . import capindex
 from .config import Settings
 from .engine import Engine
-from .kernelsets import _timeout, parse_comment, valid_element
+from .kernelmodel import BASE_CLEAN, BASE_QUEUE, KERNEL_DROP, PASS, QUEUE, KernelColumns, KernelModel, kernel_base, \
+    kernel_with_sets
+from .kernelsets import parse_comment
 from .packet import FROM_LAN, TCP, TO_LAN, UDP, ip_text, parse
 from .plugins import DetectorSet
-from .policy import BASE_CLEAN, BASE_QUEUE, KERNEL_DROP, PASS, QUEUE, KernelColumns, QueuePolicy
+from .policy import QueuePolicy
 
 _V6_KEY = 1 << 128
 _LOW64 = (1 << 64) - 1
@@ -72,101 +73,13 @@ class Clock:
         return self.now
 
 
-class KernelModel:
-    """Replay's stand-in for :class:`p2pwall.kernelsets.KernelSets`: the engine adds and
-    removes elements as it does live; each element's life is kept as the packets it
-    covers (from the packet after the one that added it, until its timeout or removal),
-    so packets the engine never sees are judged by what the kernel held then."""
-
-    def __init__(self, clock: Clock, pairs: bool):
-        self.clock = clock
-        self.pairs = pairs  # the pair set exists (QueuePolicy.pair_sets): else, as live, no pair is held
-        self.at = -1  # the packet being handled; a change applies from the next one
-        # kind -> element (an address; a (client, peer) pair) -> [first packet, until,
-        # removed at or None, note]: what the set holds now, and every element's lives
-        self.live: dict[str, dict] = {kind: {} for kind in ("peers", "nolock", "pair", "locks")}
-        self.history: dict[str, dict] = {kind: {} for kind in self.live}
-
-    def _add(self, kind: str, key, seconds: float, note: str) -> bool:
-        now = self.clock.now
-        # the engine takes an element out when its own entry expires (its tick runs every
-        # second live), before the kernel's whole-second timeout would: its time counts
-        until = now + min(seconds, _timeout(seconds))
-        live = self.live[kind]
-        cur = live.get(key)
-        if cur is not None and cur[2] is None and now < cur[1]:
-            cur[1], cur[3] = until, note or cur[3]  # ipset add -exist: a new timeout
-            return True
-        entry = [self.at + 1, until, None, note]
-        live[key] = entry
-        self.history[kind].setdefault(key, []).append(entry)
-        return True
-
-    def _remove(self, kind: str, key) -> None:
-        cur = self.live[kind].get(key)
-        if cur is not None and cur[2] is None:
-            cur[2] = self.at + 1
-
-    @staticmethod
-    def key(addr: bytes) -> int:
-        """An address as the model keys it: its number, IPv6 ones above 2**128."""
-        return int.from_bytes(addr, "big") | (_V6_KEY if len(addr) == 16 else 0)
-
-    def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
-        return valid_element(addr) and self._add(kind, self.key(addr), seconds, note)
-
-    def add_pair(self, client: bytes, peer: bytes, seconds: float, note: str = "") -> bool:
-        return (self.pairs and valid_element(client) and valid_element(peer)
-                and self._add("pair", (self.key(client), self.key(peer)), seconds, note))
-
-    def remove(self, kind: str, addr: bytes) -> None:
-        self._remove(kind, self.key(addr))
-
-    def remove_pair(self, client: bytes, peer: bytes) -> None:
-        self._remove("pair", (self.key(client), self.key(peer)))
-
-    def flush(self) -> None:
-        pass
-
-    def counters(self) -> dict:
-        return {}
-
-    def holds(self, kind: str, key, i: int, now: float) -> str | None:
-        """The note of the element if the kernel held it for packet ``i``, else None."""
-        cur = self.live[kind].get(key)
-        if cur is None or cur[0] > i or now >= cur[1] or (cur[2] is not None and cur[2] <= i):
-            return None
-        return cur[3]
-
-    def judge(self, src: int, dst: int, i: int, now: float) -> tuple[str | None, str | None, str | None]:
-        """For packet ``i`` from ``src`` to ``dst`` (as :meth:`key` makes them): the set
-        that holds ``dst`` (``peers``, ``nolock``, ``pair``: checked in the rules' order)
-        or None, its note, and the lock set's note for ``src`` (None: not locked)."""
-        live = self.live
-        locked = None
-        e = live["locks"].get(src)
-        if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
-            locked = e[3]
-        e = live["peers"].get(dst)
-        if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
-            return "peers", e[3], locked
-        e = live["nolock"].get(dst)
-        if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
-            return "nolock", e[3], locked
-        pairs = live["pair"]
-        if pairs:
-            e = pairs.get((src, dst))
-            if e is not None and e[0] <= i and now < e[1] and (e[2] is None or e[2] > i):
-                return "pair", e[3], locked
-        return None, None, locked
-
-
 class Replay:
     def __init__(self, settings: Settings, detectors: DetectorSet, keep_events: int = 100000):
         self.clock = Clock()
         self.policy = QueuePolicy.build(settings, detectors)
         self.model = KernelModel(self.clock, self.policy.pair_sets) if self.policy.kernel_sets else None
-        self.engine = Engine(settings, detectors, clock=self.clock, keep_events=keep_events, kernel=self.model)
+        self.engine = Engine(settings, detectors, clock=self.clock, keep_events=keep_events,
+                             mirrors=[self.model] if self.model is not None else [])
         self.lan = self.engine.lan
         self.flows: list[Flow] = []
         self.packets = 0
@@ -407,7 +320,7 @@ class _Run:
         policy, engine, model, clock = rp.policy, rp.engine, rp.model, rp.clock
         cols = KernelColumns(self.proto, self.outgoing, self.solicited, self.sent, self.received, self.syn,
                              self.paylen, self.first, self.sport, self.dport, self.v6, self._payloads)
-        base = policy.kernel_base(cols)
+        base = kernel_base(policy, cols)
         engine_sees = base == BASE_QUEUE
         if policy.kernel_sets:
             engine_sees |= self.outgoing & self.syn  # a SYN meets the lock and peer sets
@@ -446,7 +359,7 @@ class _Run:
             if peer_set is None and lock_note is None:  # no set holds anything for it: the rules decide
                 where = QUEUE if bases[k] == BASE_QUEUE else PASS
             else:
-                where = policy.kernel_with_sets(bases[k], out, syn, peer_set, lock_note is not None)
+                where = kernel_with_sets(policy, bases[k], out, syn, peer_set, lock_note is not None)
             flow = flows[k]
             if where == KERNEL_DROP:
                 kernel_drops += 1

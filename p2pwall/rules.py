@@ -7,6 +7,7 @@ removing them never disturbs the administrator's rules.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     # conntrack once; from then on each of its packets costs one connmark test here.
     if policy.kernel_sets:
         # learned peers are enforced by p2pwall's nft table before conntrack (see
-        # QueuePolicy.nft_sets_text): everything the LAN sends to a peer is dropped there
+        # nft_table): everything the LAN sends to a peer is dropped there
         # but the SYNs to a peer blocked for their sender, which it marks: those are
         # queued here first, clean connection or lock or not, and the engine (re)locks the
         # sender (after checking that the sender is who it says it is)
@@ -164,12 +165,11 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         for dst in policy.lan_sources(family, towards=True):
             chains[names["forward"]].append(f"{dst} -m conntrack --ctstate ESTABLISHED --ctdir REPLY "
                                             f"-j {names['reply']}")
-    tcp_done = policy.payload_packets + 3
-    lan.append(f"-p tcp {_first_after(tcp_done)} -j CONNMARK --or-mark 0x{policy.clean_mark:x}")
+    lan.append(f"-p tcp {_first_after(policy.tcp_clean_after)} -j CONNMARK --or-mark 0x{policy.clean_mark:x}")
     # without kernel sets, every UDP packet must be queued so learned peers stay blocked
     limit_udp = policy.udp_packets and policy.kernel_sets
     if limit_udp:
-        lan.append(f"-p udp {_first_after(policy.udp_packets + 1)} -j CONNMARK --or-mark 0x{policy.clean_mark:x}")
+        lan.append(f"-p udp {_first_after(policy.udp_clean_after)} -j CONNMARK --or-mark 0x{policy.clean_mark:x}")
     udp_limit = f" {_first(policy.udp_packets, 'original')}" if limit_udp else ""
     if "udp" in wants:
         lan.append(f"-p udp{udp_limit} {target}")
@@ -183,7 +183,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         lan.append(f"-p tcp --tcp-flags SYN,RST NONE -m conntrack --ctstatus SEEN_REPLY "
                    f"-m connmark ! --mark 0x{seen_out:x}/0x{seen_out:x} {has_payload} -j MARK --or-mark 0x{first:x}")
         lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_out:x}")
-        lan.append(f"-p tcp ! --syn {_first(policy.payload_packets + 2, 'original')} -j {names['payload']}")
+        lan.append(f"-p tcp ! --syn {_first(policy.payload_window, 'original')} -j {names['payload']}")
         if policy.tcp_prefixes and family == 6:
             tcp_strings = None  # u32 reads IPv4 headers only: queue every first payload
         payload.extend(_payload_rules(tcp_strings, family, target))
@@ -199,7 +199,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         reply.append(f"-p tcp --tcp-flags SYN,RST NONE -m connmark ! --mark 0x{seen_in:x}/0x{seen_in:x} "
                      f"{has_payload} -j MARK --or-mark 0x{first:x}")
         reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_in:x}")
-        reply.append(f"-p tcp ! --syn {_first(policy.payload_packets + 2, 'reply')} -j {names['reply_payload']}")
+        reply.append(f"-p tcp ! --syn {_first(policy.payload_window, 'reply')} -j {names['reply_payload']}")
         reply_payload.extend(_payload_rules(policy.tcp_strings_in, family, target))
         if policy.first_sizes_in:
             reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_sizes(policy.first_sizes_in, family)} "
@@ -208,6 +208,80 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     if len(chains[names["input"]]) > 1:  # more than the reverse-path test
         jumps.append(("INPUT", names["input"]))
     return RuleSet(policy.queue, family, chains, jumps, mangle)
+
+
+def nft_table(policy: QueuePolicy) -> str:
+    """p2pwall's nftables table: the learned peers (``peers``, ``nolock``) and the
+    client-scoped blocks (``pairs``: LAN client . peer, with LAN interfaces only), all
+    with timeouts, and one chain before conntrack that drops what the LAN sends to
+    them, except the SYNs that must reach the engine: those go on with a mark that the
+    iptables rules queue before anything else.  One hook and native set lookups:
+    an early packet crosses one chain for all of it.  Empty without kernel sets."""
+    if not policy.kernel_sets:
+        return ""
+    if policy.lan_interfaces:
+        names = ", ".join(f'"{n}"' for n in policy.lan_interfaces)
+        entries = [f"iifname {{ {names} }} jump lan"]
+    else:
+        entries = []
+        for family, word in ((4, "ip"), (6, "ip6")):
+            nets = [str(ipaddress.ip_network(n, strict=False)) for n in policy.lan_networks]
+            nets = [n for n in nets if ipaddress.ip_network(n).version == family]
+            if nets:
+                entries.append(f"{word} saddr {{ {', '.join(nets)} }} jump lan")
+    if not entries:
+        return ""
+    # no size: the peer table bounds what the engine mirrors, and a reload that resizes
+    # it leaves the sets alone
+    sets = ["  set peers4 { type ipv4_addr; flags timeout; }",
+            "  set peers6 { type ipv6_addr; flags timeout; }",
+            "  set nolock4 { type ipv4_addr; flags timeout; }",
+            "  set nolock6 { type ipv6_addr; flags timeout; }"]
+    lan = []
+    if policy.pair_sets:
+        sets += ["  set pairs4 { type ipv4_addr . ipv4_addr; flags timeout; }",
+                 "  set pairs6 { type ipv6_addr . ipv6_addr; flags timeout; }"]
+        lan += ["    ip saddr . ip daddr @pairs4 jump blocked",
+                "    ip6 saddr . ip6 daddr @pairs6 jump blocked"]
+    lan += ["    ip daddr @peers4 jump peer", "    ip6 daddr @peers6 jump peer",
+            "    ip daddr @nolock4 counter drop", "    ip6 daddr @nolock6 counter drop"]
+    return "\n".join([
+        f"table inet {policy.nft_table} {{", *sets,
+        "  chain pre {",
+        "    type filter hook prerouting priority -300; policy accept;",
+        *(f"    {e}" for e in entries),
+        "  }",
+        "  chain lan {", *lan, "  }",
+        "  chain blocked {",  # blocked for this client alone
+        f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept",
+        "    counter drop",
+        "  }",
+        "  chain peer {",  # blocked LAN-wide
+        f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept",
+        "    counter drop",
+        "  }", "}", ""])
+
+
+def rule_sets(policy: QueuePolicy) -> list[RuleSet]:
+    return [build(policy, family) for family in (4, 6)]
+
+
+def iptables_text(policy: QueuePolicy) -> str:
+    """Everything ``run`` installs, as ``p2pwall rules`` prints it: the nft table, the
+    ipset sets, then the iptables-restore input of each family that has rules."""
+    out = []
+    table = nft_table(policy)
+    if table:
+        out.append("# first: nft -f - (learned peers and client-scoped blocks)\n")
+        out += [f"#   {line}\n" for line in table.splitlines()]
+    for rs in rule_sets(policy):
+        if rs.empty:
+            continue
+        for spec in policy.sets(rs.family):
+            out.append(f"# first: ipset {' '.join(spec.create_args())}\n")
+        out.append(f"# {'iptables' if rs.family == 4 else 'ip6tables'}-restore --noflush\n")
+        out.append(restore_script(rs))
+    return "".join(out)
 
 
 def restore_script(rules: RuleSet) -> str:
@@ -242,7 +316,7 @@ def nft_script(policy: QueuePolicy) -> str:
         srcs = ([f"ip saddr {{ {v4} }}"] if v4 else []) + ([f"ip6 saddr {{ {v6} }}"] if v6 else [])
         dsts = ([f"ip daddr {{ {v4} }}"] if v4 else []) + ([f"ip6 daddr {{ {v6} }}"] if v6 else [])
     wants = policy.wants
-    first = f"1-{policy.payload_packets + 2}"
+    first = f"1-{policy.payload_window}"
     udp_first = f" ct original packets 1-{policy.udp_packets}" if policy.udp_packets and policy.kernel_sets else ""
     fwd, inp = [], []
     for src in srcs:

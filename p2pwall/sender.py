@@ -103,3 +103,13 @@ class RawSender:
         for s in (self._sock4, self._sock6):
             if s is not None:
                 s.close()
+
+
+class DrySender:
+    """Monitor mode's sender: sends nothing (the engine counts ``would_send``)."""
+
+    def send(self, action, key: bytes) -> None:
+        return None
+
+    def close(self) -> None:
+        pass

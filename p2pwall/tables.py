@@ -18,6 +18,7 @@ import heapq
 from itertools import islice
 
 from .packet import ip_text
+from .records import OWN, rank as _rank
 
 _META_BITS = 12
 _META_MASK = (1 << _META_BITS) - 1
@@ -25,13 +26,6 @@ _UNTIL_BITS = 42  # milliseconds: 139 years of any clock the engine is given
 _UNTIL_MASK = (1 << _UNTIL_BITS) - 1
 _SHIFT = _META_BITS + _UNTIL_BITS
 _BUCKET_MS = 250
-
-# what kind of evidence an entry rests on
-OWN = "own"  # the client's own outgoing packet
-REPLY = "reply"  # the peer's own answer, on a flow a LAN client opened
-NAMED = "named"  # the address was named in a reply (tracker peer list, DHT nodes) or request
-OPERATOR = "operator"  # put there by hand
-KINDS = (OWN, REPLY, NAMED, OPERATOR)
 
 MAX_CLIENTS = 4  # LAN clients remembered per peer: enough for any corroboration setting
 
@@ -306,10 +300,6 @@ class PeerTable(ExpiringTable):
         """Whether named-only evidence must wait: past this share of the bound, names
         from replies may not push out what clients' own packets proved."""
         return len(self._values) >= self.max_entries * share
-
-
-def _rank(kind: str) -> int:
-    return {NAMED: 0, OWN: 1, REPLY: 2, OPERATOR: 3}.get(kind, 0)
 
 
 class LockTable(ExpiringTable):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import struct
 
 from .config import Settings, from_dict
-from .engine import Engine, Verdict
+from .contract import Verdict
+from .engine import Engine
 from .packet import ACK, FROM_LAN, PSH, SYN, ip_bytes, parse
 from .plugins import DetectorSet, register
 
@@ -79,11 +80,54 @@ def detector_set(*plugins, settings: Settings | None = None, names=None) -> Dete
     return found
 
 
+class RecordingSender:
+    """A sender that sends nothing and records what the engine handed it: only spoofs and
+    probes that passed every check (LAN, on-link, rate bounds not modelled)."""
+
+    def __init__(self):
+        self.sent: list = []
+
+    def send(self, action, key: bytes) -> bool:
+        self.sent.append(action)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingMirror:
+    """A ledger mirror (:mod:`p2pwall.mirrors`) that records every change it is told:
+    ``changes`` holds ``(op, where, record)`` with op ``add`` or ``remove``; ``holds``
+    is what it would hold now, by where."""
+
+    def __init__(self):
+        self.changes: list = []
+        self.holds: dict = {}
+        self.flushes = 0
+
+    def add(self, where, record) -> None:
+        self.changes.append(("add", where, record))
+        self.holds.setdefault(where, {})[(record.client, record.address) if where == "pair" else record.address] = record
+
+    def remove(self, where, record) -> None:
+        self.changes.append(("remove", where, record))
+        self.holds.get(where, {}).pop((record.client, record.address) if where == "pair" else record.address, None)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def counters(self) -> dict:
+        return {}
+
+
 class DetectorHarness:
-    """An engine around some detectors, with an injected clock and a recording outbox.
+    """An engine around some detectors, with an injected clock, a recording sender and a
+    recording ledger mirror (``mirror``).
 
     ``feed`` returns a :class:`p2pwall.Verdict` (``drop``, ``detector``, ``reason``);
-    ``blocked(addr)`` and ``locked(addr)`` tell what the engine's tables hold now."""
+    ``blocked(addr)`` and ``locked(addr)`` tell what the engine's tables hold now;
+    ``sent`` lists the spoofs and probes the engine really sent (after its checks);
+    ``replay(path)`` runs a capture through the same detectors as ``p2pwall replay``."""
 
     def __init__(self, *plugins, config: dict | None = None, lan=("192.168.0.0/16",), names=None):
         data = dict(config or {})
@@ -91,8 +135,11 @@ class DetectorHarness:
         self.settings = from_dict(data)
         self.clock = Clock()
         self.detectors = detector_set(*plugins, settings=self.settings, names=names)
-        self.engine = Engine(self.settings, self.detectors, clock=self.clock, keep_events=10000)
-        self.sent: list = []
+        self.sender = RecordingSender()
+        self.mirror = RecordingMirror()
+        self.engine = Engine(self.settings, self.detectors, clock=self.clock, keep_events=10000,
+                             sender=self.sender, mirrors=[self.mirror])
+        self.sent = self.sender.sent
 
     def feed(self, raw: bytes, direction: str = FROM_LAN, first: bool = True) -> Verdict:
         """Judge one raw packet; ``first``: for a TCP payload, whether it is the first of
@@ -112,8 +159,17 @@ class DetectorHarness:
         self._collect()
 
     def _collect(self) -> None:
-        self.sent.extend(a for _, a in self.engine.outbox)
-        self.engine.flush()  # the checks a real send passes (LAN only), without a sender
+        self.engine.flush()  # after the verdict: mirrors, sends (checked), events
+
+    def replay(self, path: str) -> dict:
+        """The report ``p2pwall replay --format json`` gives for the capture at ``path``,
+        with these detectors and this configuration."""
+        from .replay import Replay
+
+        rp = Replay(self.settings, self.detectors)
+        rp.feed_file(path)
+        rp.run()
+        return rp.report()
 
     def blocked(self, addr) -> bool:
         """Whether ``addr`` (text or packed) is a blocked peer now."""

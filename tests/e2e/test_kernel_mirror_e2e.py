@@ -93,7 +93,7 @@ def test_the_kernel_follows_every_change_of_the_tables(ns):
         assert len(engine.locks) == 10
         assert_mirror(engine, kernel, clock)
         # unblock
-        assert engine.unblock(bytes([203, 0, 113, 1]))
+        assert engine.ledger.unblock(bytes([203, 0, 113, 1]))
         engine.flush()
         assert_mirror(engine, kernel, clock)
         # expiry: locks (20 s) go, peers (30 s) stay
@@ -103,7 +103,7 @@ def test_the_kernel_follows_every_change_of_the_tables(ns):
         assert len(engine.locks) == 0 and len(engine.peers) == 10
         assert_mirror(engine, kernel, clock)
         # the client-scoped peer 203.0.113.8 is forgotten for its client, in the kernel too
-        assert engine.unblock(bytes([203, 0, 113, 8]))
+        assert engine.ledger.unblock(bytes([203, 0, 113, 8]))
         engine.flush()
         assert_mirror(engine, kernel, clock)
         # reload: 203.0.113.2 is now allowlisted, 203.0.113.3 now inside the LAN
@@ -121,7 +121,7 @@ def test_the_kernel_follows_every_change_of_the_tables(ns):
             feed(engine, f"192.0.2.{i + 40}", f"203.0.113.{i + 210}")
         bigger = from_dict(dict(wider, peers={"max": 5000}, lock={"max": 700}))
         engine.reconfigure(bigger, detectors)
-        kernel.resize(QueuePolicy.build(bigger, detectors), engine.live_entries())
+        kernel.resize(QueuePolicy.build(bigger, detectors), engine.ledger.live_entries())
         listing = subprocess.run(["ip", "netns", "exec", ns, "ipset", "list", kernel.policy.set_names(4)["locks"]],
                                  capture_output=True, text=True).stdout
         assert "maxelem 700" in listing

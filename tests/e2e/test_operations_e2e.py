@@ -88,7 +88,7 @@ def test_learned_peers_and_locks_survive_a_restart(net, server, testdet_env):
     udp(net, net.lans[0], peer, 5000, b"BLOCK-r", wait=0.3)
     udp(net, net.lans[1], net.outside[13], 5000, b"LOCK-r", wait=0.3)
     assert d.stop() == 0
-    assert json.loads(open(state).read())["peers"][0]["address"] == peer
+    assert json.loads(open(state).read())["records"][0]["addr"] == peer
     d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="restart2")
     try:
         assert "event=state_restored entries=2" in d.output()

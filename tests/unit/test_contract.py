@@ -111,7 +111,8 @@ def test_info_is_asked_once_after_configure():
 
 
 def test_the_harness_names_a_detector_as_its_entry_point_does():
-    from p2pwall_directconnect import DirectConnectDetector
+    DirectConnectDetector = pytest.importorskip(
+        "p2pwall_directconnect", reason="the example detector package is not installed").DirectConnectDetector
 
     h = DetectorHarness(DirectConnectDetector(), config={"detectors": {"directconnect": {"udp": True}}})
     verdict = h.feed(udp("192.168.1.5", "203.0.113.9", 411, 411, b"$Ping 1.2.3.4:411|"))

@@ -144,7 +144,7 @@ def test_unparseable_packets_are_accepted_and_counted():
 
 def test_spoofs_go_only_to_hosts_on_link_on_a_lan_interface():
     h = DetectorHarness(Scripted(), lan=("192.168.0.0/16", "10.0.0.0/8"))
-    from p2pwall.engine import AddressSet
+    from p2pwall.addresses import AddressSet
 
     h.engine.onlink = AddressSet(["192.168.1.0/24"])  # what the LAN interface itself carries
     h.engine.outbox.append(("scripted", Spoof(PEER, 1, "10.1.2.3", 2, b"x")))  # in lan_networks, not on-link

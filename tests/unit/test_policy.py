@@ -4,11 +4,12 @@ from it, and a detector's `lock = false` holds in the kernel too."""
 import subprocess
 import sys
 
-from p2pwall import Settings, plugins
+from p2pwall import Settings, plugins, rules
 from p2pwall.config import from_dict
 from p2pwall.engine import Engine
 from p2pwall.packet import FROM_LAN, parse
-from p2pwall.policy import KERNEL_DROP, PASS, QUEUE, QueuePolicy
+from p2pwall.kernelmodel import KERNEL_DROP, PASS, QUEUE, kernel_verdict
+from p2pwall.policy import QueuePolicy
 from p2pwall.testing import Clock, tcp, udp
 
 LAN, PEER = "192.168.1.5", "203.0.113.9"
@@ -51,12 +52,13 @@ def policy_for(config: dict, names=("gnutella", "fasttrack")) -> tuple[QueuePoli
 def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
     policy, found, settings = policy_for({"network": {"lan_interfaces": ["eth1"]},
                                           "detectors": {"gnutella": {"lock": False}}})
-    assert policy.peer_set_kind("gnutella") == "nolock" and policy.peer_set_kind("fasttrack") == "peers"
-    text = policy.iptables_text()
+    ledger = Engine(settings, found).ledger  # the one place that says which set
+    assert ledger.where("gnutella") == "nolock" and ledger.where("fasttrack") == "peers"
+    text = rules.iptables_text(policy)
     assert "--add-set" not in text  # only the engine locks (the kernel mirrors it)
     # the nft table: SYNs to a locking peer (or one blocked for the sender) are marked and
     # go on, everything else to a peer is dropped, and all of it to a lock = false peer
-    table = policy.nft_sets_text()
+    table = rules.nft_table(policy)
     assert '    iifname { "eth1" } jump lan' in table
     assert "ip daddr @peers4 jump peer" in table and "ip daddr @nolock4 counter drop" in table
     peer_chain = table[table.index("chain peer {"):]
@@ -72,12 +74,12 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
 
 def test_without_lan_interfaces_the_nft_table_selects_the_lan_by_source_and_has_no_pair_sets():
     policy, _, _ = policy_for({"network": {"lan_networks": ["192.168.0.0/16", "fd00::/8"]}})
-    table = policy.nft_sets_text()
+    table = rules.nft_table(policy)
     assert "ip saddr { 192.168.0.0/16 } jump lan" in table and "ip6 saddr { fd00::/8 } jump lan" in table
     assert "pairs" not in table and "iifname" not in table
-    assert policy.nft_sets_text() and not QueuePolicy.build(
+    assert rules.nft_table(policy) and not rules.nft_table(QueuePolicy.build(
         from_dict({"network": {"lan_networks": ["192.168.0.0/16"]}, "queue": {"kernel_sets": False}}),
-        plugins.load(["fasttrack"])).nft_sets_text()
+        plugins.load(["fasttrack"])))
 
 
 def test_the_engine_puts_each_peer_in_the_set_its_detector_asks_for():
@@ -121,7 +123,7 @@ def test_rules_prints_exactly_the_policy_run_installs(tmp_path):
     from p2pwall.config import load
 
     settings = load(conf)
-    assert done.stdout == QueuePolicy.build(settings, plugins.load(None, settings)).iptables_text()
+    assert done.stdout == rules.iptables_text(QueuePolicy.build(settings, plugins.load(None, settings)))
     assert "maxelem 3000" in done.stdout  # the sizes the daemon creates, not others
     assert "set pairs4 { type ipv4_addr . ipv4_addr; flags timeout; }" in done.stdout  # the peer table bounds it
 
@@ -130,7 +132,7 @@ def test_kernel_model_follows_the_rules():
     policy, _, _ = policy_for({"network": {"lan_networks": ["192.168.0.0/16"]}})
 
     def verdict(raw, sent=1, received=0, peer_set=None, locked=False, outgoing=True):
-        return policy.kernel_verdict(parse(raw), outgoing, sent, received, peer_set, locked)
+        return kernel_verdict(policy, parse(raw), outgoing, sent, received, peer_set, locked)
 
     syn = tcp(LAN, PEER, 1, 80)
     assert verdict(syn) == QUEUE

@@ -15,8 +15,10 @@ from p2pwall.config import from_dict
 from p2pwall.engine import Engine
 from p2pwall.kernelsets import parse_comment
 from p2pwall.packet import ACK, FIN, FROM_LAN, SYN, TCP, TO_LAN, UDP, ip_text, parse
-from p2pwall.policy import KERNEL_DROP, QUEUE, QueuePolicy
-from p2pwall.replay import TCP_TIMEOUT, UDP_STREAM_TIMEOUT, UDP_TIMEOUT, Clock, KernelModel, Replay
+from p2pwall.kernelmodel import KERNEL_DROP, QUEUE, kernel_verdict
+from p2pwall.policy import QueuePolicy
+from p2pwall.kernelmodel import KernelModel
+from p2pwall.replay import TCP_TIMEOUT, UDP_STREAM_TIMEOUT, UDP_TIMEOUT, Clock, Replay
 from p2pwall.testing import tcp, udp
 
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
@@ -32,7 +34,7 @@ class Reference:
         self.policy = QueuePolicy.build(settings, detectors)
         # every pair is held here; which of them the rules read is decided below, per packet
         self.model = KernelModel(self.clock, pairs=True) if self.policy.kernel_sets else None
-        self.engine = Engine(settings, detectors, clock=self.clock, kernel=self.model)
+        self.engine = Engine(settings, detectors, clock=self.clock, mirrors=[self.model] if self.model else [])
         self.flows, self.conns, self.n = {}, {}, 0
         self.verdicts = {"accept": 0, "drop": 0}
         self.kernel = {"queued": 0, "kernel_drop": 0, "pass": 0}
@@ -95,7 +97,7 @@ class Reference:
                     peer_set = kind
                     break
             lock_note = self.model.holds("locks", src, i, now)
-        where = self.policy.kernel_verdict(p, out, c["sent"], c["recv"], peer_set, lock_note is not None,
+        where = kernel_verdict(self.policy, p, out, c["sent"], c["recv"], peer_set, lock_note is not None,
                                            solicited=c["solicited"])
         if where == KERNEL_DROP:
             self.kernel["kernel_drop"] += 1

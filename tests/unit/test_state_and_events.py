@@ -25,7 +25,9 @@ def engine(clock, config=CONFIG):
 def feed(e, raw, direction=FROM_LAN):
     p = parse(raw)
     p.direction = direction
-    return e.handle(p)
+    verdict = e.handle(p)
+    e.drain_events()  # events are told after the verdict
+    return verdict
 
 
 def locked_fasttrack_client(clock):
@@ -62,9 +64,9 @@ def test_probe_material_survives_a_restart(tmp_path):
     clock = Clock()
     e, settings = locked_fasttrack_client(clock)
     path = tmp_path / "state.json"
-    state.save(str(path), {"peers": e.peers, "locks": e.locks}, clock.now, wall=1000.0)
+    state.save(str(path), e.ledger.records(clock.now), wall=1000.0)
     fresh, _ = engine(Clock(5000.0))
-    assert fresh.restore(state.load(str(path), wall=1001.0)) == 2
+    assert fresh.ledger.restore(state.load(str(path), wall=1001.0)) == 2
     assert fresh.peers.note(ip_bytes(PEER)) is not None
     fresh.clock.advance(4.5)  # half of the 9 s left
     fresh.tick()
@@ -82,7 +84,7 @@ def test_restored_entries_are_checked_like_live_ones(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps(doc))
     e, _ = engine(Clock())
-    assert e.restore(state.load(str(path), wall=1000.0)) == 1
+    assert e.ledger.restore(state.load(str(path), wall=1000.0)) == 1
     assert len(e.peers) == 1 and len(e.locks) == 0
 
 
@@ -141,9 +143,9 @@ def test_evidence_and_scope_survive_a_restart(tmp_path):
     feed(e, udp(LAN, "203.0.113.10", 1214, 1214, make_ping()))
     feed(e, udp("192.168.1.6", "203.0.113.10", 1214, 1214, make_ping()))  # two: LAN-wide
     path = tmp_path / "state.json"
-    state.save(str(path), {"peers": e.peers, "locks": e.locks}, clock.now, wall=1000.0)
+    state.save(str(path), e.ledger.records(clock.now), wall=1000.0)
     fresh, _ = engine(Clock(50.0))
-    assert fresh.restore(state.load(str(path), wall=1001.0)) == 2
+    assert fresh.ledger.restore(state.load(str(path), wall=1001.0)) == 2
     one, two = fresh.peers.get(ip_bytes(PEER), 50.0), fresh.peers.get(ip_bytes("203.0.113.10"), 50.0)
     assert not one.lanwide and one.clients == (ip_bytes(LAN),) and one.kind == "own"
     assert two.lanwide and set(two.clients) == {ip_bytes(LAN), ip_bytes("192.168.1.6")}

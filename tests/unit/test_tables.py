@@ -53,7 +53,7 @@ def test_detector_and_reason_are_kept_compactly():
 
 
 def test_evidence_scope_and_corroboration_are_packed_with_the_entry():
-    from p2pwall.tables import NAMED, OWN, REPLY
+    from p2pwall.records import NAMED, OWN, REPLY
 
     t = PeerTable(10)
     c1, c2, c3 = b"\xc0\x00\x02\x0a", b"\xc0\x00\x02\x0b", b"\xc0\x00\x02\x0c"

@@ -1,0 +1,233 @@
+"""The ledger: one record type in and out, one owner of the tables, every change told to
+every mirror; the state file, kernel comments and the cluster's wire all speak records."""
+
+import time
+
+import pytest
+
+from p2pwall import DetectorInfo, hookimpl, plugins
+from p2pwall.cluster import Change, decode, encode
+from p2pwall.config import from_dict, restart_only
+from p2pwall.records import BLOCK, LOCK, NAMED, OWN, REPLY, UNBLOCK, Record, from_kernel
+from p2pwall.packet import ip_bytes
+from p2pwall.testing import DetectorHarness, RecordingMirror, tcp, udp
+
+LAN, LAN2, PEER = "192.168.1.5", "192.168.1.6", "203.0.113.9"
+
+
+class Teacher:
+    """Blocks the destination of a datagram starting with BLOCK, locks its sender on LOCK."""
+
+    @hookimpl
+    def p2pwall_detector_info(self):
+        return DetectorInfo(wants=["udp"], udp_screen=b"BLOCK|LOCK")
+
+    @hookimpl
+    def p2pwall_inspect(self, packet, context):
+        from p2pwall import Block, Drop, Lock
+
+        if packet.data.startswith(b"BLOCK"):
+            return [Block(packet.dst, reason="taught"), Drop()]
+        return [Lock(packet.src, reason="taught")]
+
+
+def harness(**config):
+    return DetectorHarness(Teacher(), config=config, names=["teacher"])
+
+
+def test_every_change_reaches_every_mirror_and_the_mirror_holds_what_the_ledger_holds():
+    h = harness()
+    other = RecordingMirror()
+    h.engine.ledger.mirrors.append(other)
+    h.feed(udp(LAN, PEER, 1, 2, b"BLOCK"))
+    assert set(h.mirror.holds["pair"]) == {(ip_bytes(LAN), ip_bytes(PEER))}
+    h.feed(udp(LAN2, PEER, 1, 2, b"BLOCK"))  # a second client: LAN-wide, the pairs it grew from go
+    assert set(h.mirror.holds["peers"]) == {ip_bytes(PEER)} and not h.mirror.holds["pair"]
+    h.feed(udp(LAN, "198.51.100.7", 1, 2, b"LOCK"))
+    assert set(h.mirror.holds["locks"]) == {ip_bytes(LAN)}
+    assert h.engine.ledger.unblock(ip_bytes(PEER), "by hand")
+    removed = [r for op, where, r in h.mirror.changes if op == "remove" and where == "peers"]
+    assert removed[-1].op == UNBLOCK and removed[-1].local
+    h.advance(200)  # the lock runs out: an expiry, told as one
+    assert not h.mirror.holds["locks"] and not h.mirror.holds["peers"]
+    assert [c[:2] for c in other.changes] == [c[:2] for c in h.mirror.changes]
+
+
+def test_records_rebuild_the_ledger_exactly():
+    h = harness()
+    h.feed(udp(LAN, PEER, 1, 2, b"BLOCK"))
+    h.feed(udp(LAN, "203.0.113.10", 1, 2, b"BLOCK"))
+    h.feed(udp(LAN2, "203.0.113.10", 1, 2, b"BLOCK"))
+    h.feed(udp(LAN, "198.51.100.7", 1, 2, b"LOCK"))
+    records = list(h.engine.ledger.records())
+    fresh = harness()
+    assert fresh.engine.ledger.restore(records) == 3  # two peers, one lock
+    for addr in (PEER, "203.0.113.10"):
+        a, b = h.peer(addr), fresh.peer(addr)
+        assert (a.lanwide, set(a.clients), a.kind, a.detector) == (b.lanwide, set(b.clients), b.kind, b.detector)
+    assert fresh.locked(LAN)
+    assert fresh.mirror.holds["peers"].keys() == h.mirror.holds["peers"].keys()
+
+
+def test_restored_and_remote_records_are_checked_like_live_ones():
+    h = harness()
+    ledger = h.engine.ledger
+    assert not ledger.apply(Record(BLOCK, ip_bytes(LAN2), None, 60, "x", kind=OWN, lanwide=True))  # a LAN host
+    assert not ledger.apply(Record(BLOCK, ip_bytes("0.0.0.0"), None, 60, "x", lanwide=True))
+    assert not ledger.apply(Record(BLOCK, ip_bytes(PEER), None, 1e12, "x", lanwide=True))  # beyond a year
+    assert not ledger.apply(Record(BLOCK, ip_bytes(PEER), ip_bytes("198.51.100.1"), 60, "x"))  # client outside
+    assert not ledger.apply(Record(LOCK, ip_bytes(PEER), None, 60, "x"))  # not a LAN host
+    assert h.counter("block_refused") == 4 and h.counter("lock_refused") == 1
+    assert ledger.apply(Record(BLOCK, ip_bytes(PEER), ip_bytes(LAN), 60, "x", origin="gw:other"))
+    assert not h.peer(PEER).lanwide
+
+
+@pytest.mark.parametrize("record", [
+    Record(BLOCK, ip_bytes(PEER), ip_bytes(LAN), 60.0, "bt", "handshake", REPLY, True, b"\x01\x02"),
+    Record(BLOCK, ip_bytes("2001:db8::9"), None, 5.5, "ft", "", NAMED, False),
+    Record(LOCK, ip_bytes(LAN), None, 120.0, "ft", "SYN to blocked peer", note=b"n"),
+    Record(UNBLOCK, ip_bytes(PEER), None, 0.0, "operator", "unblocked by an operator"),
+])
+def test_one_document_shape_for_the_state_file_and_the_cluster(record):
+    wall = 1_700_000_000.0
+    back = Record.from_doc(record.to_doc(wall), wall)
+    assert back == record
+    change = decode(encode(Change(record, "gw1", wall), b"key", wall), b"key", wall)
+    assert change.record == record.but(origin="gw:gw1") and change.gw == "gw1"
+
+
+def test_kernel_comments_bring_entries_back_with_their_evidence():
+    rec = Record(BLOCK, ip_bytes(PEER), None, 30, "bt", "handshake", REPLY, True)
+    back = from_kernel("peers", PEER, 30.0, rec.comment())
+    assert (back.detector, back.kind, back.reason, back.lanwide) == ("bt", REPLY, "handshake", True)
+    pair = from_kernel("pair", PEER, 30.0, "ft|named|x", client=LAN)
+    assert pair.client == ip_bytes(LAN) and pair.kind == NAMED and not pair.lanwide
+    lock = from_kernel("locks", LAN, 30.0, Record(LOCK, ip_bytes(LAN), None, 30, "ft", "r").comment())
+    assert lock.op == LOCK and lock.detector == "ft" and lock.reason == "r"
+
+
+def test_hostile_cluster_documents_are_refused_not_raised():
+    for text in ("[" * 4000, '{"op": "block"}', '{"op": "block", "addr": "203.0.113.9", "until": 1e300}',
+                 '{"op": "lock", "addr": "x", "until": 1}', "not json", 7):
+        with pytest.raises(ValueError):
+            decode(text, None, time.time())
+
+
+def test_monitor_is_a_dry_run_in_the_counters():
+    h = harness()
+    h.engine.monitor = True
+    assert not h.feed(udp(LAN, PEER, 1, 2, b"BLOCK")).drop
+    counters = h.engine.all_counters()
+    assert counters["would_drop"] == 1 and counters["dropped"] == 0 and counters["accepted"] == 1
+
+
+def test_restart_only_is_a_column_of_the_schema_and_the_readme_lists_exactly_those():
+    import re
+    from pathlib import Path
+
+    keys = set(restart_only().values())
+    assert "[queue] number" in keys and "[network] lan_interfaces" not in keys and "[queue] first_mark" not in keys
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    listed = set(re.findall(r"`(\[[a-z]+\] [a-z_]+)`", readme[readme.index("<!-- restart-only -->"):
+                                                           readme.index("<!-- /restart-only -->")]))
+    assert listed == keys
+
+
+def test_events_wait_for_the_verdict():
+    seen = []
+
+    class Slow:
+        @hookimpl
+        def p2pwall_event(self, event):
+            seen.append(event.kind)
+
+    h = DetectorHarness(Teacher(), Slow(), names=["teacher", "slow"])
+    packet = udp(LAN, PEER, 1, 2, b"BLOCK")
+    from p2pwall.packet import FROM_LAN, parse
+
+    p = parse(packet)
+    p.direction = FROM_LAN
+    assert h.engine.handle(p).drop and seen == []  # the verdict is given with no observer called
+    h.engine.flush()
+    assert seen == ["peer_blocked"]
+
+
+def test_an_observer_is_a_plain_plugin_and_unhonoured_hookimpl_options_are_refused():
+    class Observer:
+        @hookimpl
+        def p2pwall_event(self, event):
+            pass
+
+    found = plugins.register([("obs", Observer(), "test")])
+    found.configure(from_dict({}))
+    assert found.by_name["obs"].info.observer and found.wants() == set()
+
+    class Ordered(Teacher):
+        @hookimpl(tryfirst=True)
+        def p2pwall_inspect(self, packet, context):
+            return None
+
+    with pytest.raises(plugins.PluginError, match="tryfirst"):
+        plugins.register([("ordered", Ordered(), "test")])
+
+
+def test_first_payload_sizes_alone_narrow_the_kernel_and_the_dispatch():
+    calls = []
+
+    class Shape:
+        @hookimpl
+        def p2pwall_detector_info(self):
+            return DetectorInfo(wants=["tcp_payload"], tcp_first_sizes=(96, 608))
+
+        @hookimpl
+        def p2pwall_inspect(self, packet, context):
+            calls.append(len(packet.data))
+
+    class Words:
+        @hookimpl
+        def p2pwall_detector_info(self):
+            return DetectorInfo(wants=["tcp_payload"], tcp_strings=[b"HELLO"])
+
+        @hookimpl
+        def p2pwall_inspect(self, packet, context):
+            calls.append(packet.data[:5])
+
+    h = DetectorHarness(Shape(), names=["shape"])
+    assert h.detectors.tcp_strings() == []  # not None: the kernel queues only the sizes
+    h.feed(tcp(LAN, PEER, 4000, 6881, b"x" * 200))
+    h.feed(tcp(LAN, PEER, 4000, 6881, b"x" * 50))
+    h.feed(tcp(LAN, PEER, 4000, 6881, b"x" * 200), first=False)
+    assert calls == [200]
+    calls.clear()
+    h = DetectorHarness(Shape(), Words(), names=["shape", "words"])
+    h.feed(tcp(LAN, PEER, 4000, 6881, b"HELLO" + b"x" * 20))  # the words' packet is not the shape's
+    assert calls == [b"HELLO"]
+
+
+def test_the_harness_replays_a_capture_through_its_detectors():
+    from pathlib import Path
+
+    from p2pwall_plugins.bittorrent import BitTorrentDetector
+
+    h = DetectorHarness(BitTorrentDetector(), names=["bittorrent"])
+    report = h.replay(str(Path(__file__).parents[1] / "captures" / "bittorrent.pcap"))
+    assert report["packets"] > 0 and any(f["detector"] == "bittorrent" for f in report["flows"])
+
+
+def test_readme_tables_name_what_the_code_has():
+    import re
+    from pathlib import Path
+
+    from p2pwall.cli import cli
+
+    root = Path(__file__).parents[2]
+    readme = (root / "README.md").read_text()
+    detectors = readme[readme.index("## Detectors"):readme.index("## Command line")]
+    rows = set(re.findall(r"^\| `([a-z]+)` \(built in\)", detectors, re.M))
+    pyproject = (root / "pyproject.toml").read_text()
+    section = pyproject[pyproject.index('"p2pwall.detectors"]'):]
+    built_in = set(re.findall(r'^(\w+) = "p2pwall_plugins\.', section[:section.index("\n\n")], re.M))
+    assert rows == built_in
+    commands = readme[readme.index("## Command line"):readme.index("Exit codes:")]
+    named = set(re.findall(r"`p2pwall ([a-z-]+)", commands)) | set(re.findall(r"`(unblock|unlock) ADDR`", commands))
+    assert named == set(cli.commands)
