@@ -106,7 +106,7 @@ class Daemon:
     def run(self) -> int:
         from .sender import RawSender
 
-        source = status = sender = metrics = None
+        source = status = sender = metrics = observers = None
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -126,6 +126,9 @@ class Daemon:
                 sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor,
                                  mirrors=[DryRun()] if self.monitor else [])
+            from .observers import ObserverThread
+
+            self.engine.observer_thread = observers = ObserverThread(self.engine.detectors.impls("p2pwall_event"))
             self._set_onlink()
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
                                    self._callback, fail_open=self.settings.overflow == "accept")
@@ -175,6 +178,8 @@ class Daemon:
                 stop_all(self._children)
             if self.cluster is not None:
                 self.cluster.stop()
+            if observers is not None:
+                observers.stop()
             self._save_state()
             self._uninstall()
             if self.kernel is not None:

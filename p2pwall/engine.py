@@ -62,6 +62,7 @@ class Engine:
         self.onlink = None  # AddressSet of the LAN interfaces' own networks (the daemon sets it)
         self.events = ev.EventLog(keep=keep_events)
         self._pending_events: list[tuple[ev.Event, str | None]] = []
+        self.observer_thread = None  # an ObserverThread (the daemon's); None: observers in line
         self.n_accepted = self.n_dropped = 0  # the hot counters, kept out of the Counter
         self.by_detector: Counter[str] = Counter()
         self.context = Context(self)
@@ -104,6 +105,8 @@ class Engine:
                                  for name, fn in detectors.impls("p2pwall_inspect", kind)] for kind in KINDS}
         self._probe_makers = dict(detectors.impls("p2pwall_make_probe"))
         self._observers = detectors.impls("p2pwall_event")
+        if self.observer_thread is not None:
+            self.observer_thread.observers = list(self._observers)
         self.ledger.configure(settings, detectors.locking(), self.lan, self.allow, self.protected)
 
     def restore_kernel(self, found: dict) -> int:
@@ -445,8 +448,12 @@ class Engine:
         (after the verdicts; replay drains after each packet so their order stays)."""
         while self._pending_events:
             pending, self._pending_events = self._pending_events, []
+            thread = self.observer_thread
             for event, skip in pending:
                 self.events.record(event)
+                if thread is not None:
+                    thread.submit(event, skip)
+                    continue
                 for name, observe in self._observers:
                     if name == skip:
                         continue
@@ -478,6 +485,9 @@ class Engine:
         counters.update(accepted=self.n_accepted, dropped=self.n_dropped,
                         packets=self.n_accepted + self.n_dropped + counters.get("unparsed", 0))
         counters.update(self.ledger.mirror_counters())
+        if self.observer_thread is not None:
+            for key, value in self.observer_thread.counters.items():
+                counters[key] = counters.get(key, 0) + value
         return counters
 
     def snapshot(self, limit: int = 1000, wall: float | None = None) -> dict:
@@ -485,6 +495,7 @@ class Engine:
         also say until when, as wall-clock seconds."""
         now = self.clock()
         peers, locks = self.peers.snapshot(now, limit), self.locks.snapshot(now, limit)
+        counters = self.all_counters()
         if wall is not None:
             for e in peers + locks:
                 e["until"] = round(wall + e["remaining"], 3)
@@ -492,10 +503,10 @@ class Engine:
             "uptime": round(now - self.started, 3),
             "monitor": self.monitor,
             "detectors": self.detectors.names(),
-            "counters": self.all_counters(),
+            "counters": counters,
             "events": dict(self.events.counters),
             "drops_by_detector": dict(self.by_detector),
-            "errors_by_detector": {k.split(".", 1)[1]: v for k, v in self.counters.items()
+            "errors_by_detector": {k.split(".", 1)[1]: v for k, v in counters.items()
                                    if k.startswith("detector_errors.")},
             "peers": {"count": len(self.peers), "max": self.peers.max_entries, "entries": peers},
             "locks": {"count": len(self.locks), "max": self.locks.max_entries, "entries": locks},

@@ -83,3 +83,8 @@ def test_newflow_bench_smoke():
 def test_mse_bench_smoke():
     out = run("mse.py", "--clients", "500")
     assert "us per packet" in out and "bytes" in out, out
+
+
+def test_observer_bench_smoke():
+    out = run("observer.py", "--packets", "200", "--rounds", "1", "--delay", "5")
+    assert len(figures(out, "us/packet")) == 3 and all(v > 0 for v in figures(out, "us/packet")), out

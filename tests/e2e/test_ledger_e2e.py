@@ -1,0 +1,94 @@
+"""The ledger's mirrors on the real kernel: a reload that changes the LAN interfaces moves
+p2pwall's nft chain (refilled from the ledger), and monitor mode is a dry run that a real
+run after it does not inherit."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from p2pwall.testbed import _sh
+
+from .helpers import start_server, tcp, udp, wait_until
+
+pytestmark = pytest.mark.e2e
+
+LANB_FW, LANB_HOST = "192.0.2.129", "192.0.2.130"  # a second LAN segment, routed, not bridged
+
+
+@pytest.fixture(scope="module")
+def server(net):
+    return start_server(net, net.out, "ledger.jsonl", udp_ports="5000", tcp_ports="80")
+
+
+@pytest.fixture(scope="module")
+def lanb(net):
+    """A host on a second LAN interface of the firewall (``lanb``), its own /25."""
+    ns = f"{net.prefix}-lanb"
+    net._ns(ns)
+    _sh("ip", "-n", net.fw, "link", "add", "lanb", "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _sh("ip", "-n", net.fw, "addr", "add", f"{LANB_FW}/25", "dev", "lanb")
+    _sh("ip", "-n", net.fw, "link", "set", "lanb", "up")
+    _sh("ip", "-n", ns, "addr", "add", f"{LANB_HOST}/25", "dev", "eth0")
+    _sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    _sh("ip", "-n", ns, "route", "add", "default", "via", LANB_FW)
+    assert wait_until(lambda: tcp(net, ns, net.outside[0], 80, "hello")["connected"], timeout=10)
+    return ns
+
+
+def config(net, interfaces, state_file=""):
+    return net.base_config(lock_seconds=60, state_file=state_file).replace(
+        'lan_interfaces = ["br0"]', "lan_interfaces = [" + ", ".join(f'"{i}"' for i in interfaces) + "]")
+
+
+def test_a_reload_that_changes_the_lan_interfaces_moves_the_kernel_chain(net, server, lanb, testdet_env):
+    peer = net.outside[3]
+    d = net.p2pwall(config(net, ["br0"]), "--plugin", "testdet", env=testdet_env, name="moves")
+    cfg = net.dir / "moves.toml"
+    try:
+        assert tcp(net, lanb, peer, 80, "control")["connected"]  # the control: the peer answers
+        assert net.python(net.fw, "-m", "p2pwall", "block", peer, "--socket",
+                          str(net.dir / "status.sock")).returncode == 0
+        assert peer in net.kernel_set("nolock4")
+        assert not tcp(net, net.lans[0], peer, 80, "x", timeout=1)["connected"]  # br0: enforced
+        assert tcp(net, lanb, peer, 80, "x")["connected"]  # lanb: not a LAN interface yet
+        cfg.write_text(config(net, ["lanb"]))
+        d.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "event=reloaded" in d.output(), timeout=10)
+        chain = net.exec(net.fw, "nft", "list", "chain", "inet", "p2pwall0", "pre").stdout
+        assert '"lanb"' in chain and '"br0"' not in chain
+        assert peer in net.kernel_set("nolock4")  # refilled from the ledger
+        assert not tcp(net, lanb, peer, 80, "y", timeout=1)["connected"]  # the new interface: enforced
+        assert tcp(net, net.lans[0], peer, 80, "y")["connected"]  # the old one: no longer
+    finally:
+        assert d.stop() == 0
+    assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
+
+
+def test_a_monitor_run_leaves_nothing_for_the_real_run_after_it(net, server, testdet_env):
+    state = net.dir / "monitor-state.json"
+    peer, client = net.outside[4], net.lans[0]
+    cfg = config(net, ["br0"], state_file=str(state))
+    d = net.p2pwall(cfg, "--plugin", "testdet", "--monitor", env=testdet_env, name="dry")
+    try:
+        got = udp(net, client, peer, 5000, b"BLOCK-dry")
+        assert got[0]["reply"] == b"ECHO:BLOCK-dry".hex()  # let through
+        udp(net, net.lans[1], net.outside[5], 5000, b"LOCK-dry", wait=0.3)
+        snap = d.status()
+        counters = snap["counters"]
+        assert counters["would_drop"] >= 1 and counters["dropped"] == 0
+        assert counters["would_block"] >= 1 and counters["would_lock"] >= 1
+        assert [e["address"] for e in snap["peers"]["entries"]] == [peer]  # decided, logged ...
+    finally:
+        assert d.stop() == 0
+    assert not state.exists()  # ... and nothing saved
+    d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="after-dry")
+    try:
+        snap = d.status()
+        assert snap["peers"]["count"] == 0 and snap["locks"]["count"] == 0
+        assert peer not in net.kernel_set("peers4") and all(p != peer for _, p in net.kernel_set("pairs4"))
+        assert tcp(net, client, peer, 80, "free")["connected"]
+        assert tcp(net, net.lans[1], net.outside[6], 80, "free")["connected"]  # the dry run's lock is not here
+    finally:
+        d.stop()
