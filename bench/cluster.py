@@ -24,7 +24,7 @@ from common import flood as common_flood
 
 
 def propagation(peers: int) -> dict:
-    from p2pwall.testbed.cluster import ClusterNetwork
+    from p2pwall_lab.testbed.cluster import ClusterNetwork
     from p2pwall_plugins.fasttrack import make_ping
 
     with ClusterNetwork(outside_addresses=min(250, peers)) as net:

@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from p2pwall.testbed import Network  # noqa: E402
+from p2pwall_lab.testbed import Network  # noqa: E402
 
 BARE_QUEUE = """
 import signal, sys

@@ -37,7 +37,7 @@ def learn(net: Network, peer: str) -> None:
     """Both LAN hosts ping the peer: corroborated, it is blocked for the whole LAN (in the
     nft table's peer set, which the flood then meets)."""
     for ns in net.lans:
-        net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", peer,
+        net.exec(ns, sys.executable, "-m", "p2pwall_lab.testbed.traffic", "udp", "--to", peer,
                  "--port", "1214", "--hex", PING.hex(), "--wait", "0.3")
 
 

@@ -29,7 +29,7 @@ def arrived(net: Network) -> int:
 
 def run(net: Network, seconds: float) -> tuple[float, int]:
     before = arrived(net)
-    proc = net.spawn(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "newflows", "--seconds",
+    proc = net.spawn(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "newflows", "--seconds",
                      str(seconds), log="newflow-sender.out")
     proc.wait(seconds + 30)
     time.sleep(0.3)

@@ -60,10 +60,9 @@ def main() -> int:
 
     def one(observer: bool, threaded: bool) -> float:
         plugins = (Teacher(), Slow()) if observer else (Teacher(),)
-        engine = Engine(settings, detector_set(*plugins, settings=settings), keep_events=0)
-        thread = None
-        if threaded:
-            engine.observer_thread = thread = ObserverThread(engine.detectors.impls("p2pwall_event"))
+        found = detector_set(*plugins, settings=settings)
+        thread = ObserverThread(found.impls("p2pwall_event")) if threaded else None
+        engine = Engine(settings, found, keep_events=0, observer_thread=thread)
         start = time.perf_counter()
         for i, p in enumerate(packets):
             engine.handle(p)

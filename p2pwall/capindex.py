@@ -7,6 +7,9 @@ each record starts (its length field decides where the next one is); everything 
 Records the fast path cannot read on its own (VLAN or PPPoE frames, fragments, IPv6
 extension headers, other link types, pcapng) go through :func:`p2pwall.pcap.read` and
 :func:`p2pwall.packet.parse`, the same code the daemon uses, so both agree.
+
+Why one module past 400 lines: one capture format walked into columns, its C walk's
+Python twin and the per-record header reads that must agree with each other.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ gateways keep filtering on their own tables, reconnect with backoff and resync a
 With ``[cluster] key_file`` every change is signed (HMAC-SHA256) and unsigned or badly
 signed entries are ignored and logged: only gateways holding the key can add entries,
 whoever else can write to Redis.
+
+Why one module past 400 lines: the wire format, the two threads and their resync logic
+share one state machine (connected, gap, resync) that reads best in one place.
 """
 
 from __future__ import annotations

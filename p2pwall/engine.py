@@ -10,6 +10,10 @@ It has no I/O of its own: a source feeds it, a sender (optional) transmits spoof
 probes, and the clock is injected (replay uses capture times).  Nothing but the verdict
 runs on the verdict path: events, their log lines and the ``p2pwall_event`` observers
 wait in an outbox until ``flush``.
+
+Why one module past 400 lines: ``handle`` is kept as one readable hot path, and what
+it starts (the actions, their sends after the verdict, the probe timers) is read with it;
+the tables, the ledger, evidence, events and the contract types live elsewhere.
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ class Engine:
     """Applies the tables and detectors to packets; owns the tables and the timers."""
 
     def __init__(self, settings: Settings, detectors: DetectorSet, clock=time.monotonic,
-                 sender=None, monitor: bool = False, keep_events: int = 0, kernel=None, mirrors=()):
+                 sender=None, monitor: bool = False, keep_events: int = 0, kernel=None, mirrors=(),
+                 observer_thread=None):
         """``mirrors`` receive the ledger's changes (:mod:`p2pwall.mirrors`); ``kernel``, a
         set writer (KernelSets, replay's model), is one more, wrapped in a KernelMirror.
         ``monitor``: every verdict is accept (what would have been dropped is counted as
-        ``would_drop``); give it a DryRun mirror and no kernel."""
+        ``would_drop``); give it a DryRun mirror and no kernel.  ``observer_thread`` (an
+        :class:`p2pwall.observers.ObserverThread`): observers run there, not in line."""
         self.clock = clock
         self.sender = sender
         self.monitor = monitor
@@ -62,7 +68,7 @@ class Engine:
         self.onlink = None  # AddressSet of the LAN interfaces' own networks (the daemon sets it)
         self.events = ev.EventLog(keep=keep_events)
         self._pending_events: list[tuple[ev.Event, str | None]] = []
-        self.observer_thread = None  # an ObserverThread (the daemon's); None: observers in line
+        self.observer_thread = observer_thread
         self.n_accepted = self.n_dropped = 0  # the hot counters, kept out of the Counter
         self.by_detector: Counter[str] = Counter()
         self.context = Context(self)

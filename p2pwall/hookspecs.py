@@ -25,7 +25,19 @@ the others, or the packet's verdict, down with it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .actions import Block, Drop, Lock, Probe, Report, Spoof
+    from .config import Settings
+    from .contract import Context
+    from .events import Event
+    from .packet import Packet
+    from .plugins import DetectorInfo
+
+    Action = Drop | Block | Lock | Report | Spoof | Probe
 
 PROJECT = "p2pwall"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -37,7 +49,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # ---------------------------------------------------------------------------
 
 @hookspec
-def p2pwall_detector_info():
+def p2pwall_detector_info() -> DetectorInfo | dict:
     """Describe this detector: return a :class:`p2pwall.DetectorInfo` (or a dict with
     its field names; each field is documented there).
 
@@ -53,8 +65,10 @@ def p2pwall_detector_info():
 
     UDP and payloads are queued for the first packets of each flow only (``[queue]
     udp_packets``, ``payload_packets``): later packets never leave the kernel.
-    ``tcp_strings``, ``tcp_strings_in``, ``tcp_prefixes`` and ``udp_screen`` narrow what
-    is queued and dispatched; ``locks`` says whether SYNs to the peers it blocks lock
+    ``tcp_strings``, ``tcp_strings_in``, ``tcp_prefixes``, ``tcp_first_sizes`` and
+    ``udp_screen`` narrow what is queued and, for this detector, what it is called for
+    (a detector sees a TCP payload only if one of its own strings, prefixes or sizes
+    selects it: another detector's declarations never reach it); ``locks`` says whether SYNs to the peers it blocks lock
     their sender.  ``p2pwall rules`` and the running daemon build the same kernel rules
     from these declarations (:mod:`p2pwall.policy`), and the engine dispatches to a
     detector only the kinds it declared.
@@ -62,7 +76,7 @@ def p2pwall_detector_info():
 
 
 @hookspec
-def p2pwall_configure(table, settings):
+def p2pwall_configure(table: dict, settings: Settings) -> None:
     """Validate and take this detector's own config table; called once per detector
     object, before ``p2pwall_detector_info``.
 
@@ -79,14 +93,15 @@ def p2pwall_configure(table, settings):
 # ---------------------------------------------------------------------------
 
 @hookspec
-def p2pwall_inspect(packet, context):
+def p2pwall_inspect(packet: Packet, context: Context) -> Action | Sequence[Action] | None:
     """Look at one queued packet and return the actions wanted, or None.
 
     Say what you saw; the core decides what it earns (:mod:`p2pwall.evidence`): a
     ``Block`` of the address a LAN client's own packet went to blocks it for that client
     only (LAN-wide once ``[peers] corroborate`` clients did the same); a ``Block`` of the
-    address that sent a reply towards the LAN blocks it for everyone (the peer itself
-    answered with P2P); a ``Block`` of any other address (named in a reply or a request)
+    address that sent a reply towards the LAN blocks it for everyone when this detector
+    recognised the client's request on that same flow (the client asked in P2P, the peer
+    answered in P2P), and earns nothing otherwise; a ``Block`` of any other address (named in a reply or a request)
     blocks it for the client concerned, and from a reply only on a flow where this
     detector's Block of the client's request was accepted.  For TCP only the first
     payload of a connection in each direction counts (``packet.first``); a ``Lock`` needs
@@ -99,7 +114,9 @@ def p2pwall_inspect(packet, context):
     in ``wants``.  ``context`` (:class:`p2pwall.Context`) tells the time
     (``context.now``), answers ``is_blocked(addr)``, ``is_locked(addr)``,
     ``in_lan(addr)`` and, for a reply, ``requested(packet)`` (did this detector act on the
-    client's request on this same flow?), and keeps small bounded notes for it
+    client's request on this same flow?); ``recognise(packet)`` marks a client's request
+    as this detector's protocol without acting on it (only then, or after a ``Block`` of
+    the request, does the peer's reply on that flow count); it keeps small bounded notes for it
     (``keep_note``/``note_for``).  Return an action, a list of actions, or None.  Any ``Drop`` from
     any detector (or the core tables) drops the packet.  Keep this fast: it runs for every
     packet of the declared kinds.
@@ -107,7 +124,7 @@ def p2pwall_inspect(packet, context):
 
 
 @hookspec
-def p2pwall_make_probe(client, note, context):
+def p2pwall_make_probe(client: bytes, note: bytes | None, context: Context) -> Probe | None:
     """Build a probe for ``client`` (packed address), a LAN host this detector locked.
 
     Called by the engine's scheduler at half of the client's remaining lock (and once
@@ -126,7 +143,7 @@ def p2pwall_make_probe(client, note, context):
 # ---------------------------------------------------------------------------
 
 @hookspec
-def p2pwall_event(event):
+def p2pwall_event(event: Event) -> None:
     """Observe an event (:class:`p2pwall.Event`), for reporting plugins.
 
     ``event.kind`` is one of :data:`p2pwall.events.KINDS`: ``peer_blocked``,
@@ -137,5 +154,8 @@ def p2pwall_event(event):
     ``action_refused`` and ``detector_error`` (a detector raised or
     requested something malformed; its name is in ``event.detector``).  Return value
     ignored; an observer that raises is counted against it, never notified of its own
-    error, and cannot cost a verdict.
+    error, and cannot cost a verdict.  Told after the verdicts; in the daemon on a
+    thread of its own (so a slow observer delays no packet), in replay and the test
+    harness in line.  A plugin that implements only this hook (no
+    ``p2pwall_detector_info``) is an observer, not a detector.
     """

@@ -16,6 +16,10 @@ For speed on big captures the work is done in columns (:mod:`p2pwall.capindex`, 
 only the packets the rules would queue (the first few of each connection, and SYNs)
 are turned into packet views and handed to the engine, one by one and in order.
 Not modelled: the per-host rate bound before the queue (``[queue] per_host_rate``).
+
+Why one module past 400 lines: the columnar pass (``_Run``) is one algorithm over shared
+columns, read top to bottom; the kernel model is in :mod:`p2pwall.kernelmodel`, the
+capture reading in :mod:`p2pwall.capindex`.
 """
 
 from __future__ import annotations

@@ -23,4 +23,4 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,cluster]' -e examples/p2pwall-directconnect
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,cluster]' -e examples/p2pwall-directconnect -e lab

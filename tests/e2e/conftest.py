@@ -25,7 +25,7 @@ def _need_root():
 def network(outside_addresses: int, ipv6: bool = False):
     """A test network for a module (dual-stack with ``ipv6``), deleted even when its tests fail."""
     _need_root()
-    from p2pwall.testbed import Network
+    from p2pwall_lab.testbed import Network
 
     net = Network(lan_hosts=2, outside_addresses=outside_addresses, ipv6=ipv6)
     try:

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-TOOL = ("-m", "p2pwall.testbed.traffic")
+TOOL = ("-m", "p2pwall_lab.testbed.traffic")
 
 
 def udp(net, ns, to, port, payload: bytes, sport=0, wait=1.0, count=1):
@@ -57,7 +57,7 @@ class Browsing:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            done = self.net.exec(self.net.lans[1], sys.executable, "-m", "p2pwall.testbed.traffic", "http",
+            done = self.net.exec(self.net.lans[1], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "http",
                                  "--url", self.url, "--timeout", "3", check=False)
             self.results.append(json.loads(done.stdout or '{"ok": false}')["ok"])
             self._stop.wait(1)

@@ -78,7 +78,7 @@ class Swarm:
         net, d = self.net, self.dir
         if self.tracker:
             self._start_tracker(bind=net.outside[0])
-            self.procs.append(net.start(net.out, sys.executable, "-m", "p2pwall.testbed.traffic", "relay",
+            self.procs.append(net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.traffic", "relay",
                                         "--listen", self.tracker_ip, "--port", "6969", "--to", net.outside[0],
                                         "--log", str(d / "relay.jsonl"), log=f"{self.tag}-relay.out"))
         quiet = ["--bt-exclude-tracker=*"]

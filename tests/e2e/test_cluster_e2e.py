@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from p2pwall.testbed import nft_set
+from p2pwall_lab.testbed import nft_set
 
 from .conftest import _need_root
 
 pytestmark = pytest.mark.e2e
-TOOL = ("-m", "p2pwall.testbed.traffic")
+TOOL = ("-m", "p2pwall_lab.testbed.traffic")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def cnet():
 
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is missing (scripts/setup.sh installs it)")
-    from p2pwall.testbed.cluster import ClusterNetwork
+    from p2pwall_lab.testbed.cluster import ClusterNetwork
 
     net = ClusterNetwork(outside_addresses=40)
     try:

@@ -61,7 +61,7 @@ def _lock_with_a_ping(net, server_peer):
 
 
 def _probe_arrives(net, within: float) -> list:
-    done = net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "listen", "--port", "1214",
+    done = net.exec(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "listen", "--port", "1214",
                     "--count", "1", "--seconds", str(within), timeout=within + 20)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

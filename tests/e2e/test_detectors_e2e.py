@@ -20,13 +20,13 @@ LOCK = 5
 @pytest.fixture(scope="module")
 def ordinary(net):
     web = net.outside[-1]
-    net.start(net.out, sys.executable, "-m", "p2pwall.testbed.ordinary", "serve", "--bind", web,
+    net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "serve", "--bind", web,
               "--dir", str(net.dir), log="ordinary.out", timeout=20)
     return web
 
 
 def run_ordinary(net, ns, web) -> dict:
-    done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.ordinary", "client", "--server", web, timeout=120)
+    done = net.exec(ns, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "client", "--server", web, timeout=120)
     return json.loads(done.stdout)
 
 
@@ -132,7 +132,7 @@ def _private_swarm(net, ordinary):
         deadline = time.monotonic() + 2 * LOCK + 5
         free = False
         while time.monotonic() < deadline and not free:
-            done = net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url",
+            done = net.exec(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "http", "--url",
                             f"http://{ordinary}/f", "--timeout", "1", check=False)
             free = json.loads(done.stdout or '{"ok": false}')["ok"]
             time.sleep(0.5)
@@ -156,7 +156,7 @@ def test_edonkey_tcp_hello_and_kad_udp_through_the_kernel(net, testdet_env):
     daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), "--plugin", "edonkey", name="edk")
     try:
         assert "u32" in net.iptables_save()
-        first = net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "tcp", "--to", peer_tcp,
+        first = net.exec(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "tcp", "--to", peer_tcp,
                          "--port", "4662", "--hex", hello.hex(), "--timeout", "1.5")
         assert json.loads(first.stdout)["connected"]  # the SYN passed: nothing was known yet
         assert [a["data"] for a in arrivals(log, dst=peer_tcp)] == [""]  # but the hello never arrived

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from p2pwall.testbed import _sh
+from p2pwall_lab.testbed import _sh
 
 from .helpers import start_server, tcp, udp, wait_until
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def fetch(net, ns, url, timeout=1.0) -> tuple[bool, float]:
     start = time.monotonic()
-    done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url", url,
+    done = net.exec(ns, sys.executable, "-m", "p2pwall_lab.testbed.traffic", "http", "--url", url,
                     "--timeout", str(timeout), check=False, timeout=timeout + 10)
     took = time.monotonic() - start
     try:
@@ -38,7 +38,7 @@ def test_one_hosts_new_flow_flood_costs_the_others_nothing(net):
     arrivals = start_server(net, net.out, "overload.jsonl", udp_ports="1214", tcp_ports="8081")
     d = net.p2pwall(net.base_config(lock_seconds=10), name="overload")
     try:
-        flood = net.spawn(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "newflows", "--seconds", "8",
+        flood = net.spawn(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "newflows", "--seconds", "8",
                           "--hosts", "39", log="flood.out")
         time.sleep(1)
         results = []
@@ -46,7 +46,7 @@ def test_one_hosts_new_flow_flood_costs_the_others_nothing(net):
 
         def pings():  # the flooding host's P2P program, in the middle of the flood
             for _ in range(10):
-                net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", peer,
+                net.exec(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "udp", "--to", peer,
                          "--port", "1214", "--hex", make_ping().hex(), "--wait", "0.1", check=False)
                 time.sleep(0.3)
             pinger_done.set()
@@ -72,7 +72,7 @@ def test_one_hosts_new_flow_flood_costs_the_others_nothing(net):
         # or, beyond its bound, the bound itself (its own packets are what the bound drops)
         assert not seen(arrivals, dst=peer)
         # and once the flood is over, the host is judged as before: its next ping is caught
-        net.exec(net.lans[0], sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", peer,
+        net.exec(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "udp", "--to", peer,
                  "--port", "1214", "--hex", make_ping().hex(), "--wait", "0.3")
         entry = {e["address"]: e for e in d.status()["peers"]["entries"]}.get(peer)
         assert entry is not None and entry["own_clients"] == [net.lan_ips[0]]
@@ -97,7 +97,7 @@ def test_idle_and_slow_clients_on_status_and_metrics_cost_the_lan_nothing(net):
                 " c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024); socks.append(c)\n"
                 "print('ready', flush=True); time.sleep(30)\n")
         holders.append(net.spawn(net.fw, sys.executable, "-c", code, str(net.dir / "status.sock"), log="holders.log"))
-        from p2pwall.testbed import wait_for_log
+        from p2pwall_lab.testbed import wait_for_log
 
         wait_for_log(net.dir / "holders.log", holders[0], "ready", 10)
         times = [fetch(net, net.lans[1], f"http://{web}/")[1] for _ in range(10)]
@@ -173,7 +173,7 @@ def test_a_clean_flow_is_cut_the_moment_its_peer_is_learned(net):
         assert flowing > 50, f"only {flowing} datagrams/s arrived: the stream is not running"
         assert d.status()["counters"].get("packets", 0) == queued  # clean: no longer queued
         for lan in net.lans[:2]:  # two clients' evidence: blocked for the whole LAN
-            net.exec(lan, sys.executable, "-m", "p2pwall.testbed.traffic", "udp", "--to", target,
+            net.exec(lan, sys.executable, "-m", "p2pwall_lab.testbed.traffic", "udp", "--to", target,
                      "--port", "1214", "--hex", make_ping().hex(), "--wait", "0.2")
         assert [e["scope"] for e in d.status()["peers"]["entries"] if e["address"] == target] == ["lan"]
         time.sleep(0.3)  # the set update is written after the verdicts

@@ -231,3 +231,67 @@ def test_readme_tables_name_what_the_code_has():
     commands = readme[readme.index("## Command line"):readme.index("Exit codes:")]
     named = set(re.findall(r"`p2pwall ([a-z-]+)", commands)) | set(re.findall(r"`(unblock|unlock) ADDR`", commands))
     assert named == set(cli.commands)
+
+
+class FakeRedis:
+    """What Cluster's writer needs of a redis client: a pipeline of set/delete/xadd."""
+
+    def __init__(self):
+        self.keys, self.stream = {}, []
+
+    def pipeline(self, transaction=False):
+        return self
+
+    def set(self, key, value, px=None):
+        self.keys[key] = value
+
+    def delete(self, key):
+        self.keys.pop(key, None)
+
+    def xadd(self, stream, fields, maxlen=None, approximate=True):
+        self.stream.append(fields["m"])
+
+    def scan_iter(self, match="", count=1000):
+        prefix = match.rstrip("*")
+        return [k for k in list(self.keys) if k.startswith(prefix)]
+
+    def execute(self):
+        pass
+
+
+def cluster_pair():
+    from p2pwall.cluster import Cluster
+
+    settings = from_dict({"cluster": {"url": "redis://127.0.0.1:1/0", "name": "gw1"}})
+    return Cluster(settings, client=FakeRedis())
+
+
+def test_the_cluster_link_publishes_this_gateways_live_changes_only():
+    link = cluster_pair()
+    h = harness()
+    h.engine.ledger.mirrors.append(link)
+    h.feed(udp(LAN, PEER, 1, 2, b"BLOCK"))  # a live, client-scoped block
+    h.engine.ledger.restore([Record(BLOCK, ip_bytes("203.0.113.20"), None, 60, "x", lanwide=True, origin="restored")])
+    h.engine.ledger.apply(Record(BLOCK, ip_bytes("203.0.113.21"), None, 60, "x", lanwide=True, origin="gw:gw2"))
+    h.feed(udp(LAN, "198.51.100.7", 1, 2, b"LOCK"))
+    assert h.engine.ledger.unblock(ip_bytes(PEER), "operator")
+    link._flush_once()
+    sent = [decode(m, None) for m in link.client.stream]
+    assert [(c.record.op, c.record.address, c.record.client, c.gw) for c in sent] == [
+        ("block", ip_bytes(PEER), ip_bytes(LAN), "gw1"), ("lock", ip_bytes(LAN), None, "gw1"),
+        ("unblock", ip_bytes(PEER), None, "gw1")]
+    assert not any(c.record.address in (ip_bytes("203.0.113.20"), ip_bytes("203.0.113.21")) for c in sent)
+
+
+def test_changes_from_another_gateway_go_through_the_ledgers_checks():
+    link = cluster_pair()
+    h = harness()
+    wall = time.time()
+    for record in (Record(BLOCK, ip_bytes(PEER), ip_bytes(LAN), 60, "ft", kind=OWN),
+                   Record(BLOCK, ip_bytes(LAN2), None, 60, "ft", lanwide=True),  # a LAN host: refused
+                   Record(LOCK, ip_bytes(LAN2), None, 60, "ft")):
+        link._take(encode(Change(record, "gw2", wall), None, wall), live=True)
+    link._take('{"gw": "gw1", "op": "lock", "addr": "192.168.1.9", "until": %f}' % (wall + 60), live=True)  # ours
+    assert link.apply_pending(h.engine.ledger) == 3
+    assert h.blocked(PEER) and not h.peer(PEER).lanwide and h.locked(LAN2) and not h.blocked(LAN2)
+    assert link.tally["applied"] == 2 and link.tally["refused"] == 1

@@ -197,7 +197,7 @@ def test_pong_from_firewall_direction_only_counts_from_the_lan_side():
 @pytest.mark.parametrize("form", ["node", "node-address", "supernode", "bare"])
 def test_every_documented_answer_restarts_the_lock(form):
     from p2pwall import TO_FIREWALL
-    from p2pwall_plugins.fasttrack.emulator import ANSWERS
+    from p2pwall_lab.fasttrack.emulator import ANSWERS
 
     answer = ANSWERS[form]()
     assert parse_pong(answer)

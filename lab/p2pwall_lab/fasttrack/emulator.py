@@ -1,7 +1,7 @@
 """A FastTrack client and its outside peers, emulated as the ftwall article describes them.
 
-    python -m p2pwall_plugins.fasttrack.emulator peers  --log FILE ...   (outside host)
-    python -m p2pwall_plugins.fasttrack.emulator client --log FILE ...   (LAN host)
+    python -m p2pwall_lab.fasttrack.emulator peers  --log FILE ...   (outside host)
+    python -m p2pwall_lab.fasttrack.emulator client --log FILE ...   (LAN host)
 
 The client keeps a cache of ~200 peer addresses, different per run (``--seed``), and
 goes through the article's three modes:
@@ -33,7 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from p2pwall.testbed.traffic import recv_to, send_from, tcp_listeners, udp_sockets
+from p2pwall_lab.testbed.traffic import recv_to, send_from, tcp_listeners, udp_sockets
 from p2pwall_plugins.fasttrack import make_node_pong, make_ping, make_pong, parse_ping, parse_pong
 
 # how a client answers a ping (the firewall's probe), as real nodes do (protocols.md):
@@ -289,7 +289,7 @@ def client(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="p2pwall_plugins.fasttrack.emulator")
+    p = argparse.ArgumentParser(prog="p2pwall_lab.fasttrack.emulator")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("peers", help="outside FastTrack peers")
     s.add_argument("--log", required=True)

@@ -1,4 +1,4 @@
-"""Small traffic tools run inside test namespaces: ``python -m p2pwall.testbed.traffic CMD``.
+"""Small traffic tools run inside test namespaces: ``python -m p2pwall_lab.testbed.traffic CMD``.
 
 - ``serve``: UDP echo and TCP accept on the given ports, logging every arrival as a JSON
   line (what reached the far side);
@@ -278,7 +278,7 @@ def newflows(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="p2pwall.testbed.traffic")
+    p = argparse.ArgumentParser(prog="p2pwall_lab.testbed.traffic")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--log", required=True)

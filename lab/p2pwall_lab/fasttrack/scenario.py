@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-EMULATOR = ("-m", "p2pwall_plugins.fasttrack.emulator")
+EMULATOR = ("-m", "p2pwall_lab.fasttrack.emulator")
 PORTS = "1214,2121,3131,4141"
 
 
@@ -50,7 +50,7 @@ def _lines(path) -> list[dict]:
 
 
 def _http_get(net, ns: str, url: str, timeout: float = 2.0) -> bool:
-    done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.traffic", "http", "--url", url,
+    done = net.exec(ns, sys.executable, "-m", "p2pwall_lab.testbed.traffic", "http", "--url", url,
                     "--timeout", str(timeout), check=False, timeout=timeout + 10)
     try:
         return json.loads(done.stdout)["ok"]
@@ -62,7 +62,7 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
         mode1: float = 3.0, mode2: float = 6.0, no_udp: bool = False, seed: int | None = None,
         recover: bool = True, echo=None, config_extra: str = "", capture=None, answer: str = "node",
         ipv6: bool = False) -> Result:
-    """Run the scenario once on ``net`` (a p2pwall.testbed.Network) and report.  With
+    """Run the scenario once on ``net`` (a p2pwall_lab.testbed.Network) and report.  With
     ``ipv6`` (a dual-stack ``net``) the client, its peers and the web server speak IPv6;
     the supernode it names stays IPv4, as FastTrack's header can only name IPv4."""
     say = echo or (lambda *_: None)

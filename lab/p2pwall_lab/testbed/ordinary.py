@@ -1,4 +1,4 @@
-"""Ordinary traffic for false-positive checks: ``python -m p2pwall.testbed.ordinary CMD``.
+"""Ordinary traffic for false-positive checks: ``python -m p2pwall_lab.testbed.ordinary CMD``.
 
 ``serve`` (outside host): HTTP on 80 and TLS on 443 (a 1 MiB download each), DNS on
 53/udp, and UDP sinks on 443 and 5004 that count what arrives.  ``client`` (LAN host):
@@ -136,7 +136,7 @@ def client(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="p2pwall.testbed.ordinary")
+    p = argparse.ArgumentParser(prog="p2pwall_lab.testbed.ordinary")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--bind", required=True)

@@ -3,7 +3,7 @@
 Scenarios are not part of the detector contract: a package offers one through the
 ``p2pwall.lab_scenarios`` entry-point group, as a callable
 ``scenario(net, seconds=..., lock_seconds=..., echo=...)`` that gets a built
-:class:`p2pwall.testbed.Network`, runs ``p2pwall run`` through ``net.p2pwall(...)``,
+:class:`p2pwall_lab.testbed.Network`, runs ``p2pwall run`` through ``net.p2pwall(...)``,
 prints a timeline with ``echo`` and returns True when p2pwall held.
 """
 
@@ -28,13 +28,13 @@ def ordinary_traffic(net, lock_seconds: float, echo) -> bool:
 
     echo("== ordinary traffic with every installed detector running ==")
     web = net.outside[-1]
-    proc = net.start(net.out, sys.executable, "-m", "p2pwall.testbed.ordinary", "serve", "--bind", web,
+    proc = net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "serve", "--bind", web,
                      "--dir", str(net.dir), log="lab-ordinary.out", timeout=20)
     daemon = net.p2pwall(net.base_config(lock_seconds=lock_seconds), name="lab-all")
     try:
         ok = True
         for ns, ip in zip(net.lans, net.lan_ips):
-            done = net.exec(ns, sys.executable, "-m", "p2pwall.testbed.ordinary", "client", "--server", web,
+            done = net.exec(ns, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "client", "--server", web,
                             timeout=120)
             r = json.loads(done.stdout)
             streams = all(r[k]["arrived"] == r[k]["sent"] for k in ("quic_udp", "rtp_udp"))

@@ -202,6 +202,12 @@ class Network(Namespaces):
                 if time.monotonic() > deadline:
                     raise TestbedError(f"the test network did not come up (no answer from {target})")
                 time.sleep(0.2)
+        # every LAN host has spoken to the gateway, as a host on a real LAN has: the gateway
+        # has resolved each one (p2pwall takes no evidence from an address it has not)
+        for ns in self.lans[1:]:
+            _sh("ip", "netns", "exec", ns, "ping", "-c1", "-W1", FW_LAN, check=False)
+            if self.ipv6:
+                _sh("ip", "netns", "exec", ns, "ping", "-c1", "-W1", FW_LAN6, check=False)
 
     def _build6(self) -> None:
         """The IPv6 half: the same links, documentation prefixes, no duplicate address
@@ -251,7 +257,7 @@ class Network(Namespaces):
 def nft_set(net, ns: str, name: str, queue: int = 0) -> set:
     """The elements of p2pwall's nft set ``name`` in namespace ``ns``: addresses, or
     (client, peer) pairs; empty when the table or the set does not exist."""
-    from ..kernelsets import nft_elements
+    from p2pwall.kernelsets import nft_elements
 
     done = net.exec(ns, "nft", "-j", "list", "set", "inet", f"p2pwall{queue}", name, check=False)
     return {tuple(v) if isinstance(v, list) else v for v, _, _ in nft_elements(done.stdout)}
