@@ -46,6 +46,22 @@ class Context:
 
         return self.detector in self._engine.evidence.asked.get(flow_key(packet, False), ())
 
+    def recognise(self, packet) -> None:
+        """Say that ``packet``, a LAN client's own, is a request of this detector's
+        protocol that is not enough to act on: the peer's reply on this same flow may then
+        count as the peer's own answer (a ``Block`` of the request does this already)."""
+        from .evidence import Refused
+        from .packet import FROM_LAN
+
+        if packet.direction != FROM_LAN:
+            return
+        evidence = self._engine.evidence
+        try:
+            evidence._genuine(packet)
+        except Refused:
+            return
+        evidence.recognised(packet, self.detector)
+
     def note_for(self, client, peer, tag: str) -> bytes | None:
         """What this detector kept about ``client`` talking to ``peer`` (``keep_note``)."""
         return self._engine.evidence.note(self.detector, address_key(client), address_key(peer), tag, self.now)

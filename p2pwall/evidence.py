@@ -5,9 +5,13 @@ packet, web page or hostile host can cut the LAN off from an address:
 
 - a client's **own** outgoing packet (for TCP: only the first payload of its connection,
   as the kernel marks it) blocks that peer *for that client*;
-- the peer's own P2P **reply**, on a flow a LAN client opened (the kernel queues no
-  unsolicited inbound traffic; for TCP only its first reply payload counts), blocks it
-  for the whole LAN at once;
+- the peer's own P2P **reply** counts only on a flow whose request the same detector
+  recognised as its protocol (and acted on), never on one the client opened with
+  anything else, such as a browser's HTTP request: a web page cannot make a server's
+  answer lock its visitors or block the server for the LAN.  On such a flow (the kernel
+  queues no unsolicited inbound traffic; for TCP only its first reply payload counts)
+  it blocks the peer for the whole LAN at once: the client asked in P2P and the peer
+  answered in P2P;
 - an address **named** in a reply (tracker peer lists, DHT nodes) counts only when the
   same detector recognised a request on that same flow, at most ``MAX_NAMED`` per reply
   and ``NAMED_PER_SOURCE`` per replying source and minute, never once the peer table is
@@ -107,6 +111,8 @@ class Evidence:
             if peer == packet.src and claimed != NAMED:
                 if packet.proto == TCP and packet.end > packet.off and not packet.first:
                     raise Refused("not_first_reply")
+                if detector not in self.asked.get(flow_key(packet, False), ()):
+                    raise Refused("reply_unasked")  # an answer proves only what was asked
                 return REPLY, packet.dst, True
             if detector not in self.asked.get(flow_key(packet, False), ()):
                 raise Refused("named_unasked")

@@ -42,6 +42,7 @@ class Ledger:
         self.on_lock = lambda key, entry, now: None
         self.on_unlock = lambda key: None
         self.corroborate = settings.corroborate
+        self.station = None  # address -> station (Neighbours.station): corroboration by stations
         self._locking: dict[str, bool] = {}
         self.lan = self.allow = self.protected = frozenset()
 
@@ -141,7 +142,8 @@ class Ledger:
             return False
         old = self.peers.get(key, now)
         entry, new, widened = self.peers.learn(key, now, record.seconds, record.detector, record.reason,
-                                               record.note, record.kind, client, record.lanwide, self.corroborate)
+                                               record.note, record.kind, client, record.lanwide, self.corroborate,
+                                               self.station)
         placed = Record(BLOCK, key, None, entry.until - now, entry.detector, entry.reason, entry.kind,
                         entry.lanwide, entry.note, record.origin)
         if entry.lanwide:

@@ -5,7 +5,14 @@ The reverse-path check stops a host from sending as an address of another networ
 cannot stop a host from sending as its neighbour on the same segment.  Here the source
 MAC of the packet that would earn evidence or a lock is compared with the MAC the
 gateway itself resolved for that address: a mismatch is a spoofed packet and earns
-nothing.  An address the gateway has not resolved (yet) is taken as it comes.
+nothing.  An address the gateway has not resolved earns nothing either (a host can send
+raw frames from any unused address of its segment; with IPv6, from any of its /64), and
+evidence from several addresses at one MAC corroborates as one station's, once that
+station has been on the LAN for a while (:data:`STANDING`).  What a forged ARP reply
+still gains: the gateway's entry for a neighbour's address then names the forger's MAC,
+so the forger may speak for that address; the change is logged
+(``event=neighbour_changed``) and the new MAC has no standing for :data:`STANDING`
+seconds, so it cannot corroborate; the neighbour's own packets meanwhile earn nothing.
 
 The table is read off the packet path: ``reload`` runs at start and then from the
 daemon's watch thread (every ``REFRESH`` seconds); ``genuine`` only looks it up, so no
@@ -15,27 +22,39 @@ verdict waits for ``ip neigh``.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 
-from .packet import ip_bytes
+from .events import emit
+from .packet import ip_bytes, ip_text
 
 
 REFRESH = 1.0  # seconds between readings of the neighbour table
+STANDING = 60.0  # seconds a station must have been on the LAN before it corroborates
+MAX_STATIONS = 65536
+log = logging.getLogger("p2pwall.neighbours")
 
 
 class Neighbours:
-    def __init__(self, interfaces, clock=time.monotonic, read: bool = True):
+    """The gateway's neighbours on the LAN interfaces, and since when each station (MAC)
+    has been there.  One host is one station: an address the gateway has not resolved
+    earns nothing, and two addresses at one MAC corroborate as one."""
+
+    def __init__(self, interfaces, clock=time.monotonic, read: bool = True, standing: float = STANDING):
         self.interfaces = set(interfaces)
         self.clock = clock
+        self.standing = standing
         self._table: dict[bytes, bytes] = {}
+        self._since: dict[bytes, float] = {}  # station -> when it appeared (-inf: there before we started)
         self._read_at = -1e9
+        self._arp_at = -1e9
+        self._first = True
+        self.changes = 0  # addresses that moved to another MAC
         if read:
             self.reload()
 
-    def reload(self) -> None:
-        """Read the gateway's ARP and NDP tables for the LAN interfaces (swapped in whole:
-        the loop's lookups never see half a table)."""
+    def _arp(self) -> dict[bytes, bytes]:
         table: dict[bytes, bytes] = {}
         try:
             with open("/proc/net/arp") as f:
@@ -46,6 +65,14 @@ class Neighbours:
                         table[ip_bytes(parts[0])] = bytes.fromhex(parts[3].replace(":", ""))
         except (OSError, ValueError):
             pass
+        return table
+
+    def reload(self) -> None:
+        """Read the gateway's ARP and NDP tables for the LAN interfaces (swapped in whole:
+        the loop's lookups never see half a table).  A station seen for the first time, or
+        an address now at another MAC (logged as ``event=neighbour_changed``), starts its
+        standing from now."""
+        table = self._arp()
         done = subprocess.run(["ip", "-j", "-6", "neigh", "show"], capture_output=True, text=True)
         try:
             for n in json.loads(done.stdout or "[]"):
@@ -53,15 +80,50 @@ class Neighbours:
                     table[ip_bytes(n["dst"])] = bytes.fromhex(n["lladdr"].replace(":", ""))
         except (ValueError, KeyError, TypeError):
             pass
+        self._take(table)
+
+    def _take(self, table: dict[bytes, bytes]) -> None:
+        now = self.clock()
+        since = self._since
+        for addr, mac in table.items():
+            old = self._table.get(addr)
+            if old is not None and old != mac:
+                self.changes += 1
+                since[mac] = now  # a new MAC for a known address: no standing yet
+                emit(log, logging.WARNING, "neighbour_changed", address=ip_text(addr), old=old.hex(":"),
+                     new=mac.hex(":"))
+            elif mac not in since:
+                if len(since) >= MAX_STATIONS:
+                    since.clear()  # bounded: everyone starts again
+                since[mac] = float("-inf") if self._first else now
+        self._first = False
         self._table = table
-        self._read_at = self.clock()
+        self._read_at = now
 
     def genuine(self, addr: bytes, mac: bytes | None) -> bool:
-        """False when the gateway knows ``addr`` lives at another MAC than ``mac`` (bytes,
-        or the queue's packet, asked for it now)."""
+        """Whether ``addr`` is a station the gateway resolved, at ``mac`` (bytes, or the
+        queue's packet, asked for it now).  An address it has not resolved is no station:
+        a host can send from any unused address of its segment, so that earns nothing.
+        A packet without a hardware address (not from a LAN segment) is taken as it comes."""
         if mac is not None and not isinstance(mac, bytes):
             mac = mac.get_hw()
         if not mac:
             return True
         known = self._table.get(addr)
-        return known is None or known == mac[:len(known)]
+        if known is None and len(addr) == 4 and self.clock() - self._arp_at >= 0.2:
+            # just arrived (its ARP request made the entry): /proc is cheap, no fork
+            self._arp_at = self.clock()
+            fresh = self._arp()
+            if addr in fresh:
+                self._take({**self._table, **fresh})
+                known = self._table.get(addr)
+        return known is not None and known == mac[:len(known)]
+
+    def station(self, addr: bytes):
+        """Who ``addr`` is, for corroboration: its MAC once it has stood on the LAN for
+        ``standing`` seconds, None before; an address the gateway does not know here (a
+        client behind another gateway) is a station of its own."""
+        mac = self._table.get(addr)
+        if mac is None:
+            return addr
+        return mac if self.clock() - self._since.get(mac, float("-inf")) >= self.standing else None

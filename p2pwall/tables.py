@@ -264,12 +264,15 @@ class PeerTable(ExpiringTable):
     evidence = True
 
     def learn(self, key: bytes, now: float, seconds: float, detector: str, reason: str, note,
-              kind: str, client: bytes | None, lanwide: bool, corroborate: int) -> tuple[Entry, bool, bool]:
+              kind: str, client: bytes | None, lanwide: bool, corroborate: int,
+              station=None) -> tuple[Entry, bool, bool]:
         """Record evidence against ``key``; returns (entry, is_new, became LAN-wide).
 
         ``client`` is the LAN host the evidence concerns (None: none in particular);
         own-packet evidence from ``corroborate`` distinct clients makes the peer LAN-wide,
-        as does ``lanwide`` (the peer's own P2P answer, an operator)."""
+        as does ``lanwide`` (the peer's own P2P answer, an operator).  With ``station``
+        (address -> who it is, or None for a station without standing yet), distinct
+        clients are distinct stations: two addresses of one host count once."""
         old = self._values.get(key)
         if old is not None and ((old >> _META_BITS) & _UNTIL_MASK) <= now * 1000.0:
             old = None
@@ -289,7 +292,11 @@ class PeerTable(ExpiringTable):
                 clients = clients + (client,)
                 if kind == OWN:
                     own |= 1 << (len(clients) - 1)
-        is_lanwide = was_lanwide or lanwide or bin(own).count("1") >= corroborate
+        if station is None:
+            owners = bin(own).count("1")
+        else:
+            owners = len({station(c) for i, c in enumerate(clients) if own >> i & 1} - {None})
+        is_lanwide = was_lanwide or lanwide or owners >= corroborate
         if old_kind is not None and _rank(old_kind) > _rank(kind):
             kind = old_kind  # an entry keeps the strongest evidence it ever had
         extra = _pack_evidence(first, second, is_lanwide, clients, own)

@@ -100,10 +100,10 @@ def is_utp_syn(p) -> bool:
         off += 2 + length
     else:
         return False
-    # no payload; a receive window; nothing received yet, so no timestamp difference and
-    # nothing acknowledged
-    return (off == n and unpack_from("!I", p, 12)[0] > 0 and unpack_from("!I", p, 8)[0] == 0
-            and unpack_from("!H", p, 18)[0] == 0)
+    # no payload; nothing received yet, so no timestamp difference and nothing
+    # acknowledged.  The receive window is not asked for: libutp (Transmission) announces
+    # one, libtorrent-rasterbar 2.0 (qBittorrent, Deluge) sends its SYN with window 0.
+    return (off == n and unpack_from("!I", p, 8)[0] == 0 and unpack_from("!H", p, 18)[0] == 0)
 
 
 def is_tracker_connect(p) -> bool:

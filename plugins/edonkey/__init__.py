@@ -14,7 +14,9 @@ Signatures (``shared/protocols.md``; nDPI ``edonkey.c``, ipp2p ``search_edk`` an
 - UDP, *weak* (variable-length messages with a plausible opcode and minimum length):
   never acted on alone.  They count only when the same client sends a second weak
   message of another opcode to the same peer within 10 minutes (the flow's memory is
-  the core's: a note on a client-scoped entry), or when the peer answers in kind.
+  the core's: a note on a client-scoped entry), or when the peer answers in kind on
+  the flow of that message (``context.recognise``: an answer on any other flow, such
+  as one a browser's WebRTC request opened, proves nothing).
 - Never to the ports of ordinary UDP services (DNS, NTP, IKE and ESP-in-UDP, QUIC/443,
   STUN/TURN, mDNS, SSDP, syslog, DHCP), whose datagrams would otherwise match by chance.
 
@@ -169,4 +171,5 @@ class EDonkeyDetector:
         if previous is not None and previous[:2] != opcode:
             return [Block(packet.dst, reason=f"{reason} (second message)"), Drop(reason)]
         context.keep_note(packet.src, packet.dst, "edonkey-weak", opcode, WEAK_WINDOW)
+        context.recognise(packet)  # the peer's answer in kind on this flow counts
         return None

@@ -20,10 +20,10 @@ import time
 import pytest
 
 from .conftest import network
-from .helpers import start_server, tcp, udp
+from .helpers import start_server, tcp, udp, wait_until
 
 pytestmark = pytest.mark.e2e
-TOOL = ("-m", "p2pwall.testbed.traffic")
+TOOL = ("-m", "p2pwall_lab.testbed.traffic")
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 BROWSER = ["-A", UA, "-H", "Sec-Fetch-Dest: image", "-H", "Sec-Fetch-Mode: no-cors", "-H", "Sec-Fetch-Site: cross-site",
            "-H", "Accept: image/avif,image/webp,*/*"]
@@ -35,10 +35,14 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.
 print('{"ready": true}', flush=True)
 def serve(c):
     with c:
-        c.settimeout(2)
+        c.settimeout(2 if port != 6881 else 0.3)  # 6881 speaks first when the client says nothing
         try:
-            if port != 6881:
+            try:
                 c.recv(4096)
+            except socket.timeout:
+                if port != 6881:
+                    raise
+            c.settimeout(2)
             c.sendall(reply)
             c.recv(4096)
         except OSError:
@@ -66,6 +70,7 @@ def lab(cnet):
     net.start(net.out, sys.executable, "-c", HOSTILE, hostile, "8080", answer.hex(), log="hostile.log")
     handshake = b"\x13BitTorrent protocol" + bytes(8) + bytes(range(20)) + b"-XX0001-" + bytes(12)
     net.start(net.out, sys.executable, "-c", HOSTILE, talker, "6881", handshake.hex(), log="talker.log")
+    net.start(net.out, sys.executable, "-c", HOSTILE, hostile, "8082", handshake.hex(), log="hostile-bt.log")
     resolv = net.dir / "resolv.conf"
     resolv.write_text(f"nameserver {dns}\n")
     config = (f'[network]\nlan_interfaces = ["br0"]\nlan_networks = ["192.0.2.0/24"]\nresolv_conf = "{resolv}"\n'
@@ -149,12 +154,34 @@ def test_replies_nobody_asked_for_teach_nothing(cnet, lab):
     assert d.status()["locks"]["count"] == 0
 
 
+def test_a_web_server_that_answers_a_browser_with_a_handshake_locks_no_visitor(cnet, lab):
+    net, d = cnet, lab["daemon"]
+    a, b = net.lans
+    hostile = lab["hostile"]
+    for _ in range(3):  # two <img> tags and a timer's reload
+        curl(net, a, *BROWSER, f"http://{hostile}:8082/pixel.png")
+    time.sleep(0.3)
+    assert hostile not in blocked(d), blocked(d).get(hostile)
+    assert d.status()["locks"]["count"] == 0
+    assert d.status()["counters"].get("evidence_refused.reply_unasked", 0) >= 1  # seen, and refused
+    for ns in (a, b):  # the visitor and everybody else still reach it
+        assert tcp(net, ns, hostile, 8082, "GET / HTTP/1.0\\r\\n\\r\\n", timeout=1)["connected"]
+
+
 def test_a_peer_that_answers_with_p2p_is_blocked_for_the_whole_lan_at_once(cnet, lab):
     net, d = cnet, lab["daemon"]
     a, b = net.lans
     talker = lab["talker"]
-    got = tcp(net, a, talker, 6881, timeout=1)  # A connects; the peer speaks first, in BitTorrent
+    refused = d.status()["counters"].get("evidence_refused.reply_unasked", 0)
+    got = tcp(net, b, talker, 6881, timeout=1)  # B connects and says nothing; the peer speaks BitTorrent
     assert got["connected"]
+    assert wait_until(lambda: d.status()["counters"].get("evidence_refused.reply_unasked", 0) > refused, 3)
+    assert talker not in blocked(d)  # an answer to no request proves nothing (an SMTP client waits like this)
+    assert d.status()["locks"]["count"] == 0
+    mine = b"\x13BitTorrent protocol" + bytes(8) + bytes(range(20, 40)) + b"-qB4520-" + bytes(12)
+    got = json.loads(net.exec(a, sys.executable, *TOOL, "tcp", "--to", talker, "--port", "6881",
+                              "--hex", mine.hex(), "--timeout", "1").stdout)
+    assert got["connected"]  # A asks in BitTorrent, the peer answers in BitTorrent
     entry = blocked(d).get(talker)
     assert entry is not None and entry["scope"] == "lan" and entry["evidence"] == "reply", entry
     assert not tcp(net, b, talker, 6881, timeout=1)["connected"]  # B never spoke to it: blocked all the same
@@ -187,6 +214,49 @@ def test_spoofed_probe_answers_and_syns_lock_nobody(cnet, lab):
     assert snap["counters"].get("evidence_refused.spoofed_neighbour", 0) >= 1  # A's MAC is not B's
     assert net.outside[5] not in blocked(d)
     assert curl(net, b, f"http://{lab['web']}/").stdout == "200"
+
+
+SPOOF_FRAME = """
+import sys
+from scapy.all import Ether, IP, UDP, Raw, sendp, getmacbyip, conf
+conf.verb = 0
+src, dst, payload = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
+gw = getmacbyip("192.0.2.1")
+sendp(Ether(dst=gw) / IP(src=src, dst=dst) / UDP(sport=1214, dport=1214) / Raw(payload), iface="eth0", count=3)
+"""
+
+
+def test_one_host_cannot_pose_as_two_clients(cnet, lab):
+    """A second "client" from an unused address of the segment (a raw frame), or from a
+    second address of the same host (resolved, but at the same MAC): one station, so the
+    peer stays blocked for that host alone and the other hosts reach it."""
+    from p2pwall_plugins.fasttrack import make_ping
+
+    net, d = cnet, lab["daemon"]
+    a, b = net.lans
+    for target, how in ((net.outside[44], "unused"), (net.outside[45], "second address")):
+        assert udp(net, b, target, 6881, b"hello", wait=0.5)[0]["reply"] is not None  # the control
+        udp(net, a, target, 1214, make_ping(), sport=1214, wait=0.3)  # A's own ping: blocked for A
+        if how == "unused":
+            net.exec(a, sys.executable, "-c", SPOOF_FRAME, "192.0.2.77", target, make_ping().hex())
+        else:
+            net.exec(a, "ip", "addr", "add", "192.0.2.78/24", "dev", "eth0")
+            try:
+                send = ("from scapy.all import IP, UDP, Raw, send, conf\nimport sys\nconf.verb = 0\n"
+                        "send(IP(src='192.0.2.78', dst=sys.argv[1]) / UDP(sport=1214, dport=1214) / "
+                        "Raw(bytes.fromhex(sys.argv[2])))\n")
+                for _ in range(4):  # the gateway answers the first (a pong), resolves .78, then hears it again
+                    net.exec(a, sys.executable, "-c", send, target, make_ping().hex())
+                    time.sleep(0.4)
+            finally:
+                net.exec(a, "ip", "addr", "del", "192.0.2.78/24", "dev", "eth0", check=False)
+        time.sleep(0.5)
+        entry = blocked(d).get(target)
+        assert entry is not None and entry["scope"] == "client", (how, entry)
+        assert net.lan_ips[1] not in entry["clients"], (how, entry)
+        assert udp(net, b, target, 6881, b"hello", wait=0.5)[0]["reply"] is not None, how  # B still reaches it
+    assert d.status()["counters"].get("evidence_refused.spoofed_neighbour", 0) >= 1  # the unused address
+    assert net.lan_ips[1] not in {e["address"] for e in d.status()["locks"]["entries"]}
 
 
 def test_operators_block_unblock_and_unlock_within_a_second_and_across_a_restart(cnet, lab, tmp_path):
@@ -236,3 +306,4 @@ def test_operators_block_unblock_and_unlock_within_a_second_and_across_a_restart
         assert tcp(net, a, net.outside[22], 8081, timeout=1)["connected"]
     finally:
         d.stop()
+

@@ -49,6 +49,11 @@ def test_utp_syn_whole_header():
     assert not is_utp_syn(utp_syn(ext=2))  # announced extension missing
     assert not is_utp_syn(bytes([0x41, 5]) + bytes(18))
     assert not is_utp_syn(bytes([0x01]) + bytes(19))  # many UDP protocols start with 0x01
+    # libtorrent-rasterbar 2.0's SYN: receive window 0 (its connection id, timestamp, seq)
+    libtorrent = bytes.fromhex("4100" "8a3f" "5d2c91e7" "00000000" "00000000" "1b2c" "0000")
+    assert is_utp_syn(libtorrent)
+    assert not is_utp_syn(libtorrent[:8] + b"\x00\x00\x00\x01" + libtorrent[12:])  # a timestamp difference: not a SYN
+    assert not is_utp_syn(libtorrent[:18] + b"\x00\x01")  # something acknowledged: not a SYN
 
 
 def test_udp_tracker_connect_and_lsd():
