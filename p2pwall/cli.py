@@ -249,7 +249,7 @@ def _ask(config_path, socket_path, request: dict) -> dict:
     try:
         return query(socket_path or settings.status_socket, request)
     except StatusError as exc:
-        raise Failure(str(exc), EXIT_RUNTIME) from None
+        raise Failure(str(exc), EXIT_USAGE if exc.usage else EXIT_RUNTIME) from None
 
 
 @cli.command()

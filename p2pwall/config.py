@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .records import MAX_SECONDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,6 +92,8 @@ def _range(low=None, high=None):
     return (lambda v: low <= v <= high), f"between {low} and {high}"
 
 
+# the longest an entry may live: what actions, the state file and other gateways accept too
+_LIFETIME = ((lambda v: 0 < v <= MAX_SECONDS), f"above 0 and at most a year and a day ({MAX_SECONDS:.0f})")
 RESTART = "restart"  # the schema's last column: a SIGHUP cannot apply this key, only a restart
 
 
@@ -116,11 +121,11 @@ _SCHEMA = {
                                               "a single bit of the 32-bit mark, below the top two")),
     },
     "lock": {
-        "seconds": ("lock_seconds", "number", _range()),
+        "seconds": ("lock_seconds", "number", _LIFETIME),
         "max": ("lock_max", "int", _range()),
     },
     "peers": {
-        "seconds": ("peer_seconds", "number", _range()),
+        "seconds": ("peer_seconds", "number", _LIFETIME),
         "max": ("peer_max", "int", _range()),
         "corroborate": ("corroborate", "int", _range(2, 4)),
         "protect": ("protect", "netlist", None),
@@ -185,6 +190,8 @@ def _check(section: str, key: str, value, kind: str, check) -> object:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")

@@ -17,6 +17,9 @@ neither read nor written, so a later real run enforces nothing a monitor run lea
 The parts live in their own modules: the queue (:mod:`p2pwall.nfqsource`), the LAN
 (:mod:`p2pwall.lan`), the control protocol (:mod:`p2pwall.control`), the background
 watches (:mod:`p2pwall.watch`), the cluster link (:mod:`p2pwall.cluster`).
+
+Why one module past 400 lines: the start order, the loop, reload and shutdown are one
+sequence whose order matters; each part it composes lives in its own module.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from .events import emit
 from .lan import interface_networks, lan_ifindexes, with_lan
 from .mirrors import DryRun, KernelMirror
 from .nfqsource import NfqueueSource
+from .observers import ObserverThread
 from .plugins import DetectorSet
 from .policy import QueuePolicy
 from .status import StatusServer
 from .watch import OverloadWatch, Watcher
 
 log = logging.getLogger("p2pwall.daemon")
+RULES_CHECK_SECONDS = 2.0  # how often the kernel is checked for what p2pwall installed
 
 
 class Daemon:
@@ -74,6 +79,7 @@ class Daemon:
         self._installed: list[int] = []
         self._rules_text = ""
         self._saved_at = time.monotonic()
+        self._missing: list[str] | None = None  # what the rules check found gone (watch thread)
         self._owns_state = False  # set once this run holds its queue and socket: only then is the file its own
         self.overload = OverloadWatch(settings, self._installed, worker)
         if settings.user:  # paths it must keep writing, checked before anything is touched
@@ -124,11 +130,9 @@ class Daemon:
                 sender = DrySender()
             else:
                 sender = RawSender(self.settings.send_per_second, self.settings.send_per_client_per_second)
+            observers = ObserverThread(self.detectors.impls("p2pwall_event"))
             self.engine = Engine(self.settings, self.detectors, sender=sender, monitor=self.monitor,
-                                 mirrors=[DryRun()] if self.monitor else [])
-            from .observers import ObserverThread
-
-            self.engine.observer_thread = observers = ObserverThread(self.engine.detectors.impls("p2pwall_event"))
+                                 mirrors=[DryRun()] if self.monitor else [], observer_thread=observers)
             self._set_onlink()
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
                                    self._callback, fail_open=self.settings.overflow == "accept")
@@ -238,7 +242,10 @@ class Daemon:
         return snap
 
     def _loop(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
-        watcher = Watcher([(2.0, self.overload), (1.0, self._read_neighbours)]).start()
+        watches = [(2.0, self.overload), (1.0, self._read_neighbours)]
+        if self.install_rules and not self.worker:
+            watches.append((RULES_CHECK_SECONDS, self._check_rules))
+        watcher = Watcher(watches).start()
         try:
             self._serve(source, status, wake, metrics)
         finally:
@@ -246,6 +253,41 @@ class Daemon:
 
     def _read_neighbours(self) -> None:
         self.engine.evidence.neighbours.reload()
+
+    # ---------------------------------------------------------------- self-healing
+    def _check_rules(self) -> None:
+        """The watch thread: is everything p2pwall installed still in the kernel?  A
+        firewall reload (``systemctl restart nftables`` flushes the ruleset) or an
+        ``iptables -F`` takes it away; what is missing is put back by the loop."""
+        gone = list(self.kernel.missing()) if self.kernel is not None else []
+        for rs in rules.rule_sets(self.policy):
+            if not rs.empty and rs.family in self._installed:
+                gone += rules.missing(rs)
+        if gone:
+            self._missing = gone
+
+    def _restore_rules(self) -> None:
+        """Put back what a firewall reload took away (in the loop, between verdicts): the
+        rules, the sets, and every live entry of the ledger in them."""
+        missing, self._missing = self._missing, None
+        self._uninstall()
+        if self.kernel is not None:
+            from .kernelsets import KernelSetError
+
+            try:
+                self.kernel.create(self.kernel.families or (4, 6))
+            except KernelSetError as exc:
+                emit(log, logging.ERROR, "rules_restore_failed", error=str(exc)[:300])
+            self.engine.ledger.render(KernelMirror(self.kernel))
+            self.engine.flush()
+        try:
+            self._install()
+        except DaemonError as exc:
+            emit(log, logging.ERROR, "rules_restore_failed", error=str(exc)[:300])
+            return
+        self.engine.counters["rules_restored"] += 1
+        emit(log, logging.WARNING, "rules_restored", missing=", ".join(missing)[:500],
+             entries=len(self.engine.peers) + len(self.engine.locks))
 
     def _serve(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
         engine = self.engine
@@ -278,6 +320,8 @@ class Daemon:
                     wake.recv(64)
                 except BlockingIOError:
                     pass
+            if self._missing:
+                self._restore_rules()
             if self._hup:
                 self._hup = False
                 for child in self._children:
@@ -293,7 +337,14 @@ class Daemon:
         from .neighbours import Neighbours
 
         self.engine.onlink = AddressSet(interface_networks(self.settings.lan_interfaces))
-        self.engine.evidence.neighbours = Neighbours(self.settings.lan_interfaces)
+        neighbours = self.engine.evidence.neighbours
+        if neighbours is None:
+            neighbours = Neighbours(self.settings.lan_interfaces)
+        else:  # a reload: the stations keep their standing
+            neighbours.interfaces = set(self.settings.lan_interfaces)
+            neighbours.reload()
+        self.engine.evidence.neighbours = neighbours
+        self.engine.ledger.station = neighbours.station
 
     @property
     def control(self) -> Control:

@@ -66,7 +66,9 @@ class Engine:
         self.ledger.on_unlock = self._unlocked
         self.evidence = Evidence()
         self.onlink = None  # AddressSet of the LAN interfaces' own networks (the daemon sets it)
-        self.events = ev.EventLog(keep=keep_events)
+        self.events = ev.EventLog(keep=keep_events, mark={"monitor": True} if monitor else None)
+        # events tell wall-clock times; the live clock is monotonic (replay's and tests' are their own)
+        self._wall_offset = time.time() - time.monotonic() if clock is time.monotonic else 0.0
         self._pending_events: list[tuple[ev.Event, str | None]] = []
         self.observer_thread = observer_thread
         self.n_accepted = self.n_dropped = 0  # the hot counters, kept out of the Counter
@@ -447,6 +449,8 @@ class Engine:
     # ------------------------------------------------------------------ events
     def _event(self, kind: str, now: float, detector: str | None, *, skip: str | None = None, **fields) -> None:
         """Queue an event; it is counted, logged and observed by ``drain_events``."""
+        if fields.get("until") is not None:
+            fields["until"] = round(fields["until"] + self._wall_offset, 3)
         self._pending_events.append((ev.Event(kind, now, detector, **fields), skip))
 
     def drain_events(self) -> None:

@@ -48,11 +48,18 @@ def quote(value) -> str:
     return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
 def emit(logger: logging.Logger, level: int, kind: str, **fields) -> None:
-    """Log one event line (``event=kind k=v ...``) with its fields on the record."""
+    """Log one event line (``event=kind k=v ...``) with its fields on the record.  An
+    ``until`` (wall-clock epoch seconds) reads as ISO 8601 UTC in the text form and stays
+    epoch seconds in the JSON one."""
     if not logger.isEnabledFor(level):
         return
-    text = " ".join([f"event={kind}"] + [f"{k}={quote(v)}" for k, v in fields.items() if v is not None])
+    text = " ".join([f"event={kind}"] + [f"{k}={_iso(v) if k == 'until' and isinstance(v, float) else quote(v)}"
+                                         for k, v in fields.items() if v is not None])
     logger.log(level, "%s", text, extra={"p2pwall_fields": {"event": kind, **fields}})
 
 
@@ -78,7 +85,8 @@ class Event:
 class EventLog:
     """Counts events, logs them (rate limited) and keeps the recent ones."""
 
-    def __init__(self, keep: int = 0, log_limit_per_second: float = 50.0):
+    def __init__(self, keep: int = 0, log_limit_per_second: float = 50.0, mark: dict | None = None):
+        self.mark = dict(mark or {})  # fields every line carries (monitor=true in a dry run)
         self.counters: Counter[str] = Counter()
         self.keep = keep
         self.recent: list[Event] = []
@@ -104,4 +112,4 @@ class EventLog:
             self._suppressed += 1
             return
         self._logged_in_window += 1
-        emit(log, logging.INFO, event.kind, **event.fields())
+        emit(log, logging.INFO, event.kind, **event.fields(), **self.mark)

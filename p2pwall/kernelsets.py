@@ -117,6 +117,8 @@ class KernelSets:
         return self.policy.set_names(family)
 
     def create(self, families=(4, 6)) -> None:
+        families = list(families)
+        self.families = []
         for family in families:
             for kind in NFT_KINDS:  # ipset peer sets an older version left behind
                 self._ipset("destroy", set_name(self.policy.queue, kind, family))
@@ -155,6 +157,20 @@ class KernelSets:
             return False
         self.table, self.pairs = True, self.policy.pair_sets
         return True
+
+    def missing(self) -> list[str]:
+        """What of the sets this process made the kernel no longer has (a firewall reload
+        flushed the ruleset, an admin destroyed a set): named; [] when all is there."""
+        if not self.owner:
+            return []
+        gone = []
+        if self.table and self._nft(f"list table inet {self.policy.nft_table}\n").returncode != 0:
+            gone.append(f"nft table inet {self.policy.nft_table}")
+        for family in self.families:
+            for spec in self.policy.sets(family):
+                if self._ipset("list", "-n", spec.name).returncode != 0:
+                    gone.append(f"ipset {spec.name}")
+        return gone
 
     def attach(self, families=(4, 6)) -> None:
         """Use sets another process created (a worker beside the main process)."""

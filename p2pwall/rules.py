@@ -8,6 +8,7 @@ removing them never disturbs the administrator's rules.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -369,6 +370,25 @@ def remove(queue: int, family: int = 4) -> None:
     for table, chain in (("raw", names["early"]), ("mangle", names["mangle"])):
         _run([tool, "-w", "-t", table, "-F", chain])
         _run([tool, "-w", "-t", table, "-X", chain])
+
+
+def missing(rules: RuleSet) -> list[str]:
+    """What of ``rules`` the kernel no longer has (a firewall reload, ``iptables -F``):
+    each jump into p2pwall's chains and the chains' first rule, named; [] when all is
+    there."""
+    tool = _tool(rules.family, "iptables")
+    if tool is None:
+        return []
+    gone = []
+    checks = [("filter", parent, ["-j", chain]) for parent, chain in rules.jumps]
+    checks += [("filter", chain, shlex.split(bodies[0])) for chain, bodies in rules.chains.items() if bodies]
+    if rules.mangle:
+        mangle = chain_names(rules.queue)["mangle"]
+        checks += [("mangle", "PREROUTING", ["-j", mangle]), ("mangle", mangle, shlex.split(rules.mangle[0]))]
+    for table, chain, body in checks:
+        if _run([tool, "-w", "-t", table, "-C", chain, *body]).returncode != 0:
+            gone.append(f"{'ip6tables' if rules.family == 6 else 'iptables'} {table} {chain}")
+    return gone
 
 
 def install(rules: RuleSet) -> None:

@@ -24,7 +24,12 @@ CHANGES = ("block", "unblock", "unlock")
 
 
 class StatusError(Exception):
-    """No daemon to ask, or it refused the request (exit status 1)."""
+    """No daemon to ask, or it refused the request (exit status 1; 2 with ``usage``:
+    the caller may not ask)."""
+
+    def __init__(self, message: str, usage: bool = False):
+        super().__init__(message)
+        self.usage = usage
 
 
 class Request:
@@ -208,6 +213,9 @@ def query(path: str, request: dict | None = None, timeout: float = 5.0) -> dict:
             s.connect(path)
         except FileNotFoundError:
             raise StatusError(f"no p2pwall daemon: {path} does not exist") from None
+        except PermissionError:
+            raise StatusError(f"{path}: permission denied: the status socket is root's; "
+                              f"run this as root", usage=True) from None
         except OSError as exc:
             raise StatusError(f"no p2pwall daemon answering on {path}: {exc.strerror or exc}") from None
         chunks = []

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from p2pwall_plugins.fasttrack import lab as scenario
+from p2pwall_lab.fasttrack import scenario
 
 pytestmark = pytest.mark.e2e
 LOCK = 4.0

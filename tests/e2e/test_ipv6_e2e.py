@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from p2pwall_plugins.fasttrack import lab as scenario
+from p2pwall_lab.fasttrack import scenario
 
 from .helpers import Browsing, arrivals, start_server, tcp, udp, wait_until
 from .swarm import Swarm

@@ -5,6 +5,7 @@ run after it does not inherit."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -92,3 +93,36 @@ def test_a_monitor_run_leaves_nothing_for_the_real_run_after_it(net, server, tes
         assert tcp(net, net.lans[1], net.outside[6], 80, "free")["connected"]  # the dry run's lock is not here
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("flush", [["nft", "flush", "ruleset"], ["iptables", "-F"]])
+def test_a_firewall_reload_is_undone_within_seconds(net, server, testdet_env, flush):
+    """``systemctl restart nftables`` (Debian's nftables.conf starts with ``flush
+    ruleset``) or an ``iptables -F`` took p2pwall's rules away and P2P flowed: now the
+    daemon notices, puts everything back and fills the sets from its ledger."""
+    peer, client = net.outside[7], net.lans[0]
+    d = net.p2pwall(config(net, ["br0"]), "--plugin", "testdet", env=testdet_env, name=f"heal-{flush[0]}")
+    try:
+        udp(net, client, peer, 5000, b"BLOCK-heal", wait=0.3)
+        udp(net, net.lans[1], peer, 5000, b"BLOCK-heal", wait=0.3)  # two clients: LAN-wide
+        assert peer in net.kernel_set("peers4")
+        time.sleep(3)  # more than one check: nothing is missing, nothing put back
+        assert "rules_restored" not in d.output()
+        reaches = lambda: udp(net, net.lans[1], peer, 5000, b"hello", wait=0.5)[0]["reply"] is not None  # noqa: E731
+        assert not reaches()
+        d.proc.send_signal(signal.SIGSTOP)  # held still while the firewall is reloaded and the control runs
+        try:
+            net.exec(net.fw, *flush)
+            if flush[0] == "nft":
+                assert reaches()  # the control: with the rules gone, P2P flows
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        assert wait_until(lambda: "event=rules_restored" in d.output(), timeout=5)
+        assert peer in net.kernel_set("peers4")  # refilled from the ledger
+        assert "P2PWALL-F0" in net.iptables_save()
+        assert not reaches()  # enforced again
+        assert d.status()["counters"]["rules_restored"] >= 1
+    finally:
+        assert d.stop() == 0
+    assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
+    assert "P2PWALL" not in net.iptables_save()

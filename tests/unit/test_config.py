@@ -34,7 +34,11 @@ def test_example_file_is_valid_and_documents_every_key():
     ({"lock": {"secs": 1}}, "unknown key [lock] secs"),
     ({"bogus": {}}, "unknown section [bogus]"),
     ({"lock": {"seconds": "x"}}, "[lock] seconds: expected a number"),
-    ({"lock": {"seconds": -1}}, "[lock] seconds: must be positive"),
+    ({"lock": {"seconds": -1}}, "[lock] seconds: must be above 0"),
+    ({"lock": {"seconds": float("inf")}}, "[lock] seconds: must be a finite number"),
+    ({"peers": {"seconds": float("inf")}}, "[peers] seconds: must be a finite number"),
+    ({"lock": {"seconds": 1e9}}, "[lock] seconds: must be above 0 and at most a year"),  # what the state file refuses
+    ({"state": {"save_seconds": float("nan")}}, "[state] save_seconds: must be a finite number"),
     ({"queue": {"number": 70000}}, "[queue] number: must be between 0 and 65535"),
     ({"queue": {"fail_closed": "yes"}}, "expected true or false"),
     ({"network": {"lan_networks": ["nope"]}}, "not an address or network"),

@@ -174,3 +174,19 @@ def test_privilege_drop_refuses_shared_directories():
     for bad in ("/run/p2pwall.sock", "state.json", "/p2pwall-state.json", "/var/lib/state.json"):
         with pytest.raises(PrivilegeError):
             own_directory(bad, "[state] file")
+
+
+def test_log_lines_tell_until_as_wall_clock_time_and_mark_a_dry_run(caplog):
+    import time as _time
+
+    from p2pwall_plugins.fasttrack import make_ping
+
+    settings = from_dict(CONFIG)
+    live = Engine(settings, plugins.load(["fasttrack"], settings), monitor=True)  # the live, monotonic clock
+    with caplog.at_level(logging.INFO, logger="p2pwall"):
+        feed(live, udp(LAN, PEER, 1214, 1214, make_ping()))
+    line = next(r for r in caplog.records if "event=peer_blocked" in r.getMessage())
+    until = line.p2pwall_fields["until"]
+    assert abs(until - (_time.time() + 86400)) < 60  # epoch seconds, a day ahead (JSON)
+    assert _time.strftime("until=%Y-%m-%dT", _time.gmtime(until)) in line.getMessage()  # ISO 8601 (text)
+    assert "monitor=true" in line.getMessage() and line.p2pwall_fields["monitor"] is True
