@@ -5,7 +5,17 @@ What it recognises (``shared/protocols.md``; giFT-FastTrack, ipp2p, l7-filter, n
 - the UDP ping a client sends to peers: ``27 00 00 00 (29|a9) 80 <network name> 00``;
 - the UDP pong: ``28 00 00 00 (29|a9) <6 bytes> <network name> 00`` (or a 5-byte ``29``);
 - a clear-text FastTrack HTTP transfer: ``GET /.hash=...`` and friends, ``X-Kazaa-*``
-  headers, the ``KazaaClient``/``PeerEnabler`` user agents, or a ``GIVE <n>`` push.
+  headers, the ``KazaaClient``/``PeerEnabler`` user agents, or a ``GIVE <n>`` push;
+- a session's cipher hello: the 12-byte first payload a client sends a supernode (a
+  32-bit value, its cipher seed, the encryption type mangled with the seed;
+  giFT-FastTrack ``fst_session.c``), on any port but the ordinary services.  A real
+  client opens its sessions to the first nodes of its cache *before* it pings the next
+  ones, so those nodes are never pinged: the hellos are remembered per client, and the
+  client's first FastTrack ping blocks their nodes for it (the pair set cuts the
+  sessions that are up) and locks it; a hello from a client that already pinged blocks
+  its node for it at once.  (The mangled type is not checked: its key schedule,
+  ``enc_type_2``, is too long to re-implement here; the exchange is judged by its shape
+  together with the same client's pings.)
 
 What it asks for: a ping to a peer blocks the peer, drops the ping and spoofs a pong
 from the peer so the client keeps to its UDP mode.  The core then drops the client's
@@ -30,6 +40,10 @@ Can a browser, an ordinary protocol or one hostile LAN host make it fire?
   payload of its connection (the core's rule), with a FastTrack request line or Kazaa
   headers in its header block (a POST body cannot carry them in); ``GIVE <n>`` only as
   a first payload, which a browser never sends.
+- Cipher hellos: a 12-byte first payload is common enough alone (nothing in it is fixed
+  here), so it earns nothing without a FastTrack ping from the same client within the
+  hour (before or after), which a browser cannot send and an ordinary program does not.
+  It then concerns that client alone: its own sessions' nodes, blocked for it.
 - ``X-Kazaa-SupernodeIP`` names an address: it is blocked only for the client whose
   genuine Kazaa request named it (evidence "named"), never on that word alone.
 - Probe answers: only from a host p2pwall actually probed, from the probed port, while
@@ -42,8 +56,8 @@ import ipaddress
 import re
 import struct
 
-from p2pwall import (FROM_LAN, TO_FIREWALL, UDP, Block, ConfigError, DetectorInfo, Drop, Lock, Probe, Report,
-                     Spoof, browser_shaped, header_block, hookimpl)
+from p2pwall import (FROM_LAN, SERVICE_PORTS, TO_FIREWALL, UDP, Block, ConfigError, DetectorInfo, Drop, Lock, Probe,
+                     Report, Spoof, browser_shaped, header_block, hookimpl)
 
 __version__ = "1.0.0"
 
@@ -53,6 +67,9 @@ DEFAULT_NETWORK = b"KaZaA"
 MAX_NAME = 31
 # Kernel-side pre-filter: only TCP payloads containing one of these are queued.
 HTTP_STRINGS = [b"GET /.", b"X-Kazaa-", b"GIVE ", b"KazaaClient", b"PeerEnabler/"]
+HELLO_SIZE = 12  # a session's cipher hello: 32-bit value, seed, mangled encryption type
+HELLO_MEMORY = 120.0  # seconds a client's hellos wait for its first ping
+PINGED_MEMORY = 3600.0  # seconds a client that pinged stays "a FastTrack client" for its hellos
 
 _REQUEST = re.compile(
     rb"^(?:GET|HEAD) /\.(?:hash=[0-9a-fA-F]{20,64}|files|download/|supernode|status|network)[^\r\n]* HTTP/1\.[01]\r?\n")
@@ -157,6 +174,7 @@ class FastTrackDetector:
         self.probes = True
         self.http = True
         self.spoof = True
+        self.sessions = True
         self.networks: set[bytes] | None = None
 
     @hookimpl
@@ -165,14 +183,15 @@ class FastTrackDetector:
             name="fasttrack", version=__version__,
             protocols=["FastTrack", "Kazaa", "KazaaLite", "iMesh", "Grokster"],
             description="ftwall: UDP ping recognition with spoofed pongs, time lock, probes, HTTP safety net",
-            wants=["udp", "tcp_payload"] if self.http else ["udp"],
+            wants=["udp", "tcp_payload"] if self.http or self.sessions else ["udp"],
             tcp_strings=HTTP_STRINGS if self.http else [],
+            tcp_first_sizes=(HELLO_SIZE, HELLO_SIZE) if self.sessions else None,
             udp_screen=rb"[\x27\x28\x29]\x00\x00\x00[\x29\xa9]",
         )
 
     @hookimpl
     def p2pwall_configure(self, table, settings):
-        known = {"probes": bool, "http": bool, "spoof": bool, "networks": list}
+        known = {"probes": bool, "http": bool, "spoof": bool, "sessions": bool, "networks": list}
         for key, value in table.items():
             if key not in known:
                 raise ConfigError(f"unknown key {key}")
@@ -181,6 +200,7 @@ class FastTrackDetector:
         self.probes = table.get("probes", True)
         self.http = table.get("http", True)
         self.spoof = table.get("spoof", True)
+        self.sessions = table.get("sessions", True)
         names = table.get("networks", [])
         if not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME and n.isprintable() for n in names):
             raise ConfigError("networks: expected a list of network names such as \"KaZaA\"")
@@ -190,8 +210,27 @@ class FastTrackDetector:
     def p2pwall_inspect(self, packet, context):
         if packet.proto == UDP:
             return self._udp(packet, context)
-        if self.http and packet.direction == FROM_LAN:
+        if packet.direction != FROM_LAN or context.in_lan(packet.dst):
+            return None
+        if self.sessions and packet.first and len(packet.payload) == HELLO_SIZE:
+            return self._hello(packet, context)
+        if self.http:
             return self._tcp(packet)
+        return None
+
+    def _hello(self, packet, context):
+        """A session's cipher hello: acted on for a client that pinged; else remembered
+        until its first ping."""
+        if packet.dport in SERVICE_PORTS:
+            return None
+        reason = "FastTrack session (cipher hello)"
+        if context.note_for(packet.src, packet.src, "ft-pinged") is not None:
+            return [Block(packet.dst, reason=reason), Drop(reason), Lock(packet.src, reason=reason)]
+        kept = context.note_for(packet.src, packet.src, "ft-hellos") or b""
+        entry = bytes([len(packet.dst)]) + packet.dst
+        if entry not in _entries(kept):
+            kept = _trim(kept + entry)
+        context.keep_note(packet.src, packet.src, "ft-hellos", kept, HELLO_MEMORY)
         return None
 
     def _udp(self, packet, context):
@@ -209,6 +248,8 @@ class FastTrackDetector:
         if name is not None and (self.networks is None or name in self.networks):
             actions = [Block(packet.dst, reason="FastTrack UDP ping", note=probe_note(packet)),
                        Drop("FastTrack UDP ping")]
+            if self.sessions:
+                actions += self._sessions_before(packet, context)
             if self.spoof:
                 actions.append(Spoof(packet.dst, packet.dport, packet.src, packet.sport,
                                      make_pong(name), reason="FastTrack pong"))
@@ -216,6 +257,18 @@ class FastTrackDetector:
         if parse_pong(payload):
             return [Block(packet.dst, reason="FastTrack UDP pong"), Drop("FastTrack UDP pong")]
         return None
+
+    def _sessions_before(self, packet, context) -> list:
+        """A client's first ping: the nodes it opened sessions to before it (their hellos)
+        are blocked for it, and it is locked."""
+        context.keep_note(packet.src, packet.src, "ft-pinged", b"1", PINGED_MEMORY)
+        kept = context.note_for(packet.src, packet.src, "ft-hellos")
+        if not kept:
+            return []
+        context.keep_note(packet.src, packet.src, "ft-hellos", b"", 1.0)
+        reason = "FastTrack session peer (cipher hello before the ping)"
+        actions = [Block(addr, reason=reason, evidence="named") for addr in _entries(kept)]
+        return actions + [Lock(packet.src, reason="FastTrack session up before its pings")]
 
     def _tcp(self, packet):
         found = parse_http(packet.data)
@@ -239,6 +292,23 @@ class FastTrackDetector:
             return None
         client_port, peer_port, ping = found
         return Probe(client, dport=client_port, payload=ping, sport=peer_port, reason="FastTrack probe")
+
+
+def _entries(kept: bytes) -> list[bytes]:
+    """The addresses in a hellos note: each a length byte (4 or 16) and the address."""
+    out, i = [], 0
+    while i < len(kept) and kept[i] in (4, 16) and i + 1 + kept[i] <= len(kept):
+        out.append(kept[i + 1:i + 1 + kept[i]])
+        i += 1 + kept[i]
+    return out
+
+
+def _trim(kept: bytes, limit: int = 64) -> bytes:
+    """The newest entries that fit a core note (64 bytes)."""
+    entries = _entries(kept)
+    while sum(1 + len(e) for e in entries) > limit:
+        entries.pop(0)
+    return b"".join(bytes([len(e)]) + e for e in entries)
 
 
 def probe_note(packet) -> bytes:

@@ -104,3 +104,28 @@ def test_each_documented_probe_answer_keeps_the_client_locked(ftnet, answer):
                      answer=answer)
     assert r.client["probes_answered"] >= 1 and r.status["events"].get("probe_answered", 0) >= 1, r.status["events"]
     assert r.client["connected"] == 0 and not r.tcp_reached_peers
+
+
+def test_without_p2pwall_sessions_opened_before_the_pings_carry_data(ftnet):
+    r = scenario.run(ftnet, tag="bare-sessions", p2pwall=False, lock=LOCK, seconds=4, mode1=2, mode2=1,
+                     recover=False, connect_first=2)
+    assert r.client["sessions_up"] == 2
+    assert sum(x["size"] for x in r.peer_log if x["kind"] == "session_data") >= 2 * 64
+
+
+def test_sessions_opened_before_the_pings_are_cut_by_the_first_ping(ftnet):
+    """giFT-FastTrack's real start: sessions to the first two cached nodes (never pinged),
+    then pings.  The hellos cross (nothing is known yet); the first ping blocks their nodes
+    for the client, so the sessions carry nothing, and the client is locked."""
+    r = scenario.run(ftnet, tag="sessions", lock=LOCK, seconds=10, mode1=3, mode2=3, connect_first=2)
+    hellos = [x for x in r.peer_log if x["kind"] == "session_hello"]
+    assert len(hellos) == 2 and r.client["sessions_up"] == 2
+    assert [x for x in r.peer_log if x["kind"] == "session_data"] == []
+    blocked = {e["address"]: e for e in r.status["peers"]["entries"]}
+    for hello in hellos:
+        entry = blocked.get(hello["dst"])
+        assert entry is not None and ftnet.lan_ips[0] in entry["clients"], (hello, entry)
+        assert entry["reason"].startswith("FastTrack session peer")
+    assert r.client["connected"] == 0 and r.client["pongs"] > 0
+    assert r.web_failed == 0
+    assert r.recovered_after is not None  # free again once its client stops

@@ -11,6 +11,10 @@ goes through the article's three modes:
 2. parallel TCP connections to known and never-revealed peers;
 3. slow one-at-a-time connections, with gaps longer than the lock.
 
+With ``--connect-first N`` it first does what giFT-FastTrack does: TCP sessions to the
+first N nodes of its cache (never pinged), each with a 12-byte cipher hello and a seed of
+its own, the node's 8-byte answer, then encrypted traffic; the pings follow 40 ms later.
+
 All the while it answers pings (the firewall's probes) with pongs.  ``--no-udp`` is a
 client whose UDP is disabled: it goes straight to HTTP downloads (``GET /.hash=``).
 The peers answer pings with pongs, accept TCP, and serve HTTP downloads.
@@ -114,7 +118,19 @@ def _serve_tcp(conn: socket.socket, src, log: Log) -> None:
             data = conn.recv(4096)
         except OSError:
             return
-        if data.startswith(b"GET /.hash="):
+        if len(data) == 12:  # a session's cipher hello (giFT-FastTrack: random, seed, mangled type)
+            log(kind="session_hello", src=src[0], dst=dst, dport=port)
+            try:
+                conn.sendall(os.urandom(8))  # the supernode's seed and mangled type
+                conn.settimeout(10)
+                while True:  # then encrypted traffic: count what arrives
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    log(kind="session_data", src=src[0], dst=dst, dport=port, size=len(chunk))
+            except OSError:
+                pass
+        elif data.startswith(b"GET /.hash="):
             log(kind="http_get", src=src[0], dst=dst, dport=port)
             body = hashlib.sha256(data).digest() * (DOWNLOAD_SIZE // 32)
             try:
@@ -150,6 +166,7 @@ class Client:
         self.attempts = 0
         self.pongs: set[tuple[str, int]] = set()
         self.probes_answered = 0
+        self.sessions_up = 0
         self.stop = threading.Event()
         self.udp = None
         if not args.no_udp:
@@ -230,11 +247,43 @@ class Client:
                  result="download complete" if complete else "incomplete")
         return complete
 
+    def _session(self, peer, end: float) -> None:
+        """What giFT-FastTrack does first: a TCP session to a cached node (never pinged),
+        its 12-byte cipher hello with a seed of its own, the node's 8-byte answer, then
+        encrypted traffic until the run ends or the connection breaks."""
+        addr, port = peer
+        sent = 0
+        try:
+            with socket.create_connection((addr, port), timeout=1.0) as s:
+                s.settimeout(1.0)
+                s.sendall(bytes.fromhex("fa00b62b") + os.urandom(4) + os.urandom(4))
+                answer = s.recv(64)
+                self.log(kind="session", peer=addr, port=port, result="up" if len(answer) == 8 else "no answer")
+                if len(answer) != 8:
+                    return
+                self.sessions_up += 1
+                self.stop.wait(0.5)  # the node list exchange follows the handshake
+                while time.monotonic() < end and not self.stop.is_set():
+                    s.sendall(os.urandom(64))
+                    sent += 64
+                    self.stop.wait(0.25)
+        except OSError as exc:
+            self.log(kind="session", peer=addr, port=port, result=type(exc).__name__)
+        finally:
+            self.log(kind="session_end", peer=addr, port=port, sent=sent)
+
     def run(self) -> dict:
         a = self.args
         end = time.monotonic() + a.seconds
         pool = ThreadPoolExecutor(max_workers=a.parallel)
+        sessions = []
         try:
+            if a.connect_first and not a.no_udp:  # sessions to the first cached nodes, then the pings
+                for peer in self.hidden[:a.connect_first]:
+                    t = threading.Thread(target=self._session, args=(peer, end), daemon=True)
+                    t.start()
+                    sessions.append(t)
+                time.sleep(0.04)
             if a.no_udp:
                 self._mode("http", end)
                 while time.monotonic() < end:
@@ -259,7 +308,9 @@ class Client:
         finally:
             pool.shutdown(wait=True)
             self.stop.set()
-        return {"attempts": self.attempts, "connected": len(self.connected),
+            for t in sessions:
+                t.join(3)
+        return {"attempts": self.attempts, "sessions_up": self.sessions_up, "connected": len(self.connected),
                 "connected_peers": self.connected[:20], "downloads": self.downloads,
                 "pongs": len(self.pongs), "probes_answered": self.probes_answered,
                 "cache": len(self.cache), "revealed": len(self.revealed)}
@@ -309,6 +360,8 @@ def main(argv=None) -> int:
     c.add_argument("--parallel", type=int, default=20)
     c.add_argument("--udp-port", type=int, default=1214)
     c.add_argument("--no-udp", action="store_true", help="UDP disabled: straight to HTTP downloads")
+    c.add_argument("--connect-first", type=int, default=0,
+                   help="open sessions to this many cached nodes before pinging (as giFT-FastTrack does)")
     c.add_argument("--answer", choices=sorted(ANSWERS), default="node",
                    help="how it answers pings (probes): an ordinary node's 13-byte 0x29 by default")
     c.add_argument("--supernode", default="203.0.113.1:1214")

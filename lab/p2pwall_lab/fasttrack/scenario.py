@@ -61,7 +61,7 @@ def _http_get(net, ns: str, url: str, timeout: float = 2.0) -> bool:
 def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: float = 30.0,
         mode1: float = 3.0, mode2: float = 6.0, no_udp: bool = False, seed: int | None = None,
         recover: bool = True, echo=None, config_extra: str = "", capture=None, answer: str = "node",
-        ipv6: bool = False) -> Result:
+        ipv6: bool = False, connect_first: int = 0) -> Result:
     """Run the scenario once on ``net`` (a p2pwall_lab.testbed.Network) and report.  With
     ``ipv6`` (a dual-stack ``net``) the client, its peers and the web server speak IPv6;
     the supernode it names stays IPv4, as FastTrack's header can only name IPv4."""
@@ -101,7 +101,7 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
             args += ["--seed", str(seed)]
         if no_udp:
             args.append("--no-udp")
-        args += ["--answer", answer]
+        args += ["--answer", answer, "--connect-first", str(connect_first)]
         say(f"emulated FastTrack client starts on {lan_ips[0]}"
             f"{' with UDP disabled (HTTP downloads only)' if no_udp else ''}; "
             f"{lan_ips[1]} browses {site} every second")

@@ -3,9 +3,9 @@
 import pytest
 
 from p2pwall.actions import Probe, Spoof
-from p2pwall.packet import TO_FIREWALL, ip_text
+from p2pwall.packet import TO_FIREWALL, ip_bytes, ip_text
 from p2pwall.testing import DetectorHarness, tcp, udp
-from p2pwall_plugins.fasttrack import FastTrackDetector, make_pong, parse_http, parse_ping, parse_pong
+from p2pwall_plugins.fasttrack import FastTrackDetector, make_ping, make_pong, parse_http, parse_ping, parse_pong
 
 LAN, LAN2, PEER, SUPER, WEB = "192.168.1.5", "192.168.1.6", "203.0.113.9", "203.0.113.77", "198.51.100.80"
 PING = bytes.fromhex("270000002980") + b"KaZaA\x00"  # 12 bytes, as protocols.md gives it
@@ -177,7 +177,9 @@ def test_config_validation():
     for table in ({"probe": True}, {"probes": "yes"}, {"networks": [""]}):
         with pytest.raises(ConfigError):
             harness(**table)
-    assert "tcp_payload" not in harness(http=False).detectors.wants()
+    assert "tcp_payload" not in harness(http=False, sessions=False).detectors.wants()
+    only_sessions = harness(http=False).detectors
+    assert only_sessions.tcp_strings() == [] and only_sessions.tcp_first_sizes() == (12, 12)  # no HTTP strings
     h = harness(spoof=False, networks=["iMesh"])
     assert not h.feed(udp(LAN, PEER, 3000, 1214, PING))[0]  # KaZaA network not selected
 
@@ -222,3 +224,34 @@ def test_answers_that_are_not_probe_answers():
     h = harness()  # a pong out of the blue (no probe outstanding) locks nobody
     h.feed(udp(LAN, "192.168.0.1", 3000, 1214, bytes.fromhex("2900000029")), direction=TO_FIREWALL)
     assert not h.locked(LAN)
+
+
+def test_sessions_opened_before_the_pings_are_cut_by_the_first_ping():
+    """giFT-FastTrack: sessions (12-byte cipher hellos) to the first cached nodes, then
+    pings to the next ones; the pinged peers never include the session nodes."""
+    h = harness()
+    node1, node2 = "203.0.113.20", "203.0.113.21"
+    hello = bytes.fromhex("fa00b62b") + bytes.fromhex("0facb123") + bytes.fromhex("5a5a5a5a")
+    assert not h.feed(tcp(LAN, node1, 40000, 1214, hello)).drop  # nothing known yet: it goes
+    assert not h.feed(tcp(LAN, node2, 40001, 2121, hello)).drop
+    assert not h.blocked(node1) and not h.locked(LAN)
+    assert h.feed(udp(LAN, PEER, 1214, 1214, make_ping())).drop  # the first ping
+    for node in (node1, node2):
+        entry = h.peer(node)
+        assert entry is not None and not entry.lanwide and entry.clients == (ip_bytes(LAN),), node
+    assert h.locked(LAN)
+    later = "203.0.113.22"
+    assert h.feed(tcp(LAN, later, 40002, 3131, hello)).drop and h.blocked(later)  # a pinger's hello: at once
+
+
+def test_a_twelve_byte_first_payload_alone_earns_nothing():
+    h = harness()
+    hello = bytes(12)
+    for i in range(50):
+        h.feed(tcp(LAN, f"203.0.113.{30 + i}", 40000 + i, 5000 + i, hello))
+    h.feed(tcp(LAN, "203.0.113.90", 41000, 443, hello))  # a service port, even for a pinger
+    assert len(h.engine.peers) == 0 and not h.locked(LAN)
+    h.feed(tcp("192.168.1.6", "203.0.113.91", 41001, 6000, hello))
+    assert h.feed(udp(LAN, PEER, 1214, 1214, make_ping())).drop  # another client's ping
+    assert not h.blocked("203.0.113.91")  # ... says nothing of 192.168.1.6's sessions
+    assert not h.feed(tcp(LAN, "203.0.113.92", 41002, 443, hello)).drop
