@@ -350,6 +350,7 @@ class _Run:
                 if model is not None:
                     model.at = j - 1  # what the tick takes out is gone for this packet already
                 engine.tick(now)
+                engine.drain_events()
             out, syn = outs[k], syns[k]
             peer_set = note = lock_note = None
             if model is not None:
@@ -386,7 +387,8 @@ class _Run:
             if packet.proto == TCP and packet.end > packet.off:
                 packet.first = firsts[k]
             verdict = engine.handle(packet)
-            engine.outbox.clear()
+            engine.outbox.clear()  # spoofs and probes are not sent from a capture
+            engine.drain_events()  # after each packet: the events keep the packets' order
             if verdict.drop:
                 dropped[j] = True
             if verdict.detector and flow not in flagged:
@@ -397,6 +399,7 @@ class _Run:
         if self.last_time > clock.now:
             clock.now = self.last_time
             engine.tick(self.last_time)
+            engine.drain_events()
         unseen = self._unseen_drops(engine_sees) if model is not None else {}
         for j, (detector, scope) in unseen.items():
             dropped[j] = True

@@ -124,3 +124,6 @@ def test_replay_json_shape_for_every_bundled_capture():
                                                                                           or flow["scope"] is None)
             assert flow["proto"] in ("udp", "tcp")
         assert isinstance(report["events"], list)
+        if path.name == "bittorrent.pcap":  # a capture that teaches: its events are told, in order
+            blocked = [e for e in report["events"] if e["kind"] == "peer_blocked"]
+            assert blocked and [e["time"] for e in report["events"]] == sorted(e["time"] for e in report["events"])
