@@ -371,9 +371,19 @@ def unlock(address, config_path, socket_path):
 @cli.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 def check_config(file):
-    """Validate a config file, including each detector's own table."""
-    settings = _settings(file)
+    """Validate a config file, including each detector's own table, with every check
+    `run` makes before it needs root: the LAN interfaces exist and carry an address,
+    [daemon] user exists, optional libraries are there, the state directory is."""
+    from .preflight import check
+
+    settings = config_mod.per_queue(_settings(file))
     _detectors((), settings)
+    try:
+        warnings = check(settings)  # exactly what run checks before it needs root
+    except config_mod.ConfigError as exc:
+        raise Failure(f"config: {file}: {exc}", EXIT_USAGE) from None
+    for warning in warnings:
+        click.echo(f"p2pwall: warning: {warning}", err=True)
     click.echo(f"{file}: ok")
 
 

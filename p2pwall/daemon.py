@@ -62,6 +62,10 @@ class Daemon:
         self._children: list = []
         if monitor:  # monitor mode must never drop, not even in the kernel
             settings = dataclasses.replace(settings, kernel_sets=False)
+        from .preflight import check
+
+        for warning in ([] if worker else check(settings)):  # check-config's checks, the same
+            emit(log, logging.WARNING, "config_warning", warning=warning)
         self.lan_ifs = lan_ifindexes(settings)
         settings = with_lan(settings)
         self.settings = settings

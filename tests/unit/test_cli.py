@@ -127,3 +127,40 @@ def test_replay_json_shape_for_every_bundled_capture():
         if path.name == "bittorrent.pcap":  # a capture that teaches: its events are told, in order
             blocked = [e for e in report["events"] if e["kind"] == "peer_blocked"]
             assert blocked and [e["time"] for e in report["events"]] == sorted(e["time"] for e in report["events"])
+
+
+def test_check_config_makes_runs_checks_that_need_no_root(tmp_path):
+    from p2pwall.preflight import default_route_device
+
+    f = tmp_path / "c.toml"
+    for body, text in [
+        ('[network]\nlan_interfaces = ["nosuchif0"]', "no interface named 'nosuchif0'"),
+        ("[network]\nlan_interfaces = []", "lan_interfaces is required"),
+        ('[network]\nlan_interfaces = ["lo"]', "loopback"),
+        ('[network]\nlan_interfaces = ["lo"]\nlan_networks = ["192.0.2.0/24"]\n[daemon]\nuser = "nosuchuser-p2pw"',
+         "loopback"),
+        ('[lock]\nseconds = inf', "finite"),
+        ('[lock]\nseconds = 1e9', "at most a year"),
+    ]:
+        f.write_text(body)
+        for cmd in (("check-config", str(f)), ("run", "--config", str(f))):
+            done = p2pwall(*cmd)
+            if cmd[0] == "run" and os.geteuid() != 0:
+                continue  # run stops at "needs root" first
+            one_line_error(done)
+            assert text in done.stderr, (body, cmd, done.stderr)
+    route = default_route_device()
+    if route:
+        state = tmp_path / "state" / "s.json"
+        f.write_text(f'[network]\nlan_interfaces = ["{route}"]\n[state]\nfile = "{state}"\n')
+        done = p2pwall("check-config", str(f))
+        assert done.returncode == 0 and "carries the default route" in done.stderr, done.stderr
+        f.write_text(f'[network]\nlan_interfaces = ["{route}"]\n[state]\nfile = "{tmp_path}/typo/deeper/s.json"\n'
+                     f'[daemon]\nuser = "nosuchuser-p2pw"\n')
+        done = p2pwall("check-config", str(f))
+        one_line_error(done)
+        assert "no such user" in done.stderr
+        f.write_text(f'[network]\nlan_interfaces = ["{route}"]\n[state]\nfile = "{tmp_path}/typo/deeper/s.json"\n')
+        done = p2pwall("check-config", str(f))
+        one_line_error(done)
+        assert "[state] file" in done.stderr
