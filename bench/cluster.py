@@ -55,7 +55,7 @@ def pipeline(seconds: float) -> tuple[float, float]:
                           "--appendonly", "no", log="redis.log")
         time.sleep(0.5)
         results = {}
-        for label, extra in (("alone", ""), ("cluster", '[cluster]\nurl = "redis://127.0.0.1:6390/0"\n')):
+        for label, extra in (("alone", ""), ("cluster", '[cluster]\nurl = "redis://127.0.0.1:6390/0"\ninsecure = true\n')):
             d = net.p2pwall(net.base_config(extra="[queue]\nudp_packets = 0\nper_host_rate = 0\n" + extra), name=f"bench-{label}")
             results[label] = common_flood(net, seconds, lambda: counter(net, net.out), "--udp", "-k", "-s", "40000",
                                           "-p", "9999", "-d", "32", target)

@@ -273,7 +273,15 @@ def status(config_path, socket_path, address, fmt):
     click.echo(f"up {snap['uptime']:.0f} s, detectors: {', '.join(snap['detectors'])}"
                f"{' (monitor mode)' if snap.get('monitor') else ''}")
     c = snap["counters"]
-    click.echo(f"packets {c.get('packets', 0)}, accepted {c.get('accepted', 0)}, dropped {c.get('dropped', 0)}")
+    lan = snap.get("lan")
+    if lan:
+        click.echo(f"LAN: {', '.join(lan['interfaces'])} ({', '.join(lan['networks'])})"
+                   + (f"; allowlist {', '.join(lan['allow'])}" if lan["allow"] else "")
+                   + (f"; protected {', '.join(lan['protect'])}" if lan["protect"] else ""))
+    verdicts = f"packets {c.get('packets', 0)}, accepted {c.get('accepted', 0)}, dropped {c.get('dropped', 0)}"
+    if snap.get("monitor"):
+        verdicts += f", would have dropped {c.get('would_drop', 0)} (a dry run: nothing was)"
+    click.echo(verdicts)
     for det, n in sorted(snap.get("drops_by_detector", {}).items()):
         click.echo(f"  {det}: {n} drops")
     for det, n in sorted(snap.get("errors_by_detector", {}).items()):
@@ -287,6 +295,11 @@ def status(config_path, socket_path, address, fmt):
                    f"{' (fail open: what passes unjudged is not counted by the kernel)' if health['overflow'] == 'accept' else ''}; "
                    f"{health['queue_dropped']} dropped full, {health['user_dropped']} lost to the socket, "
                    f"{health['fairness_dropped']} over the per-host bound ({health['per_host_rate']}/s)")
+        drops = health.get("kernel_drops") or {}
+        if drops:
+            click.echo(f"kernel drops (never queued): {drops.get('peers', 0) + drops.get('nolock', 0)} to LAN-wide "
+                       f"peers, {drops.get('pairs', 0)} to client-scoped ones, {drops.get('locks', 0)} SYNs of "
+                       f"locked clients")
     cluster = snap.get("cluster")
     if cluster:
         others = ", ".join(f"{gw} ({age:.0f} s ago)" for gw, age in cluster["gateways"].items()) or "none yet"

@@ -74,6 +74,7 @@ class Settings:
     cluster_prefix: str = "p2pwall"
     cluster_password_file: str = ""
     cluster_key_file: str = ""
+    cluster_insecure: bool = False  # unsigned changes: for a lab only
     cluster_apply_per_second: float = 2000.0
     cluster_stream_length: int = 100000
     # [log]
@@ -156,6 +157,7 @@ _SCHEMA = {
         "prefix": ("cluster_prefix", "str", None, RESTART),
         "password_file": ("cluster_password_file", "optstr", None, RESTART),
         "key_file": ("cluster_key_file", "optstr", None, RESTART),
+        "insecure": ("cluster_insecure", "bool", None, RESTART),
         "apply_per_second": ("cluster_apply_per_second", "number", _range(1, 1e6)),
         "stream_length": ("cluster_stream_length", "int", _range(100, 10_000_000)),
     },

@@ -37,7 +37,7 @@ from . import state as state_mod
 from .config import ConfigError, Settings, restart_only
 from .control import Control
 from .engine import Engine
-from .errors import DaemonError, QueueBusy  # noqa: F401  (the CLI imports them from here)
+from .errors import DaemonError, QueueBusy  # (the CLI imports them from here too)
 from .events import emit
 from .lan import interface_networks, lan_ifindexes, with_lan
 from .mirrors import DryRun, KernelMirror
@@ -142,8 +142,8 @@ class Daemon:
                                    self._callback, fail_open=self.settings.overflow == "accept")
             try:
                 status = StatusServer(self._status_path())
-            except OSError as exc:
-                raise DaemonError(f"status socket: {exc}") from None
+            except OSError as exc:  # another instance's socket: a usage error, as a busy queue is
+                raise (QueueBusy if "in use" in str(exc) else DaemonError)(f"status socket: {exc}") from None
             self._owns_state = not self.monitor
             if self.worker:
                 return self._run_worker(source, status, wake_r)
@@ -237,6 +237,8 @@ class Daemon:
         if not self.worker:
             snap["rules"] = self._rules_text
         snap["queue_health"] = dict(self.overload.figures)
+        snap["lan"] = {"interfaces": list(self.settings.lan_interfaces), "networks": list(self.settings.lan_networks),
+                       "allow": list(self.settings.allow), "protect": list(self.settings.protect)}
         if self.cluster is not None:
             snap["cluster"] = self.cluster.status()
         if self._children:

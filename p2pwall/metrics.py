@@ -63,6 +63,10 @@ def render(snap: dict, queue: int) -> str:
               "# HELP p2pwall_fairness_dropped_total Packets beyond [queue] per_host_rate, dropped before the queue.",
               "# TYPE p2pwall_fairness_dropped_total counter",
               f"p2pwall_fairness_dropped_total {snap.get('queue_health', {}).get('fairness_dropped', 0)}",
+              "# HELP p2pwall_kernel_dropped_total Packets the kernel sets dropped by themselves, never queued.",
+              "# TYPE p2pwall_kernel_dropped_total counter",
+              *(f'p2pwall_kernel_dropped_total{{set="{k}"}} {v}'
+                for k, v in sorted((snap.get("queue_health", {}).get("kernel_drops") or {}).items())),
               *_cluster_lines(snap.get("cluster")),
               "# HELP p2pwall_uptime_seconds Seconds since start.", "# TYPE p2pwall_uptime_seconds gauge",
               f"p2pwall_uptime_seconds {snap['uptime']}"]

@@ -37,6 +37,12 @@ def check(settings: Settings) -> list[str]:
             raise ConfigError(f"[daemon] user: no such user {settings.user!r}") from None
     if settings.cluster_url and importlib.util.find_spec("redis") is None:
         raise ConfigError("[cluster] url is set but redis-py is missing: pip install 'p2pwall[cluster]'")
+    if settings.cluster_url and not settings.cluster_key_file:
+        if not settings.cluster_insecure:
+            raise ConfigError("[cluster] url is set without key_file: whoever can write to Redis would control "
+                              "every gateway; give a key_file (or insecure = true, for a lab only)")
+        warnings.append("[cluster] insecure = true: changes are not signed, whoever can write to Redis "
+                        "controls every gateway")
     if settings.state_file:
         parent = os.path.dirname(os.path.abspath(settings.state_file))
         if not os.path.isdir(parent) and not os.path.isdir(os.path.dirname(parent)):

@@ -80,6 +80,44 @@ class OverloadWatch:
                              if "limit: above" in line and "DROP" in line)
         return total
 
+    def kernel_drops(self) -> dict[str, int]:
+        """What the kernel dropped by itself, never queued: LAN-wide peers (``peers``,
+        ``nolock``), client-scoped ones (``pairs``, the counters of p2pwall's nft table) and
+        locked clients' SYNs (``locks``, the lock rule's iptables counter)."""
+        import json
+
+        out = {"peers": 0, "nolock": 0, "pairs": 0, "locks": 0}
+        if not self.settings.kernel_sets or not self.installed:
+            return out
+        done = subprocess.run(["nft", "-j", "list", "table", "inet", f"p2pwall{self.settings.queue_number}"],
+                              capture_output=True, text=True)
+        try:
+            items = json.loads(done.stdout or "{}").get("nftables", [])
+        except ValueError:
+            items = []
+        for item in items:
+            rule = item.get("rule") if isinstance(item, dict) else None
+            if not rule:
+                continue
+            packets = sum(e["counter"].get("packets", 0) for e in rule.get("expr", [])
+                          if isinstance(e, dict) and isinstance(e.get("counter"), dict))
+            text = json.dumps(rule.get("expr", []))
+            chain = rule.get("chain")
+            if chain == "blocked":
+                out["pairs"] += packets
+            elif chain == "peer":
+                out["peers"] += packets
+            elif chain == "lan" and "nolock" in text:
+                out["nolock"] += packets
+        names = rules.chain_names(self.settings.queue_number)
+        for family in list(self.installed):
+            tool = "iptables" if family == 4 else "ip6tables"
+            listing = subprocess.run([tool, "-w", "-L", names["counted"], "-v", "-x", "-n"], capture_output=True,
+                                     text=True).stdout
+            out["locks"] += sum(int(line.split()[0]) for line in listing.splitlines()
+                                if "match-set p2pwall-locks" in line and "DROP" in line)
+        return out
+
     def __call__(self) -> None:
         from .metrics import queue_stats
 
@@ -90,7 +128,8 @@ class OverloadWatch:
         self._seen = {k: max(v, figures.get(k, 0)) for k, v in self._seen.items()}
         self.figures = {"overflow": settings.overflow, "per_host_rate": settings.per_host_rate,
                         **{k: figures.get(k, 0) for k in ("waiting", "queue_dropped", "user_dropped",
-                                                          "fairness_dropped")}}
+                                                          "fairness_dropped")},
+                        "kernel_drops": self.kernel_drops() if not self.worker else {}}
         if grew:
             emit(log, logging.WARNING, "queue_overflow", **{f"new_{k}": v for k, v in grew.items()},
                  overflow=settings.overflow)

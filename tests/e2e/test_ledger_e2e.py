@@ -4,6 +4,7 @@ run after it does not inherit."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -110,6 +111,9 @@ def test_a_firewall_reload_is_undone_within_seconds(net, server, testdet_env, fl
         assert "rules_restored" not in d.output()
         reaches = lambda: udp(net, net.lans[1], peer, 5000, b"hello", wait=0.5)[0]["reply"] is not None  # noqa: E731
         assert not reaches()
+        # status says what the kernel dropped by itself, and which LAN it enforces
+        assert wait_until(lambda: d.status()["queue_health"].get("kernel_drops", {}).get("peers", 0) >= 1, 5)
+        assert d.status()["lan"]["interfaces"] == ["br0"]
         d.proc.send_signal(signal.SIGSTOP)  # held still while the firewall is reloaded and the control runs
         try:
             net.exec(net.fw, *flush)
@@ -126,3 +130,35 @@ def test_a_firewall_reload_is_undone_within_seconds(net, server, testdet_env, fl
         assert d.stop() == 0
     assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
     assert "P2PWALL" not in net.iptables_save()
+
+
+def test_a_second_run_that_cannot_start_touches_nothing_of_the_first(net, server, testdet_env):
+    """A second `run` fails on the queue (or, on another queue, on the status socket) and
+    leaves the running instance's state file, rules and sets exactly as they were."""
+    import subprocess
+    import sys
+
+    state = net.dir / "first-state.json"
+    cfg = config(net, ["br0"], state_file=str(state))
+    d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="first")
+    try:
+        assert net.python(net.fw, "-m", "p2pwall", "block", net.outside[8], "--socket",
+                          str(net.dir / "status.sock")).returncode == 0  # saved at once
+        before = state.read_bytes()
+        ours = lambda: [line for line in net.iptables_save().splitlines() if "P2PWALL" in line]  # noqa: E731
+        rules_before = ours()
+        assert net.outside[8].encode() in before
+        path = net.dir / "second.toml"
+        path.write_text(cfg)
+        for extra in ([], ["--queue", "1"]):
+            done = subprocess.run(["ip", "netns", "exec", net.fw, sys.executable, "-m", "p2pwall", "run",
+                                   "--config", str(path), "--plugin", "testdet", *extra],
+                                  capture_output=True, text=True, timeout=60, env={**os.environ, **testdet_env})
+            assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+            assert "in use" in done.stderr, done.stderr
+            assert state.read_bytes() == before, extra  # byte-identical
+            assert ours() == rules_before
+            assert net.outside[8] in net.kernel_set("nolock4")
+        assert d.status()["peers"]["count"] == 1
+    finally:
+        assert d.stop() == 0

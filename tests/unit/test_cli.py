@@ -164,3 +164,21 @@ def test_check_config_makes_runs_checks_that_need_no_root(tmp_path):
         done = p2pwall("check-config", str(f))
         one_line_error(done)
         assert "[state] file" in done.stderr
+
+
+def test_a_cluster_without_a_key_is_refused_unless_declared_a_lab(tmp_path):
+    from unittest import mock
+
+    from p2pwall import preflight
+    from p2pwall.config import ConfigError, load
+
+    f = tmp_path / "c.toml"
+    f.write_text('[cluster]\nurl = "redis://127.0.0.1:6379/0"\n')
+    settings = load(f)
+    # the cluster check alone: a build machine has no LAN interface to name
+    with mock.patch.object(preflight, "lan_ifindexes", lambda s: set()), \
+            mock.patch.object(preflight, "default_route_device", lambda: None):
+        with pytest.raises(ConfigError, match="without key_file"):
+            preflight.check(settings)
+        settings.cluster_insecure = True
+        assert any("not signed" in w for w in preflight.check(settings))

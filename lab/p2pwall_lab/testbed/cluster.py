@@ -100,7 +100,7 @@ class ClusterNetwork(Namespaces):
                 f'[lock]\nseconds = {lock_seconds}\n'
                 f'[status]\nsocket = "{self.dir}/fw{i + 1}.sock"\n[state]\nfile = ""\n'
                 f'[cluster]\nurl = "redis://{MGMT_REDIS}:6379/0"\nname = "gw{i + 1}"\nkey_file = "{key_file}"\n'
-                f'{extra}')
+                + ("" if key_file else "insecure = true\n") + extra)
 
     def p2pwall(self, i: int, config: str, *args: str, name: str | None = None) -> "GatewayDaemon":
         name = name or f"fw{i + 1}"
