@@ -80,7 +80,7 @@ def read_file(path: str, progress=None) -> Segment:
         size = os.fstat(f.fileno()).st_size
         head = f.read(24)
         if head[:4] not in _CLASSIC or len(head) < 24:
-            return _slow(path, progress)  # pcapng, or the errors pcap.read words
+            return _slow(path, progress)  # pcapng, gzip, or the errors pcap.read words
         # mapped in one go (MAP_POPULATE): far cheaper than a page fault per page later
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                        prot=mmap.PROT_READ)

@@ -204,6 +204,7 @@ def replay(pcaps, config_path, plugins, lans, fmt):
     rp = Replay(settings, found)
     show_progress = fmt == "text" and sys.stderr.isatty()
     started = time.perf_counter()
+    unreadable = []
     for path in pcaps:
         try:
             if show_progress and os.path.isfile(path):
@@ -213,18 +214,44 @@ def replay(pcaps, config_path, plugins, lans, fmt):
             else:
                 rp.feed_file(path)
         except pcap.PcapError as exc:
-            raise Failure(str(exc), EXIT_USAGE) from None
+            if len(pcaps) == 1:
+                raise Failure(str(exc), EXIT_USAGE) from None
+            unreadable.append(str(exc))  # a day of captures: one bad file does not cost the others
+            click.echo(f"p2pwall: warning: skipped: {exc}", err=True)
+    if unreadable and len(unreadable) == len(pcaps):
+        raise Failure(f"no capture could be read ({unreadable[0]})", EXIT_USAGE)
     report = rp.report()
     for warning in report["warnings"]:
         click.echo(f"p2pwall: warning: {warning}", err=True)
     if fmt == "json":
+        report["unreadable"] = unreadable
         click.echo(json.dumps(report))
-        return
-    elapsed = time.perf_counter() - started
+    else:
+        _echo_replay(report, time.perf_counter() - started)
+    if unreadable:
+        raise Failure(f"{len(unreadable)} of {len(pcaps)} captures could not be read and were skipped",
+                      EXIT_RUNTIME)
+
+
+def _echo_replay(report: dict, elapsed: float) -> None:
+    """The text report: totals, then per LAN host and per protocol, then every flagged flow."""
+    from collections import Counter, defaultdict
+
     v = report["verdicts"]
     click.echo(f"{report['packets']} packets in {elapsed:.2f} s: {v['accept']} accepted, {v['drop']} dropped; "
                f"{len(report['flows'])} flows")
     flagged = [f for f in report["flows"] if f["detector"]]
+    by_host: dict[str, Counter] = defaultdict(Counter)
+    for f in flagged:
+        by_host[f["client"]][f["detector"]] += 1
+    if by_host:
+        click.echo("by host:")
+        for host, detectors in sorted(by_host.items(), key=lambda kv: -sum(kv[1].values())):
+            click.echo(f"  {host}: {sum(detectors.values())} flows flagged "
+                       f"({', '.join(f'{d} {n}' for d, n in detectors.most_common())})")
+        protocols = Counter(f["detector"] for f in flagged)
+        click.echo("by detector: " + ", ".join(f"{d} {n} flows, {len(set(x['client'] for x in flagged if x['detector'] == d))} hosts"
+                                           for d, n in protocols.most_common()))
     click.echo(f"{len(flagged)} flows flagged")
     for f in flagged:
         scope = {"lan": "; peer blocked for the whole LAN", "client": "; peer blocked for this client only"}

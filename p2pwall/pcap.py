@@ -69,6 +69,15 @@ def read(path: str, progress=None):
         raise PcapError(f"{path}: cannot open: {exc.strerror}") from None
     with f:
         head = f.read(4)
+        if head[:2] == b"\x1f\x8b":  # .pcap.gz, .pcapng.gz: read through gzip, as they are
+            import gzip
+
+            f = gzip.open(path, "rb")
+            try:
+                head = f.read(4)
+            except (OSError, EOFError) as exc:
+                f.close()
+                raise PcapError(f"{path}: not a readable gzip file: {exc}") from None
         if len(head) < 4:
             raise PcapError(f"{path}: not a capture file (too short)")
         magic = head
@@ -82,13 +91,23 @@ def read(path: str, progress=None):
         try:
             for record in records:
                 if progress is not None and n % 4096 == 0:
-                    progress(f.tell())
+                    progress(_position(f))
                 n += 1
                 yield record
         except _Cut as cut:
             raise Truncated(path, n, str(cut)) from None
+        except (EOFError, OSError) as exc:  # a gzip stream cut off or corrupt
+            raise Truncated(path, n, f"compressed data: {exc}") from None
+        finally:
+            f.close()
         if progress is not None:
-            progress(f.tell())
+            progress(_position(f))
+
+
+def _position(f) -> int:
+    """How far into the file on disk: for gzip, the compressed bytes read so far."""
+    raw = getattr(f, "fileobj", None)
+    return raw.tell() if raw is not None else f.tell()
 
 
 def _read_pcap(path, f, head):

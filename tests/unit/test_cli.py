@@ -182,3 +182,28 @@ def test_a_cluster_without_a_key_is_refused_unless_declared_a_lab(tmp_path):
             preflight.check(settings)
         settings.cluster_insecure = True
         assert any("not signed" in w for w in preflight.check(settings))
+
+
+def test_a_day_of_captures_gzip_read_directly_and_one_bad_file_skipped(tmp_path):
+    import gzip
+
+    plain = PCAPS / "bittorrent.pcap"
+    packed = tmp_path / "bittorrent.pcap.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    bad = tmp_path / "garbage.pcap"
+    bad.write_bytes(b"\x00" * 100)
+    want = json.loads(p2pwall("replay", "--format", "json", str(plain)).stdout)
+    got = p2pwall("replay", "--format", "json", str(packed))
+    assert got.returncode == 0 and json.loads(got.stdout)["flows"] == want["flows"]  # .gz read as it is
+    done = p2pwall("replay", "--format", "json", str(bad), str(packed), str(PCAPS / "dns.pcap"))
+    assert done.returncode == 1  # the others replayed, the bad one said, exit 1 at the end
+    report = json.loads(done.stdout)
+    assert len(report["unreadable"]) == 1 and "garbage.pcap" in report["unreadable"][0]
+    assert report["packets"] > want["packets"]
+    assert "skipped" in done.stderr and done.stderr.strip().splitlines()[-1].startswith("p2pwall: error: 1 of 3")
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(packed.read_bytes()[:len(packed.read_bytes()) // 2])
+    done = p2pwall("replay", "--format", "json", str(cut))
+    assert done.returncode == 0 and "truncated" in done.stderr and json.loads(done.stdout)["packets"] > 0
+    text = p2pwall("replay", str(plain)).stdout
+    assert "by host:" in text and "by detector: bittorrent" in text
