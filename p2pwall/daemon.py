@@ -45,6 +45,7 @@ from .nfqsource import NfqueueSource
 from .observers import ObserverThread
 from .plugins import DetectorSet
 from .policy import QueuePolicy
+from .sdnotify import Notifier
 from .status import StatusServer
 from .watch import OverloadWatch, Watcher
 
@@ -84,6 +85,8 @@ class Daemon:
         self._rules_text = ""
         self._saved_at = time.monotonic()
         self._missing: list[str] | None = None  # what the rules check found gone (watch thread)
+        self.notifier = Notifier()  # systemd's Type=notify and watchdog (nothing without systemd)
+        self._pinged = 0.0
         self._owns_state = False  # set once this run holds its queue and socket: only then is the file its own
         self.overload = OverloadWatch(settings, self._installed, worker)
         if settings.user:  # paths it must keep writing, checked before anything is touched
@@ -176,8 +179,10 @@ class Daemon:
                 drop_privileges(self.settings.user, keep_paths=self._owned_paths())
             emit(log, logging.INFO, "started", queue=self.settings.queue_number,
                  detectors=",".join(self.detectors.names()), monitor=self.monitor, pid=os.getpid())
+            self.notifier.send(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=filtering on queue {self.settings.queue_number}")
             self._loop(source, status, wake_r, metrics)
             emit(log, logging.INFO, "stopping", counters=_flat(self.engine.all_counters()))
+            self.notifier.send("STOPPING=1")
             return 0
         finally:
             if self._children:
@@ -335,6 +340,9 @@ class Daemon:
                 self._reload()
             engine.tick()
             engine.flush()
+            if self.notifier.watchdog and time.monotonic() - self._pinged >= self.notifier.watchdog:
+                self._pinged = time.monotonic()  # the loop is alive: the verdicts are being given
+                self.notifier.send("WATCHDOG=1")
             if time.monotonic() - self._saved_at >= self.settings.state_save_seconds:
                 self._save_state()
 

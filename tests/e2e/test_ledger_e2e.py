@@ -162,3 +162,30 @@ def test_a_second_run_that_cannot_start_touches_nothing_of_the_first(net, server
         assert d.status()["peers"]["count"] == 1
     finally:
         assert d.stop() == 0
+
+
+def test_systemd_is_told_ready_once_the_rules_are_in_and_the_watchdog_is_fed(net, testdet_env):
+    import socket as s
+
+    path = net.dir / "notify.sock"
+    sock = s.socket(s.AF_UNIX, s.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    try:
+        env = {**testdet_env, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+        d = net.p2pwall(config(net, ["br0"]), "--plugin", "testdet", env=env, name="notify")
+        try:
+            first = sock.recv(4096).decode()
+            assert first.startswith("READY=1") and "P2PWALL-F0" in net.iptables_save()  # ready: rules in
+            assert sock.recv(4096).decode() == "WATCHDOG=1"  # at half the watchdog's period
+        finally:
+            assert d.stop() == 0
+        messages = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except s.timeout:
+                break
+        assert "STOPPING=1" in messages
+    finally:
+        sock.close()
