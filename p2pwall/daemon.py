@@ -24,6 +24,7 @@ sequence whose order matters; each part it composes lives in its own module.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -85,6 +86,8 @@ class Daemon:
         self._rules_text = ""
         self._saved_at = time.monotonic()
         self._missing: list[str] | None = None  # what the rules check found gone (watch thread)
+        self._rule_changes = 0  # how many times the loop changed the rules (the check compares)
+        self._changing_rules = 0  # > 0 while it does
         self.notifier = Notifier()  # systemd's Type=notify and watchdog (nothing without systemd)
         self._pinged = 0.0
         self._owns_state = False  # set once this run holds its queue and socket: only then is the file its own
@@ -270,17 +273,24 @@ class Daemon:
         """The watch thread: is everything p2pwall installed still in the kernel?  A
         firewall reload (``systemctl restart nftables`` flushes the ruleset) or an
         ``iptables -F`` takes it away; what is missing is put back by the loop."""
+        changes = self._rule_changes
+        if self._changing_rules:
+            return  # the loop is installing or removing them right now
         gone = list(self.kernel.missing()) if self.kernel is not None else []
         for rs in rules.rule_sets(self.policy):
             if not rs.empty and rs.family in self._installed:
                 gone += rules.missing(rs)
-        if gone:
+        if gone and changes == self._rule_changes:  # not a reload's own work seen half done
             self._missing = gone
 
     def _restore_rules(self) -> None:
         """Put back what a firewall reload took away (in the loop, between verdicts): the
         rules, the sets, and every live entry of the ledger in them."""
         missing, self._missing = self._missing, None
+        with self._rules_changing():
+            self._put_back(missing)
+
+    def _put_back(self, missing: list[str]) -> None:
         self._uninstall()
         if self.kernel is not None:
             from .kernelsets import KernelSetError
@@ -401,15 +411,16 @@ class Daemon:
         self.overload.settings = settings
         self.engine.reconfigure(settings, detectors)  # purges what the new settings forbid
         self._set_onlink()
-        if self.kernel is not None:
-            self.kernel.resize(policy, self.engine.ledger.live_entries())
-            if rules.nft_table(policy) != old_table and self.kernel.remake_table():
-                self.engine.ledger.render(KernelMirror(self.kernel))  # on the new interfaces and marks
-            self.engine.flush()
-        old_text, self.policy = self._rules_text, policy
-        if self.install_rules and rules.iptables_text(policy) != old_text:
-            self._uninstall()
-            self._install()
+        with self._rules_changing():
+            if self.kernel is not None:
+                self.kernel.resize(policy, self.engine.ledger.live_entries())
+                if rules.nft_table(policy) != old_table and self.kernel.remake_table():
+                    self.engine.ledger.render(KernelMirror(self.kernel))  # on the new interfaces and marks
+                self.engine.flush()
+            old_text, self.policy = self._rules_text, policy
+            if self.install_rules and rules.iptables_text(policy) != old_text:
+                self._uninstall()
+                self._install()
         emit(log, logging.INFO, "reloaded", detectors=",".join(detectors.names()),
              peers=len(self.engine.peers), locks=len(self.engine.locks))
 
@@ -479,6 +490,10 @@ class Daemon:
     def _install(self) -> None:
         """Install the policy's rules; what was installed is what ``status`` shows and
         what ``p2pwall rules`` prints for the same configuration."""
+        with self._rules_changing():
+            self._install_rule_sets()
+
+    def _install_rule_sets(self) -> None:
         for rs in rules.rule_sets(self.policy):
             if rs.empty:
                 continue
@@ -493,8 +508,21 @@ class Daemon:
         self._rules_text = rules.iptables_text(self.policy)
 
     def _uninstall(self) -> None:
-        while self._installed:
-            rules.remove(self.settings.queue_number, self._installed.pop())
+        with self._rules_changing():
+            while self._installed:
+                rules.remove(self.settings.queue_number, self._installed.pop())
+
+    @contextlib.contextmanager
+    def _rules_changing(self):
+        """The loop changes p2pwall's rules or sets: the watch thread's check neither runs
+        meanwhile nor keeps what it saw across it (a reload's own work is no firewall's)."""
+        self._changing_rules += 1
+        self._rule_changes += 1
+        try:
+            yield
+        finally:
+            self._rule_changes += 1
+            self._changing_rules -= 1
 
 
 def _flat(counters) -> str:
