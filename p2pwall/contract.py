@@ -1,5 +1,6 @@
-"""The small types of the detector contract: what ``p2pwall_inspect`` is given besides
-the packet (:class:`Context`) and what a packet's judgement is (:class:`Verdict`).
+"""The small types of the detector contract: what a detector says about itself
+(:class:`DetectorInfo`), what ``p2pwall_inspect`` is given besides the packet
+(:class:`Context`) and what a packet's judgement is (:class:`Verdict`).
 
 Kept apart from the engine so that ``import p2pwall`` (a detector's one import) loads
 no engine, no tables and no numpy.
@@ -7,13 +8,13 @@ no engine, no tables and no numpy.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from .packet import ip_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
-    from .engine import Engine
 
 
 class Verdict(NamedTuple):
@@ -34,7 +35,7 @@ class Context:
 
     __slots__ = ("_engine", "now", "detector")
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine):  # the Engine: the core, which this contract module never imports
         self._engine = engine
         self.now = 0.0
         self.detector = ""  # the detector being asked, set by the engine
@@ -90,3 +91,57 @@ def address_key(addr) -> bytes:
     if isinstance(addr, bytes) and len(addr) in (4, 16):
         return addr
     return ip_bytes(addr)
+
+
+@dataclass
+class DetectorInfo:
+    """What a detector says about itself (``p2pwall_detector_info``).
+
+    p2pwall builds its kernel rules (what is queued at all) and its dispatch (which
+    detector sees which packet) from these declarations alone.
+    """
+
+    name: str = ""
+    """Ignored for dispatch: the entry-point name is the detector's name everywhere
+    (``--plugin``, ``[detectors.<name>]``, logs).  Kept so an info can name itself."""
+    version: str = "0"
+    """The detector's own version, shown by ``p2pwall detectors``."""
+    protocols: list[str] = field(default_factory=list)
+    """Protocol names it recognises, for people (``["MyProtocol"]``)."""
+    description: str = ""
+    """One line for ``p2pwall detectors``."""
+    wants: list[str] = field(default_factory=list)
+    """The packet kinds it must see, any of ``KINDS``: ``udp``, ``tcp_syn``, ``tcp_payload``,
+    ``udp_in``, ``tcp_payload_in`` (see ``p2pwall_detector_info``)."""
+    tcp_strings: list[bytes] = field(default_factory=list)
+    """Narrow ``tcp_payload`` to payloads containing one of these (iptables ``string``).
+    Empty: every first payload of a connection is queued for it."""
+    tcp_strings_in: list[bytes] = field(default_factory=list)
+    """The same for ``tcp_payload_in`` (payloads coming back towards the LAN)."""
+    tcp_prefixes: list[bytes] = field(default_factory=list)
+    """1-4 leading bytes that also select LAN payloads (iptables ``u32``, IPv4 only)."""
+    tcp_first_sizes: tuple[int, int] | None = None
+    """Also queue the first payload of each LAN connection whose size (TCP payload bytes)
+    lies in this range, unless it goes to a service port (``SERVICE_PORTS``): for
+    signatures that are a shape, not bytes (an encrypted handshake).  At most 1400."""
+    tcp_first_sizes_in: tuple[int, int] | None = None
+    """The same for the first reply payload of such connections (towards the LAN)."""
+    udp_screen: bytes | None = None
+    """A bytes regular expression; only UDP payloads it matches at their start reach this
+    detector.  It must run in linear time (no nested repetition)."""
+    locks: bool = True
+    """Whether a LAN host's TCP SYN to a peer this detector blocked time-locks that host,
+    in the engine and in the kernel (``[detectors.<name>] lock`` for the built-in ones)."""
+    origin: str = ""
+    """Set by p2pwall: "built in" or the distribution the detector came from."""
+    observer: bool = False
+    """Set by p2pwall for a plugin that implements ``p2pwall_event`` and no
+    ``p2pwall_detector_info``: a reporting plugin, not a detector."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tcp_strings"] = [s.decode("latin-1") for s in self.tcp_strings]
+        d["tcp_strings_in"] = [s.decode("latin-1") for s in self.tcp_strings_in]
+        d["tcp_prefixes"] = [s.hex() for s in self.tcp_prefixes]
+        d["udp_screen"] = self.udp_screen.decode("latin-1") if self.udp_screen else None
+        return d

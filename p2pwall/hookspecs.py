@@ -32,10 +32,9 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     from .actions import Block, Drop, Lock, Probe, Report, Spoof
     from .config import Settings
-    from .contract import Context
+    from .contract import Context, DetectorInfo
     from .events import Event
     from .packet import Packet
-    from .plugins import DetectorInfo
 
     Action = Drop | Block | Lock | Report | Spoof | Probe
 

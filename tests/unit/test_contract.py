@@ -40,7 +40,7 @@ def test_the_event_kinds_the_hookspec_lists_are_the_ones_emitted():
 
 
 def test_every_detector_info_field_has_a_docstring():
-    tree = ast.parse((ROOT / "p2pwall" / "plugins.py").read_text())
+    tree = ast.parse((ROOT / "p2pwall" / "contract.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DetectorInfo")
     body = cls.body
     for i, node in enumerate(body):
