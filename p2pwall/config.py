@@ -61,6 +61,7 @@ class Settings:
     send_per_client_per_second: float = 100.0
     # [status]
     status_socket: str = "/run/p2pwall/p2pwall.sock"
+    status_group: str = ""
     # [state]
     state_file: str = "/var/lib/p2pwall/state.json"
     state_save_seconds: float = 300.0
@@ -140,6 +141,7 @@ _SCHEMA = {
     },
     "status": {
         "socket": ("status_socket", "str", None, RESTART),
+        "group": ("status_group", "optstr", None, RESTART),
     },
     "state": {
         "file": ("state_file", "optstr", None),

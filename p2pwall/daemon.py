@@ -147,7 +147,7 @@ class Daemon:
             source = NfqueueSource(self.settings.queue_number + self.worker, self.settings.queue_maxlen,
                                    self._callback, fail_open=self.settings.overflow == "accept")
             try:
-                status = StatusServer(self._status_path())
+                status = StatusServer(self._status_path(), self.settings.status_group)
             except OSError as exc:  # another instance's socket: a usage error, as a busy queue is
                 raise (QueueBusy if "in use" in str(exc) else DaemonError)(f"status socket: {exc}") from None
             self._owns_state = not self.monitor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import grp
 import os
 import pwd
 import subprocess
@@ -35,6 +36,11 @@ def check(settings: Settings) -> list[str]:
             pwd.getpwnam(settings.user)
         except KeyError:
             raise ConfigError(f"[daemon] user: no such user {settings.user!r}") from None
+    if settings.status_group:
+        try:
+            grp.getgrnam(settings.status_group)
+        except KeyError:
+            raise ConfigError(f"[status] group: no such group {settings.status_group!r}") from None
     if settings.cluster_url and importlib.util.find_spec("redis") is None:
         raise ConfigError("[cluster] url is set but redis-py is missing: pip install 'p2pwall[cluster]'")
     if settings.cluster_url and not settings.cluster_key_file:

@@ -59,9 +59,10 @@ def drop_privileges(user: str, keep_paths: list[str] = ()) -> None:
         for path in keep_paths:
             directory = os.path.dirname(path)
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.chown(directory, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+            # the owner changes, the group stays ([status] group's, for the socket)
+            os.chown(directory, entry.pw_uid, -1, follow_symlinks=False)
             if os.path.lexists(path):
-                os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+                os.chown(path, entry.pw_uid, -1, follow_symlinks=False)
     except OSError as exc:
         raise PrivilegeError(f"[daemon] user: cannot hand {exc.filename or 'a path'} to {user}: "
                              f"{exc.strerror or exc}") from None

@@ -5,7 +5,7 @@ Served off the packet path: a thread accepts each connection and reads its reque
 a time limit; the daemon's loop answers queued requests between verdict batches (the
 tables are only touched from the loop), and the thread writes the answer back.  An idle
 or slow client costs the loop nothing.  The socket is created with root-only
-permissions, and commands that change state are refused unless the peer is root.
+permissions (root and ``[status] group`` with a group), and commands that change state are refused unless the peer is root.
 """
 
 from __future__ import annotations
@@ -146,7 +146,9 @@ def _line(doc) -> bytes:
 
 
 class StatusServer(ThreadedServer):
-    def __init__(self, path: str):
+    def __init__(self, path: str, group: str = ""):
+        """``group``: a group whose members may read the status (mode 0660); changes stay
+        root's (the peer's uid is checked on every request)."""
         self.path = path
         directory = os.path.dirname(path)
         if directory:
@@ -163,7 +165,17 @@ class StatusServer(ThreadedServer):
             sock.bind(path)
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        if group:
+            import grp
+
+            gid = grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+            if directory and "p2pwall" in os.path.basename(directory):  # its own: the group may pass
+                os.chown(directory, -1, gid)
+                os.chmod(directory, (os.stat(directory).st_mode & 0o7777) | 0o010)
+        else:
+            os.chmod(path, 0o600)
         sock.listen(64)
         super().__init__(sock)
 
@@ -214,8 +226,9 @@ def query(path: str, request: dict | None = None, timeout: float = 5.0) -> dict:
         except FileNotFoundError:
             raise StatusError(f"no p2pwall daemon: {path} does not exist") from None
         except PermissionError:
-            raise StatusError(f"{path}: permission denied: the status socket is root's; "
-                              f"run this as root", usage=True) from None
+            raise StatusError(f"{path}: permission denied: the status socket is root's (and its "
+                              f"[status] group's, if one is set); run this as root or as a member "
+                              f"of that group", usage=True) from None
         except OSError as exc:
             raise StatusError(f"no p2pwall daemon answering on {path}: {exc.strerror or exc}") from None
         chunks = []

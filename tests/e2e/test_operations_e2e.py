@@ -190,6 +190,46 @@ def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_
     assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
 
 
+def test_status_group_reads_and_only_root_changes(net, server, testdet_env):
+    import grp
+
+    gid = grp.getgrnam("nogroup").gr_gid
+    own = net.dir / "p2pwall"
+    sock = own / "status.sock"
+    cfg = net.base_config(extra=f'[status]\nsocket = "{sock}"\ngroup = "nogroup"\n').replace(
+        f'[status]\nsocket = "{net.dir}/status.sock"\n', "")
+    os.chmod(net.dir, 0o755)  # nobody must reach the socket's directory
+    d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="group")
+    (net.dir / "status.sock").unlink(missing_ok=True)
+    (net.dir / "status.sock").symlink_to(sock)  # where d.status() asks
+    peer = net.outside[3]
+
+    def as_nobody(groups, *args):  # in group "daemon" (1), and maybe in nogroup too
+        return net.exec(net.fw, "setpriv", "--reuid=65534", "--regid=1", *groups, sys.executable,
+                        "-m", "p2pwall", *args, "--socket", str(sock), check=False)
+
+    try:
+        udp(net, net.lans[0], peer, 5000, b"BLOCK-g", wait=0.3)
+        assert os.stat(sock).st_gid == gid and oct(os.stat(sock).st_mode & 0o777) == "0o660"
+        member = as_nobody([f"--groups={gid}"], "status", "--format", "json")
+        assert member.returncode == 0, member.stderr
+        assert [e["address"] for e in json.loads(member.stdout)["peers"]["entries"]] == [peer]
+        change = as_nobody([f"--groups={gid}"], "unblock", peer)
+        assert change.returncode == 2 and "needs root" in change.stderr and "Traceback" not in change.stderr
+        raw = net.exec(net.fw, "setpriv", "--reuid=65534", "--regid=1", f"--groups={gid}", sys.executable,
+                       "-c", "import json,sys;from p2pwall.status import query;"
+                       f"print(json.dumps(query({str(sock)!r},{{'cmd':'unblock','address':{peer!r}}})))")
+        assert json.loads(raw.stdout) == {"ok": False, "error": "only root may change p2pwall's tables"}
+        assert [e["address"] for e in d.status()["peers"]["entries"]] == [peer]  # nothing changed
+        stranger = as_nobody(["--clear-groups"], "status")
+        assert stranger.returncode == 2 and "permission denied" in stranger.stderr
+        assert "[status] group" in stranger.stderr and len(stranger.stderr.strip().splitlines()) == 1
+    finally:
+        (net.dir / "status.sock").unlink(missing_ok=True)
+        assert d.stop() == 0
+    assert not sock.exists()
+
+
 def test_status_and_metrics(net, server, testdet_env):
     cfg = net.base_config(extra='[metrics]\nlisten = "127.0.0.1:9733"\n')
     d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="metrics")

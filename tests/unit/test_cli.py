@@ -160,6 +160,11 @@ def test_check_config_makes_runs_checks_that_need_no_root(tmp_path):
         done = p2pwall("check-config", str(f))
         one_line_error(done)
         assert "no such user" in done.stderr
+        f.write_text(f'[network]\nlan_interfaces = ["{route}"]\n[state]\nfile = "{state}"\n'
+                     f'[status]\ngroup = "nosuchgroup-p2pw"\n')
+        done = p2pwall("check-config", str(f))
+        one_line_error(done)
+        assert "[status] group: no such group" in done.stderr
         f.write_text(f'[network]\nlan_interfaces = ["{route}"]\n[state]\nfile = "{tmp_path}/typo/deeper/s.json"\n')
         done = p2pwall("check-config", str(f))
         one_line_error(done)

@@ -17,11 +17,22 @@ def test_example_file_is_valid_and_documents_every_key():
     import tomllib
 
     path = pathlib.Path(__file__).parents[2] / "examples" / "p2pwall.toml"
+    import re
+
     s = load(path)
-    doc = tomllib.loads(path.read_text())
+    text = path.read_text()
+    doc = tomllib.loads(text)
+    commented = {}  # keys shown as a commented-out example ("# key = value") because setting them changes a default
+    for block in re.split(r"^(?=\[)", text, flags=re.M):
+        head = re.match(r"\[([\w.]+)\]", block)
+        if head:
+            commented[head.group(1)] = set(re.findall(r"^# (\w+) = \S", block, flags=re.M))
     for section, keys in _SCHEMA.items():
         assert section in doc, f"[{section}] is missing from the example"
-        assert set(doc[section]) == set(keys), f"[{section}]: {set(keys) ^ set(doc[section])}"
+        shown = set(doc[section]) | commented[section]
+        assert shown == set(keys), f"[{section}]: {set(keys) ^ shown}"
+        assert not set(doc[section]) & commented[section], f"[{section}]: a key both set and commented out"
+    assert commented["network"] == {"lan_networks"}  # set, it would override the interfaces' own networks
     assert set(doc) - {"detectors"} == set(_SCHEMA)
     from p2pwall import plugins
 
