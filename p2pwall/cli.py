@@ -127,6 +127,8 @@ def run(config_path, plugins, queue, monitor, no_install_rules, log_format, log_
         raise Failure(f"config: {exc}", EXIT_USAGE) from None
     try:
         daemon.run()
+    except config_mod.ConfigError as exc:  # found only once run holds its queue ([history] file)
+        raise Failure(f"config: {exc}", EXIT_USAGE) from None
     except DaemonError as exc:
         from .daemon import QueueBusy
 
@@ -448,6 +450,11 @@ def lab(seconds, lock_seconds):
         raise Failure(f"lab: {exc}", EXIT_RUNTIME) from None
     if code:
         raise Failure("lab: p2pwall did not hold", EXIT_RUNTIME)
+
+
+from .reportcli import report as _report  # noqa: E402  (a command of its own module)
+
+cli.add_command(_report)
 
 
 def main(argv=None) -> int:

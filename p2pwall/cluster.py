@@ -155,6 +155,7 @@ class Cluster:
 
     def __init__(self, settings, suffix: str = "", client=None):
         self.name = (settings.cluster_name or socket.gethostname()) + suffix
+        self.tell = lambda kind, **fields: None  # the history and [notify] (set by the daemon)
         self.prefix = settings.cluster_prefix
         self.stream = f"{self.prefix}:changes"
         self.stream_length = settings.cluster_stream_length
@@ -300,12 +301,15 @@ class Cluster:
             self._down_since = time.monotonic()
             self.tally["disconnects"] += 1
             emit(log, logging.WARNING, "cluster_down", gateway=self.name, error=str(exc)[:200])
+            self.tell("cluster_down", reason=str(exc)[:200])
 
     def _up(self) -> None:
         if self.state != "up":
             was_down = self._down_since is not None
             self.state = "up"
             emit(log, logging.INFO, "cluster_up", gateway=self.name, reconnected=was_down)
+            if was_down:
+                self.tell("cluster_up")
 
     def _reader(self) -> None:
         backoff = 0.2

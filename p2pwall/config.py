@@ -65,6 +65,15 @@ class Settings:
     # [state]
     state_file: str = "/var/lib/p2pwall/state.json"
     state_save_seconds: float = 300.0
+    # [history]
+    history_file: str = "/var/lib/p2pwall/history.db"
+    history_days: float = 90.0
+    history_max_events: int = 1_000_000
+    # [notify]
+    notify_url: str = ""
+    notify_events: list[str] = field(default_factory=lambda: list(NOTIFY_DEFAULT))
+    notify_timeout: float = 5.0
+    notify_retries: int = 3
     # [metrics]
     metrics_listen: str = ""
     # [daemon]
@@ -96,6 +105,11 @@ def _range(low=None, high=None):
 
 # the longest an entry may live: what actions, the state file and other gateways accept too
 _LIFETIME = ((lambda v: 0 < v <= MAX_SECONDS), f"above 0 and at most a year and a day ({MAX_SECONDS:.0f})")
+# what [notify] can tell: a host locked, its lock over, a peer blocked for the whole LAN,
+# rules put back after a firewall reload, the cluster unreachable (and back)
+NOTIFY_EVENTS = ("client_locked", "lock_expired", "peer_blocked_lan", "peer_blocked", "peer_unblocked",
+                 "rules_restored", "cluster_down", "cluster_up")
+NOTIFY_DEFAULT = ("client_locked", "lock_expired", "peer_blocked_lan", "rules_restored", "cluster_down")
 RESTART = "restart"  # the schema's last column: a SIGHUP cannot apply this key, only a restart
 
 
@@ -146,6 +160,17 @@ _SCHEMA = {
     "state": {
         "file": ("state_file", "optstr", None),
         "save_seconds": ("state_save_seconds", "number", _range()),
+    },
+    "history": {
+        "file": ("history_file", "optstr", None, RESTART),
+        "days": ("history_days", "number", _range(0.01, 3660)),
+        "max_events": ("history_max_events", "int", _range(1000, 1_000_000_000)),
+    },
+    "notify": {
+        "url": ("notify_url", "webhook", None),
+        "events": ("notify_events", "notifylist", None),
+        "timeout": ("notify_timeout", "number", _range(0.1, 120)),
+        "retries": ("notify_retries", "int", _range(0, 20)),
     },
     "metrics": {
         "listen": ("metrics_listen", "listen", None, RESTART),
@@ -221,6 +246,15 @@ def _check(section: str, key: str, value, kind: str, check) -> object:
         if not isinstance(value, str) or (value and not re.match(r"^(redis|rediss|unix)://\S+$", value)):
             raise ConfigError(f"{where}: expected a URL such as \"redis://host:6379/0\" "
                               f"(or rediss:// for TLS), got {value!r}")
+    elif kind == "webhook":
+        if not isinstance(value, str) or (value and not re.match(r"^https?://[^\s/]+\S*$", value)):
+            raise ConfigError(f"{where}: expected an http:// or https:// URL, got {value!r}")
+    elif kind == "notifylist":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of event names, got {value!r}")
+        unknown = [v for v in value if v not in NOTIFY_EVENTS]
+        if unknown:
+            raise ConfigError(f"{where}: unknown event {unknown[0]!r}; one of {', '.join(NOTIFY_EVENTS)}")
     elif kind.startswith("choice:"):
         choices = kind[7:].split(",")
         if value not in choices:

@@ -46,6 +46,7 @@ from .nfqsource import NfqueueSource
 from .observers import ObserverThread
 from .plugins import DetectorSet
 from .policy import QueuePolicy
+from .recorders import Recorders
 from .sdnotify import Notifier
 from .status import StatusServer
 from .watch import OverloadWatch, Watcher
@@ -90,6 +91,7 @@ class Daemon:
         self._changing_rules = 0  # > 0 while it does
         self.notifier = Notifier()  # systemd's Type=notify and watchdog (nothing without systemd)
         self._pinged = 0.0
+        self.recorders = None  # the history and [notify], once the queue is held
         self._owns_state = False  # set once this run holds its queue and socket: only then is the file its own
         self.overload = OverloadWatch(settings, self._installed, worker)
         if settings.user:  # paths it must keep writing, checked before anything is touched
@@ -151,6 +153,10 @@ class Daemon:
             except OSError as exc:  # another instance's socket: a usage error, as a busy queue is
                 raise (QueueBusy if "in use" in str(exc) else DaemonError)(f"status socket: {exc}") from None
             self._owns_state = not self.monitor
+            self.recorders = Recorders(self.settings, {d.name: (d.info.protocols or [d.name])[0]
+                                                       for d in self.detectors.detectors},
+                                       self.monitor, self.worker)
+            observers.builtin = self.recorders.observers()
             if self.worker:
                 return self._run_worker(source, status, wake_r)
             if self.settings.metrics_listen:
@@ -182,6 +188,7 @@ class Daemon:
                 drop_privileges(self.settings.user, keep_paths=self._owned_paths())
             emit(log, logging.INFO, "started", queue=self.settings.queue_number,
                  detectors=",".join(self.detectors.names()), monitor=self.monitor, pid=os.getpid())
+            self.recorders.tell("started", reason=",".join(self.detectors.names()))
             self.notifier.send(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=filtering on queue {self.settings.queue_number}")
             self._loop(source, status, wake_r, metrics)
             emit(log, logging.INFO, "stopping", counters=_flat(self.engine.all_counters()))
@@ -196,6 +203,10 @@ class Daemon:
                 self.cluster.stop()
             if observers is not None:
                 observers.stop()
+            if self.recorders is not None:
+                if self._owns_state:
+                    self.recorders.tell("stopped")
+                self.recorders.close()
             self._save_state()
             self._uninstall()
             if self.kernel is not None:
@@ -309,6 +320,7 @@ class Daemon:
         self.engine.counters["rules_restored"] += 1
         emit(log, logging.WARNING, "rules_restored", missing=", ".join(missing)[:500],
              entries=len(self.engine.peers) + len(self.engine.locks))
+        self.recorders.tell("rules_restored", reason=", ".join(missing)[:500])
 
     def _serve(self, source: NfqueueSource, status: StatusServer, wake, metrics) -> None:
         engine = self.engine
@@ -384,6 +396,7 @@ class Daemon:
             self.cluster = Cluster(self.settings, suffix=f"/worker{self.worker}" if self.worker else "")
         except ClusterError as exc:
             raise DaemonError(str(exc)) from None
+        self.cluster.tell = self.recorders.tell
         if not self.monitor:  # a dry run tells the other gateways nothing
             self.engine.ledger.mirrors.append(self.cluster)
         self.cluster.start()
@@ -461,6 +474,9 @@ class Daemon:
         from .privileges import own_directory
 
         paths = [self._status_path()]
+        if self.settings.history_file and not self.monitor:
+            own_directory(self.settings.history_file, "[history] file")
+            paths += [self.settings.history_file + s for s in ("", "-wal", "-shm")]
         own_directory(paths[0], "[status] socket")
         if self.settings.state_file:
             own_directory(self.settings.state_file, "[state] file")

@@ -451,6 +451,7 @@ class Engine:
         """Queue an event; it is counted, logged and observed by ``drain_events``."""
         if fields.get("until") is not None:
             fields["until"] = round(fields["until"] + self._wall_offset, 3)
+        fields.setdefault("wall", round(now + self._wall_offset, 3))
         self._pending_events.append((ev.Event(kind, now, detector, **fields), skip))
 
     def drain_events(self) -> None:

@@ -74,12 +74,14 @@ class Event:
     reason: str = ""
     scope: str | None = None  # peer_blocked: "lan" or "client"
     evidence: str | None = None  # peer_blocked: own, reply, named, operator
+    clients: list | None = None  # peer_blocked LAN-wide: the clients whose evidence it rests on
+    wall: float | None = None  # ``time`` on the wall clock (epoch seconds), where the engine knows it
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
     def fields(self) -> dict:
-        return {k: v for k, v in self.to_dict().items() if k not in ("kind", "time")}
+        return {k: v for k, v in self.to_dict().items() if k not in ("kind", "time", "wall")}
 
 
 class EventLog:

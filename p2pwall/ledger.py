@@ -159,7 +159,8 @@ class Ledger:
         if not quiet and (new or widened):
             self.emit(ev.PEER_BLOCKED, now, record.detector, peer=ip_text(key), until=entry.until,
                       reason=record.reason, address=ip_text(client) if client and not entry.lanwide else None,
-                      scope=placed.scope, evidence=entry.kind)
+                      scope=placed.scope, evidence=entry.kind,
+                      clients=sorted(ip_text(c) for c in entry.clients) if entry.lanwide and entry.clients else None)
         return True
 
     def lock(self, record: Record, now: float | None = None, quiet: bool = False, answered: bool = False) -> bool:

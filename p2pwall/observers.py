@@ -26,6 +26,7 @@ MAX_PENDING = 10000
 class ObserverThread:
     def __init__(self, observers):
         self.observers = list(observers)  # (name, function); replaced on a reload
+        self.builtin: list = []  # the history and [notify]: kept across reloads
         self.counters: Counter[str] = Counter()
         self._queue: queue.Queue = queue.Queue(MAX_PENDING)
         self._logged: dict[str, float] = {}
@@ -44,7 +45,7 @@ class ObserverThread:
             if item is None:
                 return
             event, skip = item
-            for name, observe in list(self.observers):
+            for name, observe in self.builtin + self.observers:
                 if name == skip:
                     continue
                 try:

@@ -49,10 +49,12 @@ def check(settings: Settings) -> list[str]:
                               "every gateway; give a key_file (or insecure = true, for a lab only)")
         warnings.append("[cluster] insecure = true: changes are not signed, whoever can write to Redis "
                         "controls every gateway")
-    if settings.state_file:
-        parent = os.path.dirname(os.path.abspath(settings.state_file))
+    for what, path in (("[state] file", settings.state_file), ("[history] file", settings.history_file)):
+        if not path:
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent) and not os.path.isdir(os.path.dirname(parent)):
-            raise ConfigError(f"[state] file: neither {parent} nor the directory above it exists "
+            raise ConfigError(f"{what}: neither {parent} nor the directory above it exists "
                               f"(a typo? p2pwall makes one directory level, not a tree)")
     return warnings
 

@@ -230,6 +230,8 @@ class Network(Namespaces):
                 wait: float = 20.0) -> "Daemon":
         """Start ``p2pwall run`` in the firewall namespace and wait until it is ready."""
         path = self.dir / f"{name}.toml"
+        if "[history]" not in config:  # the machine's /var/lib/p2pwall is not the test's to write
+            config += '\n[history]\nfile = ""\n'
         path.write_text(config)
         log = f"{name}.log"
         proc = self.spawn(self.fw, sys.executable, "-m", "p2pwall", "run", "--config", str(path), *args,

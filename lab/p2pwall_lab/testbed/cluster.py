@@ -105,6 +105,8 @@ class ClusterNetwork(Namespaces):
     def p2pwall(self, i: int, config: str, *args: str, name: str | None = None) -> "GatewayDaemon":
         name = name or f"fw{i + 1}"
         path = self.dir / f"{name}.toml"
+        if "[history]" not in config:  # the machine's /var/lib/p2pwall is not the test's to write
+            config += '\n[history]\nfile = ""\n'
         path.write_text(config)
         proc = self.spawn(self.fws[i], sys.executable, "-m", "p2pwall", "run", "--config", str(path), *args,
                           log=f"{name}.log")
