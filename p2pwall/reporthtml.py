@@ -49,8 +49,8 @@ def host_timeline(doc, t0, t1) -> str:
     row = 22
     height = 30 + row * len(hosts)
     colours = {d["detector"]: PALETTE[i % len(PALETTE)] for i, d in enumerate(doc["detectors"])}
-    parts = [f'<svg id="timeline-hosts" role="img" width="{W}" height="{height}" viewBox="0 0 {W} {height}" '
-             f'xmlns="http://www.w3.org/2000/svg"><title>Locks per host over time</title>']
+    parts = [f'<svg id="timeline-hosts" role="img" width="{W}" height="{height}" viewBox="0 0 {W} {height}">'
+             f'<title>Locks per host over time</title>']
     for i, h in enumerate(hosts):
         y = 6 + i * row
         parts.append(f'<g id="chart-host-{escape(h["host"])}"><text x="{LEFT - 8}" y="{y + 13}" '
@@ -73,7 +73,7 @@ def bars(series: list[tuple[str, dict]], labels: list[str], svg_id: str, title: 
     slot = (W - LEFT - RIGHT) / max(len(labels), 1)
     width = max(min(slot / max(len(series), 1) - 1, 40), 1)
     parts = [f'<svg id="{svg_id}" role="img" width="{W}" height="{height + 20 * len(series)}" '
-             f'viewBox="0 0 {W} {height + 20 * len(series)}" xmlns="http://www.w3.org/2000/svg">'
+             f'viewBox="0 0 {W} {height + 20 * len(series)}">'
              f'<title>{escape(title)}</title>',
              f'<line x1="{LEFT}" y1="{base}" x2="{W - RIGHT}" y2="{base}" stroke="#999"/>',
              f'<text x="{LEFT - 8}" y="{base - 140 + 4}" text-anchor="end">{top}</text>',
