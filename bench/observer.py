@@ -58,10 +58,22 @@ def main() -> int:
         p.direction = FROM_LAN
         packets.append(p)
 
-    def one(observer: bool, threaded: bool) -> float:
+    import tempfile
+
+    from p2pwall.history import History
+    from p2pwall.notify import Notifier
+
+    scratch = tempfile.mkdtemp(prefix="p2pwall-bench-")
+
+    def one(observer: bool, threaded: bool, recorders: bool = False) -> float:
         plugins = (Teacher(), Slow()) if observer else (Teacher(),)
         found = detector_set(*plugins, settings=settings)
         thread = ObserverThread(found.impls("p2pwall_event")) if threaded else None
+        kept = []
+        if recorders:
+            kept = [History(os.path.join(scratch, f"h{time.monotonic_ns()}.db")),
+                    Notifier("http://127.0.0.1:9/dead", ["peer_blocked"], timeout=0.5, retries=3)]
+            thread.builtin = [("history", kept[0].observe), ("notify", kept[1].observe)]
         engine = Engine(settings, found, keep_events=0, observer_thread=thread)
         start = time.perf_counter()
         for i, p in enumerate(packets):
@@ -70,14 +82,18 @@ def main() -> int:
                 engine.flush()
         took = (time.perf_counter() - start) / len(packets)
         if thread is not None:
-            thread.observers = []  # what is queued is not waited for
+            thread.observers = thread.builtin = []  # what is queued is not waited for
             thread.stop(0.1)
+        for r in kept:
+            r.close(timeout=0.5)
         return took * 1e6
 
-    rows = {"no observer": [], f"{args.delay:g} ms observer, its own thread": []}
+    dead = "history + [notify], receiver dead"
+    rows = {"no observer": [], f"{args.delay:g} ms observer, its own thread": [], dead: []}
     for _ in range(args.rounds):
         rows["no observer"].append(one(False, True))
         rows[f"{args.delay:g} ms observer, its own thread"].append(one(True, True))
+        rows[dead].append(one(False, True, recorders=True))
     inline_packets = max(args.batch, int(400 / max(args.delay, 1)))  # bounded: each event waits
     del packets[inline_packets:]
     inline = one(True, False)
@@ -89,6 +105,9 @@ def main() -> int:
               f"range {min(values):.1f}-{max(values):.1f})")
     print(f"{'the same observer in line (replay)':>40}: {inline:10.1f} us/packet  ({inline / base:.0f}x; "
           f"{len(packets)} packets)")
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

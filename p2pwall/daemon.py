@@ -260,6 +260,8 @@ class Daemon:
                        "allow": list(self.settings.allow), "protect": list(self.settings.protect)}
         if self.cluster is not None:
             snap["cluster"] = self.cluster.status()
+        if self.recorders is not None:  # history_written/_dropped/_failed, notify_sent/_dropped/_failed
+            snap["counters"].update(self.recorders.counters())
         if self._children:
             from .workers import merge
 

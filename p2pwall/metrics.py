@@ -67,6 +67,14 @@ def render(snap: dict, queue: int) -> str:
               "# TYPE p2pwall_kernel_dropped_total counter",
               *(f'p2pwall_kernel_dropped_total{{set="{k}"}} {v}'
                 for k, v in sorted((snap.get("queue_health", {}).get("kernel_drops") or {}).items())),
+              "# HELP p2pwall_history_rows_total History rows, by fate (written, dropped: queue full, failed: disk).",
+              "# TYPE p2pwall_history_rows_total counter",
+              *(f'p2pwall_history_rows_total{{fate="{k}"}} {c.get("history_" + k, 0)}'
+                for k in ("written", "dropped", "failed")),
+              "# HELP p2pwall_notifications_total Webhook notices, by fate (sent, dropped: queue full, failed).",
+              "# TYPE p2pwall_notifications_total counter",
+              *(f'p2pwall_notifications_total{{fate="{k}"}} {c.get("notify_" + k, 0)}'
+                for k in ("sent", "dropped", "failed")),
               *_cluster_lines(snap.get("cluster")),
               "# HELP p2pwall_uptime_seconds Seconds since start.", "# TYPE p2pwall_uptime_seconds gauge",
               f"p2pwall_uptime_seconds {snap['uptime']}"]

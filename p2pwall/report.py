@@ -48,8 +48,16 @@ def iso(epoch: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+_DAYS: dict[int, str] = {}
+
+
 def day_of(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+    """The UTC day of ``epoch``, as 2026-12-01 (cached: a report asks a million times)."""
+    n = int(epoch // 86400)
+    day = _DAYS.get(n)
+    if day is None:
+        day = _DAYS[n] = time.strftime("%Y-%m-%d", time.gmtime(n * 86400))
+    return day
 
 
 class _Host:
@@ -64,14 +72,11 @@ class _Host:
         self.open = None  # [start, until, detector] of the lock running now
         self.peers, self.lan_peers = set(), set()
 
-    def seen(self, t):
-        self.first = t if self.first is None else self.first
-        self.last = t
-
 
 def build(rows, since: float | None, until: float | None, host: str | None = None,
           files=(), now: float | None = None) -> dict:
-    """The report's document (what ``--format json`` prints)."""
+    """The report's document (what ``--format json`` prints), from ``history.read``'s
+    rows (tuples in ``history.COLUMNS`` order, oldest first)."""
     now = time.time() if now is None else now
     end = min(until, now) if until is not None else now
     hosts: dict[str, _Host] = defaultdict(_Host)
@@ -94,10 +99,7 @@ def build(rows, since: float | None, until: float | None, host: str | None = Non
         per_day_host[(day_of(start), day_host)]["lock_seconds"] += stop - start
         h.open = None
 
-    for r in rows:
-        t, gw, kind, det, proto, addr, peer, scope, until_, clients = (
-            r["time"], r["gateway"], r["kind"], r["detector"], r["protocol"], r["host"], r["peer"],
-            r["scope"], r["until"], r["clients"])
+    for t, gw, kind, det, proto, addr, peer, scope, _evidence, _reason, until_, clients in rows:
         kinds[kind] += 1
         first = t if first is None else first
         last = t
@@ -114,10 +116,12 @@ def build(rows, since: float | None, until: float | None, host: str | None = Non
         day = day_of(t)
         if concerned:
             days[day]["events"] += 1
-            hours[time.gmtime(t).tm_hour] += 1
+            hours[int(t % 86400 // 3600)] += 1
         for a in concerned:
             h = hosts[a]
-            h.seen(t)
+            if h.first is None:
+                h.first = t
+            h.last = t
             h.events += 1
             day_hosts[day].add(a)
             dh = per_day_host[(day, a)]
@@ -127,9 +131,9 @@ def build(rows, since: float | None, until: float | None, host: str | None = Non
                 if proto:
                     h.protocols[proto] += 1
                 det_hosts[det].add(a)
-                dh.setdefault("detectors", set()).add(det)
+                dh["d:" + det] = 1  # (this day's detectors and protocols, as keys)
                 if proto:
-                    dh.setdefault("protocols", set()).add(proto)
+                    dh["p:" + proto] = 1
             if kind == "peer_blocked":
                 (h.peers if scope != "lan" else h.lan_peers).add(peer)
                 dh["peers_blocked"] += 1
@@ -194,8 +198,8 @@ def build(rows, since: float | None, until: float | None, host: str | None = Non
         "hours": [{"hour": hr, "events": hours.get(hr, 0)} for hr in range(24)],
         "busiest_hours": busiest,
         "protocol_days": {p: dict(sorted(c.items())) for p, c in sorted(protocol_days.items())},
-        "host_days": [{"day": d, "host": a, "protocols": sorted(c.get("protocols", ())),
-                       "detectors": sorted(c.get("detectors", ())), "locks": c["locks"],
+        "host_days": [{"day": d, "host": a, "protocols": sorted(k[2:] for k in c if k.startswith("p:")),
+                       "detectors": sorted(k[2:] for k in c if k.startswith("d:")), "locks": c["locks"],
                        "lock_restarts": c["lock_restarts"], "lock_seconds": round(c["lock_seconds"], 1),
                        "peers_blocked": c["peers_blocked"], "events": c["events"]}
                       for (d, a), c in sorted(per_day_host.items()) if a is not None and c["events"]],

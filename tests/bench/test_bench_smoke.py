@@ -87,4 +87,10 @@ def test_mse_bench_smoke():
 
 def test_observer_bench_smoke():
     out = run("observer.py", "--packets", "200", "--rounds", "1", "--delay", "5")
-    assert len(figures(out, "us/packet")) == 3 and all(v > 0 for v in figures(out, "us/packet")), out
+    assert len(figures(out, "us/packet")) == 4 and all(v > 0 for v in figures(out, "us/packet")), out
+
+
+def test_history_bench_smoke():
+    out = run("history.py", "--events", "20000", "--written", "5000")
+    assert len(figures(out, "us per event")) == 2 and figures(out, "bytes per event")[0] > 0, out
+    assert out.count("p2pwall report --format") == 4 and "events/s" in out, out

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from p2pwall.events import Event
-from p2pwall.history import History, HistoryError, read
+from p2pwall.history import COLUMNS, History, HistoryError, read
 from p2pwall.notify import Notifier
 from p2pwall.report import ReportError, build, parse_when, render_csv
 
@@ -30,7 +30,7 @@ def test_rows_are_written_in_batches_and_survive_the_writer(tmp_path):
     h.add("rules_restored", 1001.0, reason="nft table")
     time.sleep(0.3)
     # readable while the writer holds the file (WAL), before any close
-    rows = read([h.path])
+    rows = [dict(zip(COLUMNS, r)) for r in read([h.path])]
     assert [(r["kind"], r["host"], r["protocol"], r["gateway"]) for r in rows] == [
         ("client_locked", H, "BitTorrent", "gw1"), ("rules_restored", None, None, "gw1")]
     assert sqlite3.connect(h.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -47,7 +47,7 @@ def test_age_and_size_bounds(tmp_path):
     h.close()
     h = _history(tmp_path, days=1, max_events=1000)  # pruned at start
     h.close()
-    rows = read([h.path])
+    rows = [dict(zip(COLUMNS, r)) for r in read([h.path])]
     assert len(rows) == 1000 and all(r["time"] > now - 86400 for r in rows)
     assert rows[-1]["time"] == pytest.approx(now - 10 + 1499 * 0.001)  # the newest kept
 
@@ -80,7 +80,7 @@ def _row(t, kind, host=H, **kw):
     base = dict(time=t, gateway=None, kind=kind, detector="bittorrent", protocol="BitTorrent", host=host,
                 peer=None, scope=None, evidence=None, reason="", until=None, clients=None)
     base.update(kw)
-    return base
+    return tuple(base[c] for c in COLUMNS)
 
 
 def test_lock_periods_restarts_crashes_and_the_period_end():
