@@ -3,7 +3,8 @@
 NetfilterQueue callback that only accepts, on the same queue and rules, in the same run.
 
 Every datagram is queued ([queue] udp_packets = 0) so the pipeline itself is measured;
-a second p2pwall figure uses the default (first 8 datagrams of a flow queued).  The bare
+a second p2pwall figure uses the default (first 8 datagrams of a flow queued), a third
+adds the history and a webhook whose receiver is dead (127.0.0.1:9, refused).  The bare
 loop runs twice: as is, and on a stateful gateway (conntrack on, which p2pwall needs and
 a NAT gateway has anyway), to tell conntrack's share from p2pwall's own.
 Each figure is measured in interleaved rounds, and a ratio is the median of the rounds
@@ -37,7 +38,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    runs: dict[str, list[float]] = {k: [] for k in ("plain", "bare", "bare_ct", "every", "default")}
+    runs: dict[str, list[float]] = {k: [] for k in ("plain", "bare", "bare_ct", "every", "default", "notify")}
     with Network(lan_hosts=1, outside_addresses=2) as net:
         target = net.outside[0]
         net.exec(net.out, "iptables", "-A", "INPUT", "-p", "udp", "--dport", "9999", "-j", "DROP")
@@ -51,7 +52,11 @@ def main() -> int:
                 runs[key].append(flood(net, args.seconds, target))
                 stop(bare_proc)
                 net.exec(net.fw, "iptables", "-D", *r[1:])
-            for key, extra in (("every", "[queue]\nudp_packets = 0\nper_host_rate = 0\n"), ("default", "")):
+            every = "[queue]\nudp_packets = 0\nper_host_rate = 0\n"
+            dead = (f'[history]\nfile = "{net.dir}/p2pwall/history-{n}.db"\n[notify]\nurl = "http://127.0.0.1:9/dead"\n'
+                    'events = ["client_locked", "lock_expired", "peer_blocked", "peer_blocked_lan", "peer_unblocked", '
+                    '"rules_restored", "cluster_down", "cluster_up"]\n')
+            for key, extra in (("every", every), ("default", ""), ("notify", every + dead)):
                 d = net.p2pwall(net.base_config(extra=extra), name=f"bench-{key}-{n}")
                 runs[key].append(flood(net, args.seconds, target))
                 d.stop()
@@ -72,6 +77,8 @@ def main() -> int:
         ("p2pwall, all detectors, every datagram", f"{med['every']:,.0f} pkt/s",
          cell("every", note=" (target >= 0.85); ") + cell("every", "bare_ct", " of the conntrack loop")),
         ("p2pwall, all detectors, default config", f"{med['default']:,.0f} pkt/s", cell("default")),
+        ("p2pwall, every datagram, history on, [notify] to a dead receiver", f"{med['notify']:,.0f} pkt/s",
+         cell("notify", note="; ") + cell("notify", "every", " of the same without")),
     ]
     print(f"UDP flood, 32-byte datagrams, one flow, {args.seconds:g} s each, {args.rounds} interleaved rounds "
           f"(ratios: median of the rounds, range); {cpu_model()}")

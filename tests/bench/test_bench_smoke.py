@@ -51,7 +51,7 @@ needs_tools = pytest.mark.skipif(not (shutil.which("hping3") and shutil.which("i
 @needs_root
 @needs_tools
 @pytest.mark.parametrize("script, args, unit, rows", [
-    ("pipeline.py", ("--seconds", "1", "--rounds", "1"), "pkt/s", 5),
+    ("pipeline.py", ("--seconds", "1", "--rounds", "1"), "pkt/s", 6),
     ("bulk.py", ("--seconds", "1", "--rounds", "1"), "Gbit/s", 3),
     ("kernel_drop.py", ("--seconds", "1"), "pkt/s", 4),
     ("workers.py", ("--seconds", "1"), "pkt/s", 2),
