@@ -45,8 +45,9 @@ def cnet():
 
 @pytest.fixture(scope="module")
 def gateways(cnet):
-    daemons = [cnet.p2pwall(i, cnet.config(i, key_file=cnet.key_file), "--plugin", "fasttrack",
-                            "--log-format", "json") for i in (0, 1)]
+    daemons = [cnet.p2pwall(i, cnet.config(i, key_file=cnet.key_file,
+                                           extra=f'[history]\nfile = "{cnet.dir}/p2pwall/gw{i + 1}.db"\n'),
+                            "--plugin", "fasttrack", "--log-format", "json") for i in (0, 1)]
     try:
         yield daemons
     finally:
@@ -172,6 +173,14 @@ def test_a_redis_outage_costs_no_filtering_and_no_entry(cnet, gateways):
     assert live <= peers_of(gw2)
     logs = gw1.output()
     assert '"event": "cluster_down"' in logs and '"event": "cluster_up"' in logs
+    # the history has the outage, and both gateways' files merge into one report
+    files = [str(cnet.dir / "p2pwall" / f"gw{i}.db") for i in (1, 2)]
+    assert wait_for(lambda: json.loads(cnet.exec(cnet.fws[0], sys.executable, "-m", "p2pwall", "report", "--history",
+                                                 files[0], "--format", "json").stdout)["totals"]["cluster_down"] >= 1,
+                    5) is not None
+    merged = json.loads(cnet.exec(cnet.fws[0], sys.executable, "-m", "p2pwall", "report", "--history", files[0],
+                                  "--history", files[1], "--format", "json").stdout)
+    assert set(merged["period"]["gateways"]) == {"gw1", "gw2"} and merged["totals"]["cluster_down"] >= 2
 
 
 def test_operator_commands_act_on_every_gateway(cnet, gateways):

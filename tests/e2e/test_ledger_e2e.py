@@ -4,6 +4,8 @@ run after it does not inherit."""
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import time
@@ -102,7 +104,9 @@ def test_a_firewall_reload_is_undone_within_seconds(net, server, testdet_env, fl
     ruleset``) or an ``iptables -F`` took p2pwall's rules away and P2P flowed: now the
     daemon notices, puts everything back and fills the sets from its ledger."""
     peer, client = net.outside[7], net.lans[0]
-    d = net.p2pwall(config(net, ["br0"]), "--plugin", "testdet", env=testdet_env, name=f"heal-{flush[0]}")
+    history = net.dir / "p2pwall" / f"heal-{flush[0]}.db"
+    d = net.p2pwall(config(net, ["br0"]) + f'[history]\nfile = "{history}"\n', "--plugin", "testdet",
+                    env=testdet_env, name=f"heal-{flush[0]}")
     try:
         udp(net, client, peer, 5000, b"BLOCK-heal", wait=0.3)
         udp(net, net.lans[1], peer, 5000, b"BLOCK-heal", wait=0.3)  # two clients: LAN-wide
@@ -130,6 +134,9 @@ def test_a_firewall_reload_is_undone_within_seconds(net, server, testdet_env, fl
         assert d.stop() == 0
     assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
     assert "P2PWALL" not in net.iptables_save()
+    report = json.loads(net.python(net.fw, "-m", "p2pwall", "report", "--history", str(history),
+                                   "--format", "json").stdout)
+    assert report["totals"]["rules_restored"] >= 1  # kept in the history too (and told to [notify])
 
 
 def test_a_second_run_that_cannot_start_touches_nothing_of_the_first(net, server, testdet_env):

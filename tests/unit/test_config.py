@@ -54,6 +54,9 @@ def test_example_file_is_valid_and_documents_every_key():
     ({"queue": {"fail_closed": "yes"}}, "expected true or false"),
     ({"network": {"lan_networks": ["nope"]}}, "not an address or network"),
     ({"network": {"lan_interfaces": "eth1"}}, "expected a list of strings"),
+    ({"notify": {"url": "ftp://example.invalid/x"}}, "[notify] url: expected an http:// or https:// URL"),
+    ({"notify": {"events": ["client_lockd"]}}, "[notify] events: unknown event 'client_lockd'"),
+    ({"history": {"max_events": 10}}, "[history] max_events: must be between"),
 ])
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as e:

@@ -181,3 +181,28 @@ def test_a_dead_receiver_costs_the_caller_nothing(monkeypatch):
         time.sleep(0.05)
     assert n.counters["notify_failed"] >= 1 and n.counters["notify_sent"] == 0
     n.close(timeout=0.5)
+
+
+def test_the_daemons_recorders(tmp_path, receiver):
+    from p2pwall.config import ConfigError, from_dict
+    from p2pwall.recorders import Recorders
+
+    settings = from_dict({"history": {"file": str(tmp_path / "p2pwall" / "h.db")},
+                          "notify": {"url": receiver, "events": ["rules_restored", "cluster_down"]},
+                          "cluster": {"name": "gw7"}})
+    assert Recorders(settings, {}, monitor=True).observers() == []  # a dry run keeps and tells nothing
+    r = Recorders(settings, {"fasttrack": "FastTrack"})
+    assert [name for name, _ in r.observers()] == ["history", "notify"]
+    r.tell("rules_restored", reason="nft table p2pwall0")
+    r.tell("cluster_down", reason="connection refused")
+    deadline = time.time() + 10
+    while len(_Receiver.got) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    r.close()
+    assert [(b["event"], b["gateway"], b["reason"]) for b, _ in _Receiver.got] == [
+        ("rules_restored", "gw7", "nft table p2pwall0"), ("cluster_down", "gw7", "connection refused")]
+    assert [row[2] for row in read([settings.history_file])] == ["rules_restored", "cluster_down"]
+    assert r.counters()["history_written"] == 2 and r.counters()["notify_sent"] == 2
+    (tmp_path / "bad.db").write_text("no")
+    with pytest.raises(ConfigError, match=r"\[history\] file: .*not a p2pwall history"):
+        Recorders(from_dict({"history": {"file": str(tmp_path / "bad.db")}}), {})
