@@ -157,7 +157,8 @@ def test_monitor_mode_decides_and_logs_but_accepts(net, server, testdet_env):
 def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_env):
     own = net.dir / "p2pwall"  # with [daemon] user, socket and state live in a directory of p2pwall's own
     cfg = (f'[network]\nlan_interfaces = ["br0"]\nlan_networks = ["192.0.2.0/24"]\n[lock]\nseconds = 60\n'
-           f'[status]\nsocket = "{own}/status.sock"\n[state]\nfile = "{own}/state.json"\n[daemon]\nuser = "nobody"\n')
+           f'[status]\nsocket = "{own}/status.sock"\n[state]\nfile = "{own}/state.json"\n[daemon]\nuser = "nobody"\n'
+           f'[history]\nfile = "{own}/history.db"\n')
     refused = net.base_config(lock_seconds=60, extra='[daemon]\nuser = "nobody"\n')  # a socket in a shared dir
     path = net.dir / "refused.toml"
     path.write_text(refused)
@@ -187,6 +188,9 @@ def test_privileges_are_dropped_and_everything_still_works(net, server, testdet_
         assert d.stop() == 0
     assert "P2PWALL" not in net.iptables_save()  # removed without root
     assert net.exec(net.fw, "ipset", "list", "-n").stdout.strip() == ""
+    report = json.loads(net.python(net.fw, "-m", "p2pwall", "report", "--history", str(own / "history.db"),
+                                   "--format", "json").stdout)  # the history, written as nobody
+    assert report["totals"]["peers_blocked"] == 1 and report["totals"]["by_kind"]["stopped"] == 1
     assert "p2pwall" not in net.exec(net.fw, "nft", "list", "tables").stdout
 
 
