@@ -13,3 +13,15 @@ def switches(table: dict, defaults: dict[str, bool]) -> dict[str, bool]:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
     return {**defaults, **table}
+
+
+# Ethereum's RLPx (EIP-8) opening, shared by the ethereum detector (which names it) and
+# the BitTorrent detector's MSE rule (which must not count it): see p2pwall_plugins.ethereum
+RLPX_SIZES = (115, 1200)
+
+
+def is_rlpx_auth(data: bytes) -> bool:
+    """An EIP-8 RLPx auth or auth-ack frame filling the payload exactly: a 2-byte
+    big-endian size equal to the rest, then an uncompressed public key (0x04)."""
+    n = len(data)
+    return RLPX_SIZES[0] <= n <= RLPX_SIZES[1] and int.from_bytes(data[:2], "big") == n - 2 and data[2] == 0x04

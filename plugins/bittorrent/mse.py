@@ -37,6 +37,10 @@ Can a browser, an ordinary protocol or one hostile LAN host make it fire?
   what makes it evidence.
 - One hostile LAN host can trigger it, for itself only (its own lock and its own
   client-scoped blocks).
+- Ethereum's devp2p opens the same way (random-looking ECIES to many peers), but its
+  auth message is framed (a 2-byte size equal to the rest, then 0x04): such a payload is
+  never counted here; the ``ethereum`` detector names it, and stops it only when the
+  operator turns that on.
 
 The TLS handshake to an HTTPS tracker gives away the server name (SNI) when one is
 sent.  It is not used: a private tracker's name is arbitrary, so it would be a
@@ -50,6 +54,7 @@ from __future__ import annotations
 import struct
 
 from p2pwall import SERVICE_PORTS, Block, Drop, Lock
+from p2pwall_plugins._common import is_rlpx_auth
 
 SIZES = (96, 608)
 PEERS = 3
@@ -80,6 +85,8 @@ def _pack(entries, width: int) -> bytes:
 def inspect(packet, context):
     """For a LAN client's first TCP payload: the actions MSE evidence earns, or None."""
     if not packet.first or packet.dport in SERVICE_PORTS or not mse_shaped(packet.data):
+        return None
+    if is_rlpx_auth(packet.data):  # Ethereum's devp2p: the ethereum detector's to name, never BitTorrent
         return None
     client, peer = packet.src, packet.dst
     width = len(client)
