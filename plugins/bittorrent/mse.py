@@ -37,6 +37,9 @@ Can a browser, an ordinary protocol or one hostile LAN host make it fire?
   what makes it evidence.
 - One hostile LAN host can trigger it, for itself only (its own lock and its own
   client-scoped blocks).
+- WhatsApp's chat connections (port 5222 or 443) open with a Noise handshake whose
+  keys are random, behind a readable header (``WA`` and a version, or ``ED 00 01``):
+  such a payload is never counted.
 - Ethereum's devp2p opens the same way (random-looking ECIES to many peers), but its
   auth message is framed (a 2-byte size equal to the rest, then 0x04): such a payload is
   never counted here; the ``ethereum`` detector names it, and stops it only when the
@@ -63,6 +66,12 @@ _TAG = "mse-peers"
 _TLS_TYPES = (0x14, 0x15, 0x16, 0x17)
 
 
+def whatsapp_opening(data: bytes) -> bool:
+    """WhatsApp's Noise connection header: ``WA`` and its protocol version (two bytes), or
+    the edge-routing header ``ED 00 01`` before it; then 3-byte frame lengths."""
+    return (data[:2] == b"WA" and data[2] < 16) or data[:4] == b"ED\x00\x01"
+
+
 def mse_shaped(data: bytes) -> bool:
     n = len(data)
     if not SIZES[0] <= n <= SIZES[1] or data[0] in _TLS_TYPES:
@@ -86,7 +95,7 @@ def inspect(packet, context):
     """For a LAN client's first TCP payload: the actions MSE evidence earns, or None."""
     if not packet.first or packet.dport in SERVICE_PORTS or not mse_shaped(packet.data):
         return None
-    if is_rlpx_auth(packet.data):  # Ethereum's devp2p: the ethereum detector's to name, never BitTorrent
+    if is_rlpx_auth(packet.data) or whatsapp_opening(packet.data):  # named for what they are, never BitTorrent
         return None
     client, peer = packet.src, packet.dst
     width = len(client)

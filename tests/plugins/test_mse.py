@@ -88,3 +88,19 @@ def test_the_shape():
     assert not mse_shaped(rng.randbytes(95)) and not mse_shaped(rng.randbytes(609))
     assert not mse_shaped(tls_hello(rng)) and not mse_shaped(b"A" * 200)
     assert not mse_shaped(b"GET / HTTP/1.1\r\n" + b"x" * 200)
+
+
+def test_whatsapp_openings_are_not_mse():
+    """WhatsApp's Noise connection (its spec: the ``WA`` header and version, 3-byte frame
+    lengths, a ClientHello of random keys) to three chat servers on 5222: not counted."""
+    from p2pwall_plugins.bittorrent.mse import whatsapp_opening
+
+    rng = random.Random(9)
+    h = DetectorHarness(BitTorrentDetector())
+    for i in range(6):
+        hello = rng.randbytes(rng.randrange(150, 400))  # ephemeral, encrypted static, payload
+        data = (b"ED\x00\x01\x00\x00\x04" + b"\x08\x01\x10\x02" if i % 2 else b"") + b"WA\x06\x03" + \
+            len(hello).to_bytes(3, "big") + hello
+        assert mse_shaped(data[4:]) and whatsapp_opening(data)
+        assert not h.feed(tcp(LAN, f"203.0.113.{60 + i}", 40000 + i, 5222, data)).drop
+    assert not h.locked(LAN)
