@@ -11,8 +11,13 @@ evidence from several addresses at one MAC corroborates as one station's, once t
 station has been on the LAN for a while (:data:`STANDING`).  What a forged ARP reply
 still gains: the gateway's entry for a neighbour's address then names the forger's MAC,
 so the forger may speak for that address; the change is logged
-(``event=neighbour_changed``) and the new MAC has no standing for :data:`STANDING`
-seconds, so it cannot corroborate; the neighbour's own packets meanwhile earn nothing.
+(``event=neighbour_changed``), and for :data:`STANDING` seconds after it the address
+earns nothing at all (neither the forger's packets nor the neighbour's own: no block, no
+lock for that address) and the new MAC cannot corroborate.  Only a forger who keeps the
+gateway's entry poisoned longer than that speaks for the neighbour, for that neighbour
+alone (client-scoped blocks, its lock), by which time the gateway has been sending the
+neighbour's traffic to the forger all along: the ARP forgery itself, not p2pwall, is
+what costs the neighbour its connectivity.
 
 The table is read off the packet path: ``reload`` runs at start and then from the
 daemon's watch thread (every ``REFRESH`` seconds); ``genuine`` only looks it up, so no
@@ -51,6 +56,7 @@ class Neighbours:
         self._arp_at = -1e9
         self._first = True
         self.changes = 0  # addresses that moved to another MAC
+        self._moved: dict[bytes, float] = {}  # address -> when it moved to another MAC
         if read:
             self.reload()
 
@@ -90,6 +96,9 @@ class Neighbours:
             if old is not None and old != mac:
                 self.changes += 1
                 since[mac] = now  # a new MAC for a known address: no standing yet
+                if len(self._moved) >= MAX_STATIONS:
+                    self._moved.clear()
+                self._moved[addr] = now  # and the address itself earns nothing for a while
                 emit(log, logging.WARNING, "neighbour_changed", address=ip_text(addr), old=old.hex(":"),
                      new=mac.hex(":"))
             elif mac not in since:
@@ -117,7 +126,14 @@ class Neighbours:
             if addr in fresh:
                 self._take({**self._table, **fresh})
                 known = self._table.get(addr)
-        return known is not None and known == mac[:len(known)]
+        if known is None or known != mac[:len(known)]:
+            return False
+        moved = self._moved.get(addr)
+        if moved is not None:
+            if self.clock() - moved < self.standing:
+                return False  # just moved to another MAC (a forged ARP reply?): nobody speaks for it yet
+            del self._moved[addr]
+        return True
 
     def station(self, addr: bytes):
         """Who ``addr`` is, for corroboration: its MAC once it has stood on the LAN for

@@ -259,6 +259,49 @@ def test_one_host_cannot_pose_as_two_clients(cnet, lab):
     assert net.lan_ips[1] not in {e["address"] for e in d.status()["locks"]["entries"]}
 
 
+FORGE = """
+import sys, time
+from scapy.all import ARP, Ether, IP, UDP, Raw, sendp, getmacbyip, get_if_hwaddr, conf
+conf.verb = 0
+victim, peer, payload, pings = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), int(sys.argv[4])
+gw, me = getmacbyip("192.0.2.1"), get_if_hwaddr("eth0")
+# "the victim's address is at my MAC", told to the gateway
+sendp(Ether(dst=gw, src=me) / ARP(op=2, psrc=victim, hwsrc=me, pdst="192.0.2.1", hwdst=gw), iface="eth0", count=3)
+time.sleep(2.5)  # the gateway takes it (its entry's lock time) and p2pwall reads its table
+frame = Ether(dst=gw, src=me) / IP(src=victim, dst=peer) / UDP(sport=1214, dport=1214) / Raw(payload)
+for _ in range(pings):
+    sendp(frame, iface="eth0")
+    time.sleep(0.3)
+"""
+
+
+def test_a_forged_arp_reply_gains_nothing_for_a_standing_period(cnet, lab):
+    """Host A tells the gateway "B's address is at my MAC", then sends FastTrack pings as B.
+    What it gains (p2pwall.neighbours): nothing while the change is fresh: the moved
+    address earns nothing, so no peer is blocked for B and B is not locked; the change is
+    logged.  B's own packets put the entry right again."""
+    from p2pwall_plugins.fasttrack import make_ping
+
+    net, d = cnet, lab["daemon"]
+    a, b = net.lans
+    target = net.outside[46]
+    udp(net, b, target, 6881, b"hello", wait=0.5)  # B talks: the gateway has its entry
+    refused = d.status()["counters"].get("evidence_refused.spoofed_neighbour", 0)
+    net.exec(a, sys.executable, "-c", FORGE, net.lan_ips[1], target, make_ping().hex(), "4", timeout=60)
+    try:
+        mac_a = net.exec(a, "cat", "/sys/class/net/eth0/address").stdout.strip()
+        neigh = net.exec(net.fw, "ip", "neigh", "show", net.lan_ips[1]).stdout
+        assert mac_a in neigh, neigh  # the control: the gateway did take the forgery
+        assert wait_until(lambda: '"event": "neighbour_changed"' in d.output(), timeout=5)
+        assert target not in blocked(d)  # nothing was learned from the forged pings
+        assert net.lan_ips[1] not in {e["address"] for e in d.status()["locks"]["entries"]}
+        assert d.status()["counters"].get("evidence_refused.spoofed_neighbour", 0) >= refused + 1
+    finally:  # B speaks for itself again: the gateway's entry is put right
+        net.exec(net.fw, "ip", "neigh", "flush", "dev", "br0", check=False)
+        udp(net, b, target, 6881, b"hello", wait=0.5)
+    assert udp(net, b, target, 6881, b"hello", wait=0.5)[0]["reply"] is not None  # B reaches it
+
+
 def test_operators_block_unblock_and_unlock_within_a_second_and_across_a_restart(cnet, lab, tmp_path):
     net = cnet
     lab["daemon"].stop()  # this test runs a daemon of its own, with a state file

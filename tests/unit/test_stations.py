@@ -74,6 +74,23 @@ def test_a_new_mac_for_a_known_address_loses_its_standing():
     n._take({ip_bytes(LAN): MAC_A, ip_bytes(LAN2): MAC_A})  # a forged ARP reply: LAN2 now at A's MAC
     assert n.changes == 1 and n.station(ip_bytes(LAN2)) is None
     assert n.station(ip_bytes("10.9.9.9")) == ip_bytes("10.9.9.9")  # behind another gateway: its own
+    # for a standing period the moved address earns nothing, whoever sends as it
+    assert not n.genuine(ip_bytes(LAN2), MAC_A) and not n.genuine(ip_bytes(LAN2), MAC_B)
+    assert n.genuine(ip_bytes(LAN), MAC_A)  # the forger's own address is untouched
+    clock.advance(61)
+    assert n.genuine(ip_bytes(LAN2), MAC_A)  # a poisoning kept up that long speaks for the address
+
+
+def test_a_forged_arp_reply_gains_nothing_for_a_standing_period():
+    clock = Clock()
+    n = neighbours(clock, {LAN: MAC_A, LAN2: MAC_B})
+    clock.advance(100)
+    h = fasttrack(clock, n)
+    n._take({ip_bytes(LAN): MAC_A, ip_bytes(LAN2): MAC_A})  # A poisons the gateway: LAN2 is at A's MAC
+    ping(h, LAN2, MAC_A)  # A's ping as its neighbour
+    assert not h.blocked(PEER) and h.counter("evidence_refused.spoofed_neighbour") == 1
+    ping(h, LAN2, MAC_B)  # the neighbour's own packet (its true MAC) earns nothing either
+    assert not h.blocked(PEER)
 
 
 def test_a_reply_counts_only_on_a_flow_whose_request_was_recognised():
