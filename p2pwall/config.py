@@ -162,7 +162,7 @@ _SCHEMA = {
         "save_seconds": ("state_save_seconds", "number", _range()),
     },
     "history": {
-        "file": ("history_file", "optstr", None, RESTART),
+        "file": ("history_file", "optstr", None),
         "days": ("history_days", "number", _range(0.01, 3660)),
         "max_events": ("history_max_events", "int", _range(1000, 1_000_000_000)),
     },

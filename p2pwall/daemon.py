@@ -415,9 +415,17 @@ class Daemon:
                 raise ConfigError(f"{', '.join(changed)} cannot change without a restart")
             lan_ifs = lan_ifindexes(settings)
             settings = with_lan(settings)
+            recorders = self._new_recorders(settings, detectors)
         except Exception as exc:  # any problem: keep running as we are
             emit(log, logging.ERROR, "reload_rejected", error=str(exc))
             return
+        if recorders is not None:  # [history] or [notify] changed: the new ones take over
+            self.recorders.close()
+            self.recorders = recorders
+            if self.engine.observer_thread is not None:
+                self.engine.observer_thread.builtin = recorders.observers()
+            if self.cluster is not None:
+                self.cluster.tell = recorders.tell
         if self.monitor:
             settings = dataclasses.replace(settings, kernel_sets=False)
         policy = QueuePolicy.build(settings, detectors)
@@ -438,6 +446,14 @@ class Daemon:
                 self._install()
         emit(log, logging.INFO, "reloaded", detectors=",".join(detectors.names()),
              peers=len(self.engine.peers), locks=len(self.engine.locks))
+
+    def _new_recorders(self, settings, detectors) -> Recorders | None:
+        """New history and webhooks when a reload changes them (None: keep the running ones)."""
+        keys = [k for k in dataclasses.fields(settings) if k.name.startswith(("history_", "notify_"))]
+        if self.recorders is None or all(getattr(settings, k.name) == getattr(self.settings, k.name) for k in keys):
+            return None
+        return Recorders(settings, {d.name: (d.info.protocols or [d.name])[0] for d in detectors.detectors},
+                         self.monitor, self.worker)
 
     # ---------------------------------------------------------------- state
     def _restore_state(self) -> None:

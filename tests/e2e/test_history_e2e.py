@@ -142,3 +142,21 @@ def test_the_html_report_in_headless_chromium(net, caught, tmp_path):
     subprocess.run(base + ["--window-size=1000,1600", f"--screenshot={tmp_path / 'blank.png'}", blank.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 5 * (tmp_path / "blank.png").stat().st_size
+
+
+def test_a_reload_moves_the_history_and_the_webhook(net, server, testdet_env):
+    own = net.dir / "p2pwall"
+    first, second = own / "reload-1.db", own / "reload-2.db"
+    cfg = net.base_config(lock_seconds=LOCK, extra=f'[history]\nfile = "{first}"\n')
+    d = net.p2pwall(cfg, "--plugin", "testdet", env=testdet_env, name="hist-reload")
+    try:
+        (net.dir / "hist-reload.toml").write_text(cfg.replace(str(first), str(second)))
+        d.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "event=reloaded" in d.output(), timeout=5)
+        udp(net, net.lans[1], net.outside[4], 5000, b"LOCK-r", wait=0.3)
+        assert _no_locks(d)
+    finally:
+        assert d.stop() == 0
+    kinds = lambda path: json.loads(_report(net, path, "--format", "json").stdout)["totals"]["by_kind"]  # noqa: E731
+    assert kinds(first) == {"started": 1}
+    assert kinds(second) == {"client_locked": 1, "lock_expired": 1, "stopped": 1}
