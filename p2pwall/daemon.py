@@ -420,7 +420,10 @@ class Daemon:
             emit(log, logging.ERROR, "reload_rejected", error=str(exc))
             return
         if recorders is not None:  # [history] or [notify] changed: the new ones take over
-            self.recorders.close()
+            import threading
+
+            # the old ones finish what they hold on a thread of their own: the loop waits for no receiver
+            threading.Thread(target=self.recorders.close, name="p2pwall-recorders-close", daemon=True).start()
             self.recorders = recorders
             if self.engine.observer_thread is not None:
                 self.engine.observer_thread.builtin = recorders.observers()
