@@ -46,7 +46,7 @@ from .nfqsource import NfqueueSource
 from .observers import ObserverThread
 from .plugins import DetectorSet
 from .policy import QueuePolicy
-from .recorders import Recorders
+from .recorders import Recorders, changed as recorders_changed, protocols as detector_protocols
 from .sdnotify import Notifier
 from .status import StatusServer
 from .watch import OverloadWatch, Watcher
@@ -153,9 +153,7 @@ class Daemon:
             except OSError as exc:  # another instance's socket: a usage error, as a busy queue is
                 raise (QueueBusy if "in use" in str(exc) else DaemonError)(f"status socket: {exc}") from None
             self._owns_state = not self.monitor
-            self.recorders = Recorders(self.settings, {d.name: (d.info.protocols or [d.name])[0]
-                                                       for d in self.detectors.detectors},
-                                       self.monitor, self.worker)
+            self.recorders = Recorders(self.settings, detector_protocols(self.detectors), self.monitor, self.worker)
             observers.builtin = self.recorders.observers()
             if self.worker:
                 return self._run_worker(source, status, wake_r)
@@ -415,20 +413,19 @@ class Daemon:
                 raise ConfigError(f"{', '.join(changed)} cannot change without a restart")
             lan_ifs = lan_ifindexes(settings)
             settings = with_lan(settings)
-            recorders = self._new_recorders(settings, detectors)
+            fresh = None
+            if self.recorders is not None and recorders_changed(self.settings, settings):
+                fresh = Recorders(settings, detector_protocols(detectors), self.monitor, self.worker)
         except Exception as exc:  # any problem: keep running as we are
             emit(log, logging.ERROR, "reload_rejected", error=str(exc))
             return
-        if recorders is not None:  # [history] or [notify] changed: the new ones take over
-            import threading
-
-            # the old ones finish what they hold on a thread of their own: the loop waits for no receiver
-            threading.Thread(target=self.recorders.close, name="p2pwall-recorders-close", daemon=True).start()
-            self.recorders = recorders
+        if fresh is not None:  # [history] or [notify] changed: the new ones take over; the old ones
+            self.recorders.close_later()  # finish what they hold off the loop
+            self.recorders = fresh
             if self.engine.observer_thread is not None:
-                self.engine.observer_thread.builtin = recorders.observers()
+                self.engine.observer_thread.builtin = fresh.observers()
             if self.cluster is not None:
-                self.cluster.tell = recorders.tell
+                self.cluster.tell = fresh.tell
         if self.monitor:
             settings = dataclasses.replace(settings, kernel_sets=False)
         policy = QueuePolicy.build(settings, detectors)
@@ -449,14 +446,6 @@ class Daemon:
                 self._install()
         emit(log, logging.INFO, "reloaded", detectors=",".join(detectors.names()),
              peers=len(self.engine.peers), locks=len(self.engine.locks))
-
-    def _new_recorders(self, settings, detectors) -> Recorders | None:
-        """New history and webhooks when a reload changes them (None: keep the running ones)."""
-        keys = [k for k in dataclasses.fields(settings) if k.name.startswith(("history_", "notify_"))]
-        if self.recorders is None or all(getattr(settings, k.name) == getattr(self.settings, k.name) for k in keys):
-            return None
-        return Recorders(settings, {d.name: (d.info.protocols or [d.name])[0] for d in detectors.detectors},
-                         self.monitor, self.worker)
 
     # ---------------------------------------------------------------- state
     def _restore_state(self) -> None:

@@ -9,9 +9,21 @@ the writers) and posts its own notifications.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections import Counter
+
+
+def protocols(detectors) -> dict[str, str]:
+    """Each detector's name -> the protocol it stops (its first), for the history's rows."""
+    return {d.name: (d.info.protocols or [d.name])[0] for d in detectors.detectors}
+
+
+def changed(old, new) -> bool:
+    """Whether a reload changes [history] or [notify]."""
+    return any(getattr(old, f.name) != getattr(new, f.name) for f in dataclasses.fields(new)
+               if f.name.startswith(("history_", "notify_")))
 
 
 class Recorders:
@@ -53,6 +65,12 @@ class Recorders:
             if r is not None:
                 total.update(r.counters)
         return total
+
+    def close_later(self) -> None:
+        """``close`` on a thread of its own (a reload: the loop waits for no receiver)."""
+        import threading
+
+        threading.Thread(target=self.close, name="p2pwall-recorders-close", daemon=True).start()
 
     def close(self) -> None:
         for r in (self.history, self.notifier):
