@@ -97,6 +97,7 @@ class Engine:
         self.settings = settings
         self.detectors = detectors
         self._first_bit = settings.first_mark
+        self._second_bit = settings.first_mark << 3  # rules.py: the payload after a shape-sized first one
         self.lan = AddressSet(settings.lan_networks)
         self.allow = AddressSet(settings.allow)
         self._no_allow = not settings.allow
@@ -219,7 +220,9 @@ class Engine:
                 kind = "tcp_payload_in" if incoming else "tcp_payload"
                 source = packet.mac
                 if source is not None and not isinstance(source, bytes):
-                    packet.first = bool(source.get_mark() & self._first_bit)
+                    mark = source.get_mark()
+                    packet.first = bool(mark & self._first_bit)
+                    packet.second = bool(mark & self._second_bit)
             else:
                 kind = None
         else:
@@ -228,7 +231,7 @@ class Engine:
             for name, inspect, own_screen, tcp_screen in self._dispatch[kind]:
                 if own_screen is not None and own_screen(packet.raw, packet.off, packet.end) is None:
                     continue
-                if tcp_screen is not None and not tcp_screen(packet.data, packet.first):
+                if tcp_screen is not None and not tcp_screen(packet.data, packet.first, packet.second):
                     continue
                 self.context.detector = name
                 try:
@@ -293,7 +296,7 @@ class Engine:
             if key is None:
                 return False
             try:
-                self.evidence.lock(packet, key, now)
+                self.evidence.lock(packet, key, now, name)
             except Refused as exc:
                 self.counters[f"evidence_refused.{exc.why}"] += 1
                 return False

@@ -4,7 +4,9 @@ A detector only says what it saw; this module decides what that earns, so that n
 packet, web page or hostile host can cut the LAN off from an address:
 
 - a client's **own** outgoing packet (for TCP: only the first payload of its connection,
-  as the kernel marks it) blocks that peer *for that client*;
+  as the kernel marks it, or a later one of a connection whose first payload the same
+  detector recognised as its protocol's opening, to read the rest of that exchange)
+  blocks that peer *for that client*;
 - the peer's own P2P **reply** counts only on a flow whose request the same detector
   recognised as its protocol (and acted on), never on one the client opened with
   anything else, such as a browser's HTTP request: a web page cannot make a server's
@@ -101,7 +103,7 @@ class Evidence:
         """(kind, client, LAN-wide now) for a Block of ``peer`` seen in ``packet``."""
         direction = packet.direction
         if direction == FROM_LAN or direction == TO_FIREWALL:
-            if packet.proto == TCP and packet.end > packet.off and not packet.first:
+            if packet.proto == TCP and packet.end > packet.off and not packet.first and not self._opened(packet, detector):
                 raise Refused("not_first_payload")
             self._genuine(packet)
             if peer == packet.dst and claimed != NAMED:
@@ -152,7 +154,14 @@ class Evidence:
         self.notes.move_to_end(key)
 
     # ------------------------------------------------------------------ locks
-    def lock(self, packet, client: bytes, now: float) -> None:
+    def _opened(self, packet, detector: str | None) -> bool:
+        """A later payload of a connection whose first one this detector recognised as its
+        protocol's opening (``Context.recognise``): the rest of that opening exchange may
+        count as well (a browser's connection never gets there: its first payload is its
+        own request, which no detector takes for P2P)."""
+        return detector is not None and detector in self.asked.get(flow_key(packet, True), ())
+
+    def lock(self, packet, client: bytes, now: float, detector: str | None = None) -> None:
         """Raise Refused unless ``packet`` may lock ``client``."""
         direction = packet.direction
         if direction == FROM_LAN or direction == TO_FIREWALL:
@@ -168,7 +177,7 @@ class Evidence:
             return
         if direction != FROM_LAN or client != packet.src:
             raise Refused("not_own_packet")
-        if packet.proto == TCP and packet.end > packet.off and not packet.first:
+        if packet.proto == TCP and packet.end > packet.off and not packet.first and not self._opened(packet, detector):
             raise Refused("not_first_payload")
 
     def _genuine(self, packet) -> None:

@@ -51,6 +51,7 @@ class KernelColumns:
     dport: object
     v6: object
     payloads: object
+    second: object = None  # the payload after a first one of a shape-read size (see rules.py)
 
 
 def _select(mask, c: KernelColumns, keep):
@@ -79,12 +80,13 @@ def _finder(strings: tuple[bytes, ...]):
 
 
 def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, received: int,
-                   peer_set: str | None, locked: bool, solicited: bool = True) -> str:
+                   peer_set: str | None, locked: bool, solicited: bool = True, second: bool = False) -> str:
     """What the installed rules do with a forwarded ``packet`` (QUEUE, PASS or
     KERNEL_DROP), given its flow's packet counts so far in each direction (this one
     included, as connbytes counts), the kernel set its LAN-side destination is in
     (``peers``, ``nolock``, ``pair`` or None), whether its sender is in the lock set,
     and whether a LAN host opened the flow (unsolicited inbound traffic is never read).
+    ``second``: it is the payload after a first one of a shape-read size.
     One packet through :func:`kernel_base` and :func:`kernel_with_sets`."""
     import numpy as np
 
@@ -94,7 +96,7 @@ def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, recei
     cols = KernelColumns(one(packet.proto), one(outgoing, bool), one(solicited, bool), one(sent),
                          one(received), one(packet.is_syn, bool), one(packet.end - packet.off),
                          one(packet.first, bool), one(packet.sport), one(packet.dport),
-                         one(packet.version == 6, bool), lambda rows: [packet.data])
+                         one(packet.version == 6, bool), lambda rows: [packet.data], one(second, bool))
     return kernel_with_sets(policy, int(kernel_base(policy, cols)[0]), outgoing, packet.is_syn, peer_set, locked)
 
 def kernel_base(policy: QueuePolicy, c: "KernelColumns"):
@@ -117,6 +119,8 @@ def kernel_base(policy: QueuePolicy, c: "KernelColumns"):
         maybe = o & tcp & ~syn & pay & (c.sent <= policy.payload_window)
         queue |= _select(maybe, c, lambda data, v6: _payload_selected_bytes(policy, v6, data))
         queue |= o & tcp & pay & _sized(policy, c, True)
+        if c.second is not None and policy.first_sizes:
+            queue |= o & tcp & c.second
     i = ~out & c.solicited
     if "udp_in" in policy.wants:
         queue |= i & udp & ((c.received <= policy.udp_packets) if policy.udp_packets else True)
@@ -140,6 +144,14 @@ def kernel_with_sets(policy: QueuePolicy, base: int, outgoing: bool, syn: bool, 
     if outgoing and policy.kernel_sets and syn and locked:
         return KERNEL_DROP
     return QUEUE if base == BASE_QUEUE else PASS
+
+def sized_first(sizes, paylen, dport):
+    """First payloads out whose size the rules read by shape (numpy arrays)."""
+    from .capindex import one_of
+    from .plugins import SERVICE_PORTS
+
+    return (paylen >= sizes[0]) & (paylen <= sizes[1]) & ~one_of(dport, tuple(sorted(SERVICE_PORTS)))
+
 
 def _sized(policy: QueuePolicy, c: "KernelColumns", outgoing: bool):
     """First payloads the size rules queue (kernel model for replay)."""

@@ -66,7 +66,7 @@ class Packet:
 
     __slots__ = (
         "raw", "version", "proto", "src", "dst", "sport", "dport", "flags", "off", "end",
-        "fragment", "direction", "ts", "first", "mac", "_data", "_payload", "_src_ip", "_dst_ip",
+        "fragment", "direction", "ts", "first", "second", "mac", "l4", "_data", "_payload", "_src_ip", "_dst_ip",
     )
 
     def __init__(self, raw, version, proto, src, dst, sport, dport, flags, off, end, fragment):
@@ -84,7 +84,9 @@ class Packet:
         self.direction = UNKNOWN
         self.ts = 0.0
         self.first = True  # TCP: the first payload of its connection in its direction
+        self.second = False  # TCP: the payload after a first one of a size detectors read by shape
         self.mac = None  # the source MAC, when the queue gives it
+        self.l4 = 0  # TCP: where the TCP header starts in ``raw``
 
     @property
     def payload(self) -> memoryview:
@@ -117,6 +119,16 @@ class Packet:
         except AttributeError:
             self._dst_ip = text = ip_text(self.dst)
             return text
+
+    @property
+    def seq(self) -> int:
+        """TCP: the sequence number (0 for anything else)."""
+        return unpack_from("!I", self.raw, self.l4 + 4)[0] if self.proto == TCP and self.l4 else 0
+
+    @property
+    def ack(self) -> int:
+        """TCP: the acknowledgement number (0 for anything else)."""
+        return unpack_from("!I", self.raw, self.l4 + 8)[0] if self.proto == TCP and self.l4 else 0
 
     @property
     def is_syn(self) -> bool:
@@ -198,5 +210,7 @@ def parse(raw: bytes) -> Packet | None:
         doff = (raw[l4 + 12] >> 4) * 4
         if doff < 20 or l4 + doff > end:
             return None
-        return Packet(raw, version, proto, src, dst, sport, dport, raw[l4 + 13], l4 + doff, end, fragment)
+        packet = Packet(raw, version, proto, src, dst, sport, dport, raw[l4 + 13], l4 + doff, end, fragment)
+        packet.l4 = l4
+        return packet
     return Packet(raw, version, proto, src, dst, 0, 0, 0, 0, 0, fragment)

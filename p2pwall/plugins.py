@@ -224,9 +224,11 @@ class DetectorSet:
 def _tcp_screen(strings: tuple, prefixes: tuple, sizes):
     low, high = sizes if sizes else (1, 0)
 
-    def screen(data: bytes, first: bool) -> bool:
+    shapes = bool(sizes)
+
+    def screen(data: bytes, first: bool, second: bool = False) -> bool:
         return (any(x in data for x in strings) or (bool(prefixes) and data.startswith(prefixes))
-                or (first and low <= len(data) <= high))
+                or (first and low <= len(data) <= high) or (second and shapes))
     return screen
 
 

@@ -282,8 +282,22 @@ class _Run:
         pays = _count(g_pay, g_conn, starts)
         pays_out = _count(g_out & g_pay, g_conn, starts)
         g_first = ~g_pay | (np.where(g_out, pays_out, pays - pays_out) == 1)
-        self.outgoing, self.sent, self.received, self.first, self.solicited = (
-            self._scatter(order, g) for g in (g_out, g_sent, g_recv, g_first, g_by_src))
+        g_second = self._second(order, g_conn, g_out & g_pay, pays_out)
+        self.outgoing, self.sent, self.received, self.first, self.solicited, self.second = (
+            self._scatter(order, g) for g in (g_out, g_sent, g_recv, g_first, g_by_src, g_second))
+
+    def _second(self, order, g_conn, g_out_pay, pays_out) -> np.ndarray:
+        """The second payload out of each connection whose first one had a size some
+        detector reads by shape, off the service ports (what the rules queue after it)."""
+        from .kernelmodel import sized_first
+
+        sizes = self.rp.policy.first_sizes
+        if sizes is None:
+            return np.zeros(len(order), bool)
+        one = np.flatnonzero(g_out_pay & (pays_out == 1))
+        sized = np.zeros(int(g_conn[-1]) + 1 if len(g_conn) else 0, bool)
+        sized[g_conn[one]] = sized_first(sizes, self.paylen[order][one], self.dport[order][one])
+        return g_out_pay & (pays_out == 2) & sized[g_conn]
 
     def _address_numbers(self, six: bool) -> tuple[np.ndarray, np.ndarray]:
         """Each packet's source and destination as numbers below 2**32, for grouping:
@@ -323,7 +337,8 @@ class _Run:
         self._connections()
         policy, engine, model, clock = rp.policy, rp.engine, rp.model, rp.clock
         cols = KernelColumns(self.proto, self.outgoing, self.solicited, self.sent, self.received, self.syn,
-                             self.paylen, self.first, self.sport, self.dport, self.v6, self._payloads)
+                             self.paylen, self.first, self.sport, self.dport, self.v6, self._payloads,
+                             self.second)
         base = kernel_base(policy, cols)
         engine_sees = base == BASE_QUEUE
         if policy.kernel_sets:
@@ -336,6 +351,7 @@ class _Run:
         # the engine's share, one packet at a time: plain Python values from here on
         times, outs, syns = self.t[seen].tolist(), self.outgoing[seen].tolist(), self.syn[seen].tolist()
         bases, flows, firsts = base[seen].tolist(), self.flow[seen].tolist(), self.first[seen].tolist()
+        seconds = self.second[seen].tolist()
         stamps = self.ts[seen].tolist()
         in_seg, ip_at, ip_len = self.seg[seen].tolist(), self.ip_at[seen].tolist(), self.ip_len[seen].tolist()
         bufs = [s.buf for s in self.segments]
@@ -386,6 +402,7 @@ class _Run:
             packet.ts = stamps[k]
             if packet.proto == TCP and packet.end > packet.off:
                 packet.first = firsts[k]
+                packet.second = seconds[k]
             verdict = engine.handle(packet)
             engine.outbox.clear()  # spoofs and probes are not sent from a capture
             engine.drain_events()  # after each packet: the events keep the packets' order

@@ -112,6 +112,9 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     first = policy.first_mark  # packet mark: the first payload of its connection, this direction
     spoofed = first << 1  # packet mark: failed the reverse-path check
     seen_out, seen_in = first, first << 1  # conntrack mark: a first payload went out / came in
+    # conntrack marks: the first payload out had a size some detector reads by shape (sized),
+    # the next one went to the queue (second); packet mark second: that next payload
+    sized, second = first << 2, first << 3
     clean = f"0x{policy.clean_mark:x}/0x{policy.clean_mark:x}"
     if policy.lan_interfaces:
         # nothing that fails the reverse-path check is ever queued or locked: a LAN host
@@ -184,6 +187,15 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         lan.append(f"-p tcp --tcp-flags SYN,RST NONE -m conntrack --ctstatus SEEN_REPLY "
                    f"-m connmark ! --mark 0x{seen_out:x}/0x{seen_out:x} {has_payload} -j MARK --or-mark 0x{first:x}")
         lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_out:x}")
+        if policy.first_sizes:
+            # a first payload of a size some detector reads by shape marks its connection; that
+            # connection's next payload is queued too (what an opening exchange sends next)
+            lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_sizes(policy.first_sizes, family)} "
+                       f"-m multiport ! --dports {_services()} -j CONNMARK --or-mark 0x{sized:x}")
+            lan.append(f"-p tcp -m mark ! --mark 0x{first:x}/0x{first:x} -m connmark --mark 0x{sized:x}/0x{sized:x} "
+                       f"-m connmark ! --mark 0x{second:x}/0x{second:x} {has_payload} -j MARK --or-mark 0x{second:x}")
+            lan.append(f"-p tcp -m mark --mark 0x{second:x}/0x{second:x} -j CONNMARK --or-mark 0x{second:x}")
+            lan.append(f"-p tcp -m mark --mark 0x{second:x}/0x{second:x} {target}")
         lan.append(f"-p tcp ! --syn {_first(policy.payload_window, 'original')} -j {names['payload']}")
         if policy.tcp_prefixes and family == 6:
             tcp_strings = None  # u32 reads IPv4 headers only: queue every first payload

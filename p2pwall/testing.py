@@ -40,11 +40,12 @@ def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> byt
     return _ip(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
 
 
-def tcp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"", flags: int | None = None) -> bytes:
+def tcp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"", flags: int | None = None,
+        seq: int = 1, ack: int = 0) -> bytes:
     """A raw TCP packet; flags default to SYN without payload, PSH|ACK with."""
     if flags is None:
         flags = (PSH | ACK) if payload else SYN
-    header = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
     return _ip(src, dst, 6, header + payload)
 
 
@@ -141,14 +142,16 @@ class DetectorHarness:
                              sender=self.sender, mirrors=[self.mirror])
         self.sent = self.sender.sent
 
-    def feed(self, raw: bytes, direction: str = FROM_LAN, first: bool = True) -> Verdict:
+    def feed(self, raw: bytes, direction: str = FROM_LAN, first: bool = True, second: bool = False) -> Verdict:
         """Judge one raw packet; ``first``: for a TCP payload, whether it is the first of
-        its connection in its direction (as the kernel marks it live)."""
+        its connection in its direction (as the kernel marks it live); ``second``: whether
+        it is the payload after a first one of a size detectors read by shape (marked so)."""
         packet = parse(raw)
         if packet is None:
             raise ValueError("not a parseable packet")
         packet.direction = direction
         packet.first = first
+        packet.second = second
         result = self.engine.handle(packet)
         self._collect()
         return result

@@ -48,7 +48,7 @@ from __future__ import annotations
 import re
 from struct import unpack_from
 
-from p2pwall import FROM_LAN, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, Report, browser_shaped, hookimpl
+from p2pwall import FROM_LAN, TCP, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, Report, browser_shaped, hookimpl
 from p2pwall_plugins._common import switches
 
 from . import mse
@@ -158,12 +158,15 @@ class BitTorrentDetector:
         if c["learn"]:
             wants += ["udp_in", "tcp_payload_in"]
             strings_in = [b"5:peers", b"BitTorrent protocol"]
+        elif c["mse"]:
+            wants.append("tcp_payload_in")  # the answer of an MSE exchange
         return DetectorInfo(name="bittorrent", version=__version__, protocols=["BitTorrent"],
                             description="peer wire, DHT, uTP, trackers, LSD; learns peers from replies",
                             wants=wants, tcp_strings=[b"BitTorrent protocol", b"info_hash="],
                             udp_screen=rb"d[0-9]|\x41[\x00-\x02]|\x00\x00\x04\x17\x27\x10\x19\x80|BT-SEARCH",
                             tcp_strings_in=strings_in, locks=c["lock"],
-                            tcp_first_sizes=mse.SIZES if c["mse"] else None)
+                            tcp_first_sizes=mse.SIZES if c["mse"] else None,
+                            tcp_first_sizes_in=mse.SIZES if c["mse"] else None)
 
     @hookimpl
     def p2pwall_configure(self, table, settings):
@@ -172,7 +175,7 @@ class BitTorrentDetector:
     @hookimpl
     def p2pwall_inspect(self, packet, context):
         if packet.direction == TO_LAN:
-            return self._reply(packet, context) if self.conf["learn"] else None
+            return self._reply(packet, context)
         if packet.direction != FROM_LAN or context.in_lan(packet.dst):
             return None
         c = self.conf
@@ -203,8 +206,12 @@ class BitTorrentDetector:
         return None
 
     def _reply(self, packet, context):
-        """Replies towards a LAN host: learn the peers they name."""
+        """Replies towards a LAN host: learn the peers they name (and read MSE's answers)."""
         if context.in_lan(packet.src):
+            return None
+        if self.conf["mse"] and packet.proto == TCP and packet.first and packet.end > packet.off:
+            mse.reply(packet, context)
+        if not self.conf["learn"]:
             return None
         data = packet.data
         if packet.proto == UDP:

@@ -6,31 +6,42 @@ initiator's first payload is its 96-byte Diffie-Hellman value and 0-512 random b
 padding (96-608 bytes, uniformly random); the responder answers the same way; only then
 does the initiator send 20 bytes of hash and more encrypted data.
 
-One such connection proves nothing: plenty of encrypted protocols open with random
-bytes.  What ordinary traffic does not do is open connections whose first payloads are
-96-608 random bytes to ``PEERS`` (3) distinct outside addresses, none on a service port,
-within ``WINDOW`` (120 s): a BitTorrent client working through its peer list does
-exactly that, at once.  So:
+One packet proves nothing: plenty of encrypted protocols open with random bytes (a
+shadowsocks proxy's every connection does).  So the evidence is the exchange, from both
+directions, and then the number of peers:
 
-- per connection, the client's first payload is *MSE-shaped* when it is 96-608 bytes,
-  starts with no TLS record type, and its first 96 bytes look random (at least 56
-  distinct byte values: random data has about 80, text and binary protocols far fewer);
-  the destination port is not one of the service ports (``p2pwall.SERVICE_PORTS``:
-  HTTPS, SSH, mail, DNS-over-TLS, RDP, OpenVPN...);
-- the core keeps, per client, the distinct addresses of its MSE-shaped connections for
-  ``WINDOW`` seconds (a bounded note: this detector has no table of its own);
-- the connection that makes ``PEERS`` distinct addresses earns, as the client's own
+- the opening: the client's first payload is *MSE-shaped* (96-608 bytes, no TLS record
+  type first, its first 96 bytes random-looking: at least 56 distinct byte values;
+  random data has about 80, text and binary protocols far fewer), not to a service port
+  (``p2pwall.SERVICE_PORTS``), and not a framed opening named for what it is (Ethereum's
+  RLPx, WhatsApp's Noise header, below);
+- the answer: the peer's first payload back is MSE-shaped too, and acknowledges exactly
+  the client's opening: the client sent nothing more and waited for it, as an MSE
+  initiator must (it needs the responder's key before it can say anything);
+- the second step: the client's very next payload follows at once (within
+  ``STEP_SECONDS``), continues exactly where the opening ended, and is at least
+  ``SECOND_MIN`` (56) bytes, MSE's two hashes and its encrypted negotiation.  A
+  request-response protocol (a proxy carrying one HTTP request, a VPN's hello) has
+  nothing more to say once answered, or not at once;
+- the core keeps, per client, the distinct addresses of its completed exchanges for
+  ``WINDOW`` seconds (a bounded note: this detector has no table of its own); the
+  exchange that makes ``PEERS`` (3) distinct addresses earns, as the client's own
   evidence: a block of each of those addresses *for that client only* and a time lock
-  of the client.  Nothing is ever blocked LAN-wide on this evidence alone (a second
-  client's evidence against the same address corroborates it, as the core does for
-  any evidence).
+  of the client (its second step is dropped, so that exchange goes no further).
+  Nothing is ever blocked LAN-wide on this evidence alone (a second client's evidence
+  against the same address corroborates it, as the core does for any evidence).
+
+The kernel queues what this needs and no more: first payloads of these sizes in each
+direction (off the service ports), and the one payload after such an opening.
 
 Can a browser, an ordinary protocol or one hostile LAN host make it fire?
 - A browser: its connections start with TLS (record type 0x16) or an HTTP request line,
   never 96+ random bytes; WebRTC data is UDP.
 - Ordinary encrypted TCP: TLS and SSH start with structure; a VPN talks to one server
   (or two), not three in two minutes; on port 443 or another service port nothing is
-  counted at all.  ``tests/plugins/test_mse.py`` replays 12,000 connections of TLS 1.2/1.3
+  counted at all.  shadowsocks-libev to three servers (its openings and answers are
+  random and of MSE's sizes) completes no exchange: ss-local says nothing more once a
+  request is answered (``tests/e2e/test_real_software_e2e.py``).  ``tests/plugins/test_mse.py`` replays 12,000 connections of TLS 1.2/1.3
   to many servers, SSH, and a VPN-like protocol with random first payloads to port 443
   and to high ports on two servers: 0 blocks, 0 locks.  For a random first payload the
   shape alone matches about 1 in 3 (so it is never enough alone); the per-client rule is
@@ -62,7 +73,12 @@ from p2pwall_plugins._common import is_rlpx_auth
 SIZES = (96, 608)
 PEERS = 3
 WINDOW = 120.0
+STEP_SECONDS = 10.0  # the opening, the answer and the next step of one exchange come within this
+SECOND_MIN = 56  # the initiator's second step: two 20-byte hashes, then VC, crypto_provide, lengths
 _TAG = "mse-peers"
+_FLOW = "mse-flow"
+_STEP = struct.Struct("!BId")  # stage, the client's next sequence number after its opening, when
+OPENED, ANSWERED, DONE = 1, 2, 3
 _TLS_TYPES = (0x14, 0x15, 0x16, 0x17)
 
 
@@ -92,14 +108,50 @@ def _pack(entries, width: int) -> bytes:
 
 
 def inspect(packet, context):
-    """For a LAN client's first TCP payload: the actions MSE evidence earns, or None."""
-    if not packet.first or packet.dport in SERVICE_PORTS or not mse_shaped(packet.data):
+    """For a LAN client's TCP payload: its opening (remembered), or the second step of an
+    exchange whose first two steps were MSE's (counted per client); the actions that
+    earns, or None."""
+    if packet.dport in SERVICE_PORTS:
         return None
-    if is_rlpx_auth(packet.data) or whatsapp_opening(packet.data):  # named for what they are, never BitTorrent
-        return None
-    client, peer = packet.src, packet.dst
-    width = len(client)
+    data, client, peer = packet.data, packet.src, packet.dst
+    tag = f"{_FLOW}:{packet.sport}:{packet.dport}"
     now = context.now
+    if packet.first:
+        if not mse_shaped(data) or is_rlpx_auth(data) or whatsapp_opening(data):
+            return None  # (the last two: named for what they are, never BitTorrent)
+        context.recognise(packet)  # its reply and its next payload may count, on this flow only
+        context.keep_note(client, peer, tag, _STEP.pack(OPENED, (packet.seq + len(data)) & 0xFFFFFFFF, now),
+                          STEP_SECONDS)
+        return None
+    note = context.note_for(client, peer, tag)
+    if note is None:
+        return None
+    stage, expected, at = _STEP.unpack(note)
+    context.keep_note(client, peer, tag, _STEP.pack(DONE, 0, now), 1.0)  # one look at the second step
+    if stage != ANSWERED or packet.seq != expected or len(data) < SECOND_MIN or now - at > STEP_SECONDS:
+        return None
+    return _count(context, client, peer, now)
+
+
+def reply(packet, context) -> None:
+    """The peer's first payload back on a flow the client opened MSE-shaped: the second
+    step when it is MSE-shaped too and answers exactly the client's opening (the client
+    had sent nothing more: it waited)."""
+    client, peer = packet.dst, packet.src
+    tag = f"{_FLOW}:{packet.dport}:{packet.sport}"
+    note = context.note_for(client, peer, tag)
+    if note is None:
+        return
+    stage, expected, _ = _STEP.unpack(note)
+    data = packet.data
+    if stage == OPENED and packet.ack == expected and mse_shaped(data) and not is_rlpx_auth(data):
+        context.keep_note(client, peer, tag, _STEP.pack(ANSWERED, expected, context.now), STEP_SECONDS)
+    else:
+        context.keep_note(client, peer, tag, _STEP.pack(DONE, 0, context.now), 1.0)
+
+
+def _count(context, client: bytes, peer: bytes, now: float):
+    width = len(client)
     seen = [(a, t) for a, t in _entries(context.note_for(client, client, _TAG), width)
             if now - t <= WINDOW and a != peer]
     seen.append((peer, now))

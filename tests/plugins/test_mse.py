@@ -1,11 +1,13 @@
-"""Encrypted BitTorrent (MSE) by its shape, per client; and the precision case: ordinary
-encrypted TCP from hosts that run no P2P, 12,000 connections, blocks nothing."""
+"""Encrypted BitTorrent (MSE) by its exchange, per client; and the precision cases:
+ordinary encrypted TCP from hosts that run no P2P, 12,000 connections, blocks nothing,
+and a proxy whose openings and answers look like MSE's completes no exchange."""
 
 import random
 
+from p2pwall import TO_LAN
 from p2pwall.testing import DetectorHarness, tcp
 from p2pwall_plugins.bittorrent import BitTorrentDetector
-from p2pwall_plugins.bittorrent.mse import mse_shaped
+from p2pwall_plugins.bittorrent.mse import STEP_SECONDS, mse_shaped
 
 LAN = "192.168.1.5"
 
@@ -14,14 +16,35 @@ def handshake(rng, pad=None):
     return rng.randbytes(96 + (rng.randrange(0, 513) if pad is None else pad))
 
 
-def test_three_encrypted_handshakes_to_three_peers_lock_the_client_and_block_them_for_it():
+def exchange(h, client, peer, sport, dport, opening, answer=None, second=None, wait=0.0, ack_shift=0):
+    """One connection as the kernel queues it: the client's opening (seq 1000), the peer's
+    first payload back (acknowledging the opening, or ``ack_shift`` more), and the
+    client's next payload ``wait`` seconds later; the verdict of the last one fed."""
+    verdict = h.feed(tcp(client, peer, sport, dport, opening, seq=1000))
+    end = 1000 + len(opening)
+    if answer is not None:
+        verdict = h.feed(tcp(peer, client, dport, sport, answer, seq=7000, ack=end + ack_shift), direction=TO_LAN)
+    if second is not None:
+        h.advance(wait)
+        verdict = h.feed(tcp(client, peer, sport, dport, second, seq=end, ack=7000 + len(answer or b"")), first=False,
+                         second=True)
+    return verdict
+
+
+def mse(h, rng, client, peer, sport, dport=6881, **kw):
+    """A whole MSE opening: Ya+PadA, Yb+PadB, then the initiator's hashes and negotiation."""
+    return exchange(h, client, peer, sport, dport, handshake(rng), handshake(rng),
+                    rng.randbytes(rng.randrange(56, 700)), **kw)
+
+
+def test_three_exchanges_with_three_peers_lock_the_client_and_block_them_for_it():
     rng = random.Random(1)
     h = DetectorHarness(BitTorrentDetector())
     peers = ["203.0.113.21", "203.0.113.22", "203.0.113.23"]
-    assert not h.feed(tcp(LAN, peers[0], 40000, 51413, handshake(rng))).drop
-    assert not h.feed(tcp(LAN, peers[1], 40001, 6881, handshake(rng))).drop
+    assert not mse(h, rng, LAN, peers[0], 40000, 51413).drop
+    assert not mse(h, rng, LAN, peers[1], 40001, 6881).drop
     assert not h.locked(LAN) and not h.blocked(peers[0])
-    assert h.feed(tcp(LAN, peers[2], 40002, 6889, handshake(rng))).drop
+    assert mse(h, rng, LAN, peers[2], 40002, 6889).drop  # the third exchange's second step
     assert h.locked(LAN)
     for p in peers:
         entry = h.peer(p)
@@ -29,27 +52,45 @@ def test_three_encrypted_handshakes_to_three_peers_lock_the_client_and_block_the
     assert not h.feed(tcp("192.168.1.6", peers[0], 40000, 51413, b"GET / HTTP/1.1\r\n\r\n")).drop
 
 
-def test_fewer_peers_the_same_peer_service_ports_and_later_payloads_earn_nothing():
+def test_openings_answers_and_steps_that_are_not_mses_exchange_earn_nothing():
     rng = random.Random(2)
     h = DetectorHarness(BitTorrentDetector())
-    for _ in range(5):  # one peer, many times
-        h.feed(tcp(LAN, "203.0.113.30", rng.randrange(40000, 60000), 6881, handshake(rng)))
-    h.feed(tcp(LAN, "203.0.113.31", 40001, 6881, handshake(rng)))  # two peers in all
-    for i in range(5):  # a third and more, but on service ports
-        h.feed(tcp(LAN, f"203.0.113.{40 + i}", 40002 + i, 443, handshake(rng)))
-        h.feed(tcp(LAN, f"203.0.113.{50 + i}", 40010 + i, 22, handshake(rng)))
-    for i in range(5):  # later payloads of connections (not the first)
-        h.feed(tcp(LAN, f"203.0.113.{60 + i}", 40020 + i, 6881, handshake(rng)), first=False)
+    n = 0
+
+    def peer():
+        nonlocal n
+        n += 1
+        return f"203.0.113.{30 + n}", 41000 + n
+
+    for _ in range(4):  # openings nobody answers
+        exchange(h, LAN, *peer(), 6881, handshake(rng))
+    for _ in range(4):  # answered, and then nothing more: a proxy's one request (shadowsocks)
+        exchange(h, LAN, *peer(), 8388, handshake(rng), handshake(rng))
+    for _ in range(4):  # the client did not wait: the answer acknowledges more than its opening
+        exchange(h, LAN, *peer(), 6881, handshake(rng), handshake(rng), rng.randbytes(200), ack_shift=100)
+    for _ in range(4):  # the next step comes, but not at once (a user's next request)
+        exchange(h, LAN, *peer(), 6881, handshake(rng), handshake(rng), rng.randbytes(200), wait=STEP_SECONDS + 1)
+    for _ in range(4):  # too short a next step
+        exchange(h, LAN, *peer(), 6881, handshake(rng), handshake(rng), rng.randbytes(30))
+    for big in (rng.randbytes(1448), b"\x17\x03\x03" + rng.randbytes(300)):  # answers not of MSE's shape
+        for _ in range(2):
+            exchange(h, LAN, *peer(), 6881, handshake(rng), big, rng.randbytes(200))
+    for port in (443, 22):  # service ports
+        for _ in range(3):
+            mse(h, rng, LAN, *peer(), port)
+    for _ in range(5):  # the same peer, many times
+        mse(h, rng, LAN, "203.0.113.99", rng.randrange(42000, 60000))
+    mse(h, rng, LAN, "203.0.113.98", 42999)  # two peers in all
     assert not h.locked(LAN) and len(h.engine.peers) == 0
 
 
 def test_the_window_forgets():
     rng = random.Random(3)
     h = DetectorHarness(BitTorrentDetector())
-    h.feed(tcp(LAN, "203.0.113.70", 40000, 6881, handshake(rng)))
-    h.feed(tcp(LAN, "203.0.113.71", 40001, 6881, handshake(rng)))
+    mse(h, rng, LAN, "203.0.113.70", 40000)
+    mse(h, rng, LAN, "203.0.113.71", 40001)
     h.advance(200)
-    h.feed(tcp(LAN, "203.0.113.72", 40002, 6881, handshake(rng)))
+    mse(h, rng, LAN, "203.0.113.72", 40002)
     assert not h.locked(LAN)
 
 
@@ -77,7 +118,9 @@ def test_ordinary_encrypted_tcp_blocks_nothing_and_locks_nobody():
         else:  # the web
             server, port = f"203.0.113.{rng.randrange(1, 255)}", 80
             data = b"GET /index.html HTTP/1.1\r\nHost: example\r\nUser-Agent: Mozilla/5.0\r\n\r\n"
-        h.feed(tcp(client, server, rng.randrange(1024, 65535), port, data))
+        answer = handshake(rng) if kind == 2 else tls_hello(rng) if kind == 0 else b"SSH-2.0-x\r\n" * (kind == 1)
+        exchange(h, client, server, rng.randrange(1024, 65535), port, data, answer or None,
+                 rng.randbytes(rng.randrange(60, 400)) if kind in (0, 2) else None)
         n += 1
     assert n == 12_000 and len(h.engine.peers) == 0 and len(h.engine.locks) == 0
 
@@ -102,5 +145,6 @@ def test_whatsapp_openings_are_not_mse():
         data = (b"ED\x00\x01\x00\x00\x04" + b"\x08\x01\x10\x02" if i % 2 else b"") + b"WA\x06\x03" + \
             len(hello).to_bytes(3, "big") + hello
         assert mse_shaped(data[4:]) and whatsapp_opening(data)
-        assert not h.feed(tcp(LAN, f"203.0.113.{60 + i}", 40000 + i, 5222, data)).drop
+        assert not exchange(h, LAN, f"203.0.113.{60 + i}", 40000 + i, 5222, data, handshake(rng),
+                            rng.randbytes(200)).drop
     assert not h.locked(LAN)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pwall import capindex, pcap, plugins
+from p2pwall import SERVICE_PORTS, capindex, pcap, plugins
 from p2pwall.config import from_dict
 from p2pwall.engine import Engine
 from p2pwall.kernelsets import parse_comment
@@ -83,9 +83,17 @@ class Reference:
             c["finrst"] = True
         out = side == c["client"]
         c["sent" if out else "recv"] += 1
+        second = False
         if p.proto == TCP and p.end > p.off:
             k = "pay_out" if out else "pay_in"
             p.first, c[k] = not c[k], True
+            if out:  # the payload after a first one of a shape-read size (rules.py's "second")
+                c["outs"] = c.get("outs", 0) + 1
+                sizes = self.policy.first_sizes
+                if c["outs"] == 1:
+                    c["sized"] = bool(sizes) and sizes[0] <= p.end - p.off <= sizes[1] and p.dport not in SERVICE_PORTS
+                second = c["outs"] == 2 and c.get("sized", False)
+        p.second = second
         p.direction, p.ts = (FROM_LAN if out else TO_LAN), ts
         peer_set, note, lock_note = None, None, None
         if out and self.model is not None:
@@ -98,7 +106,7 @@ class Reference:
                     break
             lock_note = self.model.holds("locks", src, i, now)
         where = kernel_verdict(self.policy, p, out, c["sent"], c["recv"], peer_set, lock_note is not None,
-                                           solicited=c["solicited"])
+                               solicited=c["solicited"], second=second)
         if where == KERNEL_DROP:
             self.kernel["kernel_drop"] += 1
             flow["dropped"] += 1

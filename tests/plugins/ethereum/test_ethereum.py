@@ -50,9 +50,11 @@ def test_stopped_as_ethereum_when_turned_on():
 def test_the_mse_rule_never_counts_devp2p_but_still_counts_mse():
     rng = random.Random(4)
     h = DetectorHarness(BitTorrentDetector())
-    for i, p in enumerate(PEERS):  # four devp2p openings to four peers
-        assert not h.feed(tcp(LAN, p, 40000 + i, 30303, auth(rng))).drop
+    from tests.plugins.test_mse import exchange
+
+    for i, p in enumerate(PEERS):  # four devp2p exchanges with four peers (auth, auth-ack, a frame)
+        assert not exchange(h, LAN, p, 40000 + i, 30303, auth(rng), auth(rng, 300), rng.randbytes(130)).drop
     assert not h.locked(LAN)
     for i, p in enumerate(PEERS[:3]):  # the control: random openings of the same sizes are MSE's shape
-        h.feed(tcp("192.168.1.6", p, 41000 + i, 30303, rng.randbytes(450)))
+        exchange(h, "192.168.1.6", p, 41000 + i, 30303, rng.randbytes(450), rng.randbytes(300), rng.randbytes(130))
     assert h.locked("192.168.1.6")
