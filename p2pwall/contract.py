@@ -123,7 +123,10 @@ class DetectorInfo:
     tcp_first_sizes: tuple[int, int] | None = None
     """Also queue the first payload of each LAN connection whose size (TCP payload bytes)
     lies in this range, unless it goes to a service port (``SERVICE_PORTS``): for
-    signatures that are a shape, not bytes (an encrypted handshake).  At most 1400."""
+    signatures that are a shape, not bytes (an encrypted handshake).  At most 1400.  The
+    connection's next payload from the LAN is queued too, with ``packet.second`` set (the
+    rest of an opening exchange; the core lets it count as evidence on a connection whose
+    opening this detector recognised, ``Context.recognise``)."""
     tcp_first_sizes_in: tuple[int, int] | None = None
     """The same for the first reply payload of such connections (towards the LAN)."""
     udp_screen: bytes | None = None
