@@ -2,7 +2,7 @@
 they must earn no lock and no block.  shadowsocks-libev with one server and with three
 (its openings and answers are random and of MSE's sizes: the encrypted-BitTorrent rule
 must read the exchange, not one packet), OpenSSH to several hosts on port 22 and on a
-high port."""
+high port, OpenVPN over TCP with tls-crypt on a high port."""
 
 from __future__ import annotations
 
@@ -84,5 +84,53 @@ def test_ssh_to_several_hosts(net):
             answers.append(done.stdout.strip())
         assert answers == [f"hello-{i}" for i in range(16)], answers
         _clean(d)
+    finally:
+        d.stop()
+
+
+PKI = """set -e
+cd "$1"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=lab-ca \\
+    -keyout ca.key -out ca.crt 2>/dev/null
+for who in server client; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=$who -keyout $who.key \\
+      -out $who.csr 2>/dev/null
+  printf 'extendedKeyUsage=%s\\nkeyUsage=digitalSignature,keyAgreement\\n' \\
+      "$([ $who = server ] && echo serverAuth || echo clientAuth)" > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile $who.ext \\
+      -out $who.crt 2>/dev/null
+done
+openvpn --genkey tls-crypt tc.key
+"""
+
+
+@pytest.mark.skipif(not shutil.which("openvpn"), reason="openvpn is not installed")
+def test_openvpn_over_tcp_with_tls_crypt(net):
+    """OpenVPN 2.6 over TCP with tls-crypt (every packet of its opening is encrypted: random
+    bytes behind a 2-byte length), on a high port: the tunnel comes up and carries pings."""
+    import subprocess
+    import time
+
+    pki = net.dir / "pki"
+    pki.mkdir(exist_ok=True)
+    subprocess.run(["bash", "-c", PKI, "pki", str(pki)], check=True, timeout=60)
+    server = net.outside[12]
+    common = ["--dev", "tun", "--ca", str(pki / "ca.crt"), "--tls-crypt", str(pki / "tc.key"), "--verb", "3"]
+    net.start(net.out, "openvpn", "--mode", "server", "--tls-server", "--proto", "tcp-server", "--local", server,
+              "--port", "41194", "--dh", "none", "--cert", str(pki / "server.crt"), "--key", str(pki / "server.key"),
+              "--topology", "subnet", "--ifconfig", "198.51.100.129", "255.255.255.128",
+              "--ifconfig-pool", "198.51.100.130", "198.51.100.140", "--push", "topology subnet",
+              "--push", "route-gateway 198.51.100.129", *common, log="ovpn-server.log",
+              ready="Initialization Sequence Completed", timeout=30)
+    d = net.p2pwall(net.base_config(lock_seconds=30), name="openvpn")
+    try:
+        net.start(net.lans[0], "openvpn", "--client", "--proto", "tcp-client", "--remote", server, "41194",
+                  "--nobind", "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"), *common,
+                  log="ovpn-client.log", ready="Initialization Sequence Completed", timeout=30)
+        time.sleep(0.5)
+        done = net.exec(net.lans[0], "ping", "-c", "5", "-i", "0.2", "-W", "2", "198.51.100.129", check=False)
+        assert " 0% packet loss" in done.stdout, done.stdout + done.stderr  # through the tunnel
+        snap = _clean(d)
+        assert snap["counters"]["packets"] >= 2  # its opening was looked at
     finally:
         d.stop()
