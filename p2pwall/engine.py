@@ -290,7 +290,7 @@ class Engine:
             record = Record(BLOCK, key, client, action.seconds or self.settings.peer_seconds, name,
                             action.reason, kind, lanwide, action.note)
             if self.ledger.block(record, now) and kind == OWN:
-                self.evidence.recognised(packet, name)  # its replies may teach, on this flow only
+                self.evidence.recognised(packet, name, acted=True)  # its replies may teach, on this flow only
         elif isinstance(action, Lock):
             key = self._address(action.client, name, action, now)
             if key is None:

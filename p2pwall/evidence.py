@@ -12,8 +12,9 @@ packet, web page or hostile host can cut the LAN off from an address:
   anything else, such as a browser's HTTP request: a web page cannot make a server's
   answer lock its visitors or block the server for the LAN.  On such a flow (the kernel
   queues no unsolicited inbound traffic; for TCP only its first reply payload counts)
-  it blocks the peer for the whole LAN at once: the client asked in P2P and the peer
-  answered in P2P;
+  it blocks the peer for the whole LAN at once when the request itself was evidence (the
+  client asked in P2P and the peer answered in P2P), and only for the client that asked
+  when the answer is the only evidence (a request recognised but not acted on);
 - an address **named** in a reply (tracker peer lists, DHT nodes) counts only when the
   same detector recognised a request on that same flow, at most ``MAX_NAMED`` per reply
   and ``NAMED_PER_SOURCE`` per replying source and minute, never once the peer table is
@@ -37,6 +38,7 @@ from .records import NAMED, OWN, REPLY
 MAX_NAMED = 50  # addresses one reply may name
 NAMED_PER_SOURCE = 500  # addresses one replying source may name per minute
 MAX_FLOWS = 65536  # flows remembered for "a request was recognised here"
+ACTED = "!"  # beside a detector's name in a flow's set: it also blocked the peer on the request
 MAX_SOURCES = 4096
 MAX_NOTES = 65536  # detectors' notes about a client and a peer
 
@@ -86,17 +88,20 @@ class Evidence:
         self.named_in_packet = 0  # reset by the engine for each detector's answer
 
     # ------------------------------------------------------------------ requests
-    def recognised(self, packet, detector: str) -> None:
-        """A detector acted on a LAN client's packet: remember the flow for its replies."""
+    def recognised(self, packet, detector: str, acted: bool = False) -> None:
+        """A detector recognised a LAN client's packet as its protocol (``acted``: and
+        blocked its peer on it): remember the flow for its replies."""
         key = flow_key(packet, True)
         found = self.asked.get(key)
         if found is None:
             if len(self.asked) >= MAX_FLOWS:
                 self.asked.popitem(last=False)
-            self.asked[key] = {detector}
+            found = self.asked[key] = set()
         else:
-            found.add(detector)
             self.asked.move_to_end(key)
+        found.add(detector)
+        if acted:
+            found.add(detector + ACTED)
 
     def block(self, packet, detector: str, peer: bytes, claimed: str | None, peers,
               now: float) -> tuple[str, bytes | None, bool]:
@@ -113,9 +118,12 @@ class Evidence:
             if peer == packet.src and claimed != NAMED:
                 if packet.proto == TCP and packet.end > packet.off and not packet.first:
                     raise Refused("not_first_reply")
-                if detector not in self.asked.get(flow_key(packet, False), ()):
+                asked = self.asked.get(flow_key(packet, False), ())
+                if detector not in asked:
                     raise Refused("reply_unasked")  # an answer proves only what was asked
-                return REPLY, packet.dst, True
+                # LAN-wide only when the request was evidence itself; an answer that is the only
+                # evidence (to a request recognised but not acted on) is for the client that asked
+                return REPLY, packet.dst, detector + ACTED in asked
             if detector not in self.asked.get(flow_key(packet, False), ()):
                 raise Refused("named_unasked")
             if peers.reserve_full():

@@ -99,11 +99,14 @@ def p2pwall_inspect(packet: Packet, context: Context) -> Action | Sequence[Actio
     ``Block`` of the address a LAN client's own packet went to blocks it for that client
     only (LAN-wide once ``[peers] corroborate`` clients did the same); a ``Block`` of the
     address that sent a reply towards the LAN blocks it for everyone when this detector
-    recognised the client's request on that same flow (the client asked in P2P, the peer
-    answered in P2P), and earns nothing otherwise; a ``Block`` of any other address (named in a reply or a request)
-    blocks it for the client concerned, and from a reply only on a flow where this
-    detector's Block of the client's request was accepted.  For TCP only the first
-    payload of a connection in each direction counts (``packet.first``); a ``Lock`` needs
+    blocked the peer on the client's request on that same flow (the client asked in P2P,
+    the peer answered in P2P), for that client alone when this detector only recognised
+    the request (``Context.recognise``), and earns nothing otherwise; a ``Block`` of any
+    other address (named in a reply or a request) blocks it for the client concerned, and
+    from a reply only on a flow where this detector recognised the client's request.  For
+    TCP only the first payload of a connection in each direction counts (``packet.first``),
+    and the client's next payload after a recognised opening of a shape-read size
+    (``packet.second``); a ``Lock`` needs
     the client's own packet or the answer to a probe p2pwall sent; the allowlist,
     ``[peers] protect`` and the gateway's nameservers are never blocked.  Anything a web
     page can make a browser send (plain HTTP) must not be evidence: when

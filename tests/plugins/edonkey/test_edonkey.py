@@ -66,7 +66,14 @@ def test_udp_weak_forms_need_a_second_message_or_the_peers_answer():
     from p2pwall import TO_LAN
 
     assert y.feed(udp(PEER, LAN, 4672, 4672, b"\xe4\x19" + bytes(30)), direction=TO_LAN).drop
-    assert y.peer(PEER).lanwide  # the peer answered in kind
+    # the peer answered in kind, but its answer is the only evidence (the request alone was
+    # not enough to act on): blocked for the client that asked, not for the whole LAN
+    entry = y.peer(PEER)
+    assert entry is not None and not entry.lanwide and entry.clients == (bytes([192, 168, 1, 5]),)
+    z = DetectorHarness(EDonkeyDetector())  # a request that is evidence itself, then the answer
+    assert z.feed(udp(LAN, PEER, 4672, 4672, b"\xe4\x01")).drop and not z.peer(PEER).lanwide
+    z.feed(udp(PEER, LAN, 4672, 4672, b"\xe4\x19" + bytes(30)), direction=TO_LAN)
+    assert z.peer(PEER).lanwide  # the client asked in P2P and the peer answered in P2P: LAN-wide
 
 
 def test_ordinary_service_ports_are_never_read():
