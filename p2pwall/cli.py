@@ -336,6 +336,9 @@ def status(config_path, socket_path, address, fmt):
         click.echo(f"cluster: {cluster['state']} as {cluster['name']}; other gateways: {others}; lag {lag}; "
                    f"{cluster.get('published', 0)} published, {cluster.get('applied', 0)} applied, "
                    f"{cluster.get('rejected', 0)} rejected")
+        if cluster.get("rejected_by_gateway"):  # by the gateway each refused change claimed to come from
+            click.echo("  rejected, by claimed gateway: " + ", ".join(
+                f"{gw} {n}" for gw, n in cluster["rejected_by_gateway"].items()))
     for title, key in (("blocked peers", "peers"), ("locked clients", "locks")):
         table = snap[key]
         click.echo(f"{title}: {table['count']}")

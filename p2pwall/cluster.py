@@ -78,6 +78,18 @@ def encode(change: Change, key: bytes | None, wall: float | None = None) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
+class Rejected(ValueError):
+    """A change refused by ``decode``; ``gw`` is the gateway it claims to come from (not
+    verified: a forged or garbled change names whoever it likes), or "" when it names none."""
+
+    def __init__(self, why: str, gw: str = ""):
+        super().__init__(why)
+        self.gw = gw
+
+
+MAX_REJECTED_NAMES = 64  # gateways whose refused changes status counts apart; the rest are "other"
+
+
 def decode(text, key: bytes | None, wall: float | None = None) -> Change:
     """Parse and check one change; raises ValueError with the reason it is refused.
     Bounded before anything else: at most 4 KiB, and nesting deep enough to exhaust the
@@ -93,17 +105,26 @@ def decode(text, key: bytes | None, wall: float | None = None) -> Change:
         raise ValueError("nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("not a change")
+    gw, ts = doc.get("gw", ""), doc.get("ts", 0.0)
+    claimed = gw if isinstance(gw, str) and _GATEWAY.fullmatch(gw) else ""
     if key is not None:
         sig = doc.get("sig")
-        good = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
+        try:
+            good = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
+        except (TypeError, ValueError, RecursionError):
+            raise Rejected("not a change", claimed) from None
         if not isinstance(sig, str) or not hmac.compare_digest(sig, good):
-            raise ValueError("missing or bad signature")
-    gw, ts = doc.get("gw", ""), doc.get("ts", 0.0)
-    if not isinstance(gw, str) or not _GATEWAY.fullmatch(gw):
+            raise Rejected("missing or bad signature", claimed)
+    if not claimed:
         raise ValueError("bad gateway name")
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts != ts or abs(ts) > 1e11:
-        raise ValueError("ts is not a time")
-    record = Record.from_doc(doc, wall, origin=GATEWAY_PREFIX + gw)
+        raise Rejected("ts is not a time", gw)
+    try:
+        record = Record.from_doc(doc, wall, origin=GATEWAY_PREFIX + gw)
+    except Rejected:
+        raise
+    except ValueError as exc:
+        raise Rejected(str(exc), gw) from None
     return Change(record, gw, float(ts))
 
 
@@ -176,6 +197,7 @@ class Cluster:
         self.want_full_publish = False
         self.last_id: str | None = None
         self.tally = collections.Counter()
+        self.rejected_by: collections.Counter = collections.Counter()  # claimed gateway -> refused changes
         self.gateways: dict[str, float] = {}  # other gateways seen, and when last
         self.lag = None  # seconds between another gateway learning an entry and our applying it
         self.lag_max = 0.0
@@ -278,7 +300,8 @@ class Cluster:
                 "lag_seconds": None if self.lag is None else round(self.lag, 3),
                 "lag_max_seconds": round(self.lag_max, 3), **self._percentiles(),
                 "inbox": len(self.inbox),
-                "pending": len(self._pending), **dict(self.tally)}
+                "pending": len(self._pending), **dict(self.tally),
+                "rejected_by_gateway": dict(self.rejected_by.most_common())}
 
     def _percentiles(self) -> dict:
         lags = sorted(self._lags)
@@ -375,6 +398,10 @@ class Cluster:
             change = decode(raw, self.key)
         except ValueError as exc:
             self.tally["rejected"] += 1
+            claimed = getattr(exc, "gw", "") or "(none)"
+            if claimed not in self.rejected_by and len(self.rejected_by) >= MAX_REJECTED_NAMES:
+                claimed = "(other)"
+            self.rejected_by[claimed] += 1
             if self.tally["rejected"] <= 10 or self.tally["rejected"] % 1000 == 0:
                 emit(log, logging.WARNING, "cluster_rejected", error=str(exc)[:200],
                      count=self.tally["rejected"])

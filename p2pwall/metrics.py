@@ -90,6 +90,10 @@ def _cluster_lines(cluster: dict | None) -> list[str]:
              "# TYPE p2pwall_cluster_changes_total counter"]
     for outcome in ("published", "applied", "refused", "rejected"):
         lines.append(f'p2pwall_cluster_changes_total{{outcome="{outcome}"}} {cluster.get(outcome, 0)}')
+    lines += ["# HELP p2pwall_cluster_rejected_total Changes refused (garbage, bad signature), by the gateway they claim.",
+              "# TYPE p2pwall_cluster_rejected_total counter"]
+    for gw, n in sorted((cluster.get("rejected_by_gateway") or {}).items()):
+        lines.append(f'p2pwall_cluster_rejected_total{{gateway="{gw}"}} {n}')
     lines += ["# HELP p2pwall_cluster_lag_seconds Seconds between another gateway's change and its application here.",
               "# TYPE p2pwall_cluster_lag_seconds gauge", f"p2pwall_cluster_lag_seconds {cluster.get('lag_seconds') or 0}",
               "# HELP p2pwall_cluster_gateways Other gateways seen.", "# TYPE p2pwall_cluster_gateways gauge",

@@ -211,5 +211,6 @@ def test_entries_written_without_the_key_are_ignored_and_logged(cnet, gateways):
     time.sleep(1.5)
     assert cnet.outside[35] not in peers_of(gw1) | peers_of(gw2)
     assert gw1.status()["cluster"]["rejected"] >= 1
+    assert gw1.status()["cluster"]["rejected_by_gateway"].get("intruder", 0) >= 1  # who it claimed to be
     assert "missing or bad signature" in gw2.output()
     assert connects(cnet, cnet.lans[1], cnet.outside[35], 80)

@@ -295,3 +295,24 @@ def test_changes_from_another_gateway_go_through_the_ledgers_checks():
     assert link.apply_pending(h.engine.ledger) == 3
     assert h.blocked(PEER) and not h.peer(PEER).lanwide and h.locked(LAN2) and not h.blocked(LAN2)
     assert link.tally["applied"] == 2 and link.tally["refused"] == 1
+
+
+def test_refused_changes_are_counted_by_the_gateway_they_claim():
+    from p2pwall.cluster import MAX_REJECTED_NAMES
+
+    link = cluster_pair()
+    wall = time.time()
+    good = encode(Change(Record(BLOCK, ip_bytes(PEER), None, 60, "ft", lanwide=True), "gw2", wall), None, wall)
+    link.key = b"k"  # from now on only signed changes are taken
+    link._take(good, live=True)  # unsigned, claiming gw2
+    link._take("[" * 4000, live=True)  # garbage naming nobody
+    link._take('{"gw": "gw3", "op": "block", "addr": "not an address"}', live=True)
+    for i in range(MAX_REJECTED_NAMES + 5):  # a flood of invented names stays bounded
+        link._take('{"gw": "fake%d", "op": "lock"}' % i, live=True)
+    by = link.status()["rejected_by_gateway"]
+    assert by["gw2"] == 1 and by["(none)"] == 1 and by["gw3"] == 1
+    assert len(by) <= MAX_REJECTED_NAMES + 1 and by["(other)"] >= 5
+    assert link.tally["rejected"] == 3 + MAX_REJECTED_NAMES + 5 and not link.inbox
+    from p2pwall.metrics import _cluster_lines
+
+    assert 'p2pwall_cluster_rejected_total{gateway="gw2"} 1' in _cluster_lines(link.status())
