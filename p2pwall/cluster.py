@@ -174,8 +174,10 @@ class Cluster:
     """One gateway's link to the shared memory.  ``publish`` and ``drain`` are called
     from the daemon's loop; everything that waits on Redis runs in two threads."""
 
-    def __init__(self, settings, suffix: str = "", client=None):
-        self.name = (settings.cluster_name or socket.gethostname()) + suffix
+    def __init__(self, settings, worker: int = 0, client=None):
+        from .config import gateway_name
+
+        self.name = gateway_name(settings, worker)
         self.tell = lambda kind, **fields: None  # the history and [notify] (set by the daemon)
         self.prefix = settings.cluster_prefix
         self.stream = f"{self.prefix}:changes"

@@ -339,3 +339,11 @@ def load(path: str | Path | None) -> Settings:
         return from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def gateway_name(settings: Settings, worker: int = 0) -> str:
+    """This gateway's name among several (``[cluster] name``, else the host name), a
+    worker's with its number: what the cluster, the history and the webhooks call it."""
+    import socket
+
+    return (settings.cluster_name or socket.gethostname()) + (f"/worker{worker}" if worker else "")

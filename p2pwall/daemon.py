@@ -153,8 +153,8 @@ class Daemon:
             except OSError as exc:  # another instance's socket: a usage error, as a busy queue is
                 raise (QueueBusy if "in use" in str(exc) else DaemonError)(f"status socket: {exc}") from None
             self._owns_state = not self.monitor
-            self.recorders = Recorders(self.settings, detector_protocols(self.detectors), self.monitor, self.worker)
-            observers.builtin = self.recorders.observers()
+            self._take_recorders(Recorders(self.settings, detector_protocols(self.detectors), self.monitor,
+                                           self.worker))
             if self.worker:
                 return self._run_worker(source, status, wake_r)
             if self.settings.metrics_listen:
@@ -393,10 +393,10 @@ class Daemon:
         from .cluster import Cluster, ClusterError
 
         try:
-            self.cluster = Cluster(self.settings, suffix=f"/worker{self.worker}" if self.worker else "")
+            self.cluster = Cluster(self.settings, self.worker)
         except ClusterError as exc:
             raise DaemonError(str(exc)) from None
-        self.cluster.tell = self.recorders.tell
+        self.cluster.tell = lambda kind, **fields: self.recorders.tell(kind, **fields)  # whichever are current
         if not self.monitor:  # a dry run tells the other gateways nothing
             self.engine.ledger.mirrors.append(self.cluster)
         self.cluster.start()
@@ -421,11 +421,7 @@ class Daemon:
             return
         if fresh is not None:  # [history] or [notify] changed: the new ones take over; the old ones
             self.recorders.close_later()  # finish what they hold off the loop
-            self.recorders = fresh
-            if self.engine.observer_thread is not None:
-                self.engine.observer_thread.builtin = fresh.observers()
-            if self.cluster is not None:
-                self.cluster.tell = fresh.tell
+            self._take_recorders(fresh)
         if self.monitor:
             settings = dataclasses.replace(settings, kernel_sets=False)
         policy = QueuePolicy.build(settings, detectors)
@@ -446,6 +442,12 @@ class Daemon:
                 self._install()
         emit(log, logging.INFO, "reloaded", detectors=",".join(detectors.names()),
              peers=len(self.engine.peers), locks=len(self.engine.locks))
+
+    def _take_recorders(self, recorders: Recorders) -> None:
+        """The history and webhooks in use from now on, fed by the observer thread."""
+        self.recorders = recorders
+        if self.engine.observer_thread is not None:
+            self.engine.observer_thread.builtin = recorders.observers()
 
     # ---------------------------------------------------------------- state
     def _restore_state(self) -> None:

@@ -83,6 +83,13 @@ class Event:
     def fields(self) -> dict:
         return {k: v for k, v in self.to_dict().items() if k not in ("kind", "time", "wall")}
 
+    def told(self) -> tuple[float, dict]:
+        """(wall-clock time, fields) as the history and the webhooks tell it: the LAN host
+        concerned is ``host``."""
+        return self.wall or time.time(), {
+            "detector": self.detector, "host": self.address, "peer": self.peer, "scope": self.scope,
+            "evidence": self.evidence, "reason": self.reason, "until": self.until, "clients": self.clients}
+
 
 class EventLog:
     """Counts events, logs them (rate limited) and keeps the recent ones."""

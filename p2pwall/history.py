@@ -89,9 +89,8 @@ class History:
     def observe(self, event) -> None:
         """A ``p2pwall_event`` observer: the engine's events, with their wall-clock time."""
         if event.kind in KINDS:
-            self.add(event.kind, getattr(event, "wall", None) or time.time(), detector=event.detector,
-                     host=event.address, peer=event.peer, scope=event.scope, evidence=event.evidence,
-                     reason=event.reason, until=event.until, clients=getattr(event, "clients", None))
+            when, fields = event.told()
+            self.add(event.kind, when, **fields)
 
     def add(self, kind: str, when: float, **fields) -> None:
         clients = fields.get("clients")

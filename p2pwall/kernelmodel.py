@@ -145,27 +145,23 @@ def kernel_with_sets(policy: QueuePolicy, base: int, outgoing: bool, syn: bool, 
         return KERNEL_DROP
     return QUEUE if base == BASE_QUEUE else PASS
 
-def sized_first(sizes, paylen, dport):
-    """First payloads out whose size the rules read by shape (numpy arrays)."""
+def sized_first(sizes, paylen, port):
+    """Payloads whose size the rules read by shape, off the service ports (numpy arrays;
+    ``port``: the outside end's)."""
     from .capindex import one_of
     from .plugins import SERVICE_PORTS
 
-    return (paylen >= sizes[0]) & (paylen <= sizes[1]) & ~one_of(dport, tuple(sorted(SERVICE_PORTS)))
+    return (paylen >= sizes[0]) & (paylen <= sizes[1]) & ~one_of(port, tuple(sorted(SERVICE_PORTS)))
 
 
 def _sized(policy: QueuePolicy, c: "KernelColumns", outgoing: bool):
     """First payloads the size rules queue (kernel model for replay)."""
     import numpy as np
 
-    from .capindex import one_of
-    from .plugins import SERVICE_PORTS
-
     sizes = policy.first_sizes if outgoing else policy.first_sizes_in
     if sizes is None:
         return np.zeros(len(c.proto), bool)
-    port = c.dport if outgoing else c.sport
-    return (c.first & (c.paylen >= sizes[0]) & (c.paylen <= sizes[1])
-            & ~one_of(port, tuple(sorted(SERVICE_PORTS))))
+    return c.first & sized_first(sizes, c.paylen, c.dport if outgoing else c.sport)
 
 def _payload_selected_bytes(policy: QueuePolicy, v6: bool, data: bytes) -> bool:
     if policy.tcp_prefixes and v6:

@@ -54,9 +54,8 @@ class Notifier:
 
     def observe(self, event) -> None:
         """A ``p2pwall_event`` observer."""
-        fields = {"host": event.address, "peer": event.peer, "detector": event.detector, "reason": event.reason,
-                  "until": event.until, "scope": event.scope, "evidence": event.evidence, "clients": event.clients}
-        self.add(event.kind, getattr(event, "wall", None) or time.time(), **fields)
+        when, fields = event.told()
+        self.add(event.kind, when, **fields)
 
     def add(self, kind: str, when: float, **fields) -> None:
         name = notify_kind(kind, fields)

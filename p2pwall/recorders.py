@@ -10,7 +10,6 @@ the writers) and posts its own notifications.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from collections import Counter
 
@@ -31,7 +30,9 @@ class Recorders:
         self.history = self.notifier = None
         if monitor:
             return
-        gateway = (settings.cluster_name or socket.gethostname()) + (f"/worker{worker}" if worker else "")
+        from .config import gateway_name
+
+        gateway = gateway_name(settings, worker)
         if settings.history_file:
             from .history import History, HistoryError
 
