@@ -11,6 +11,8 @@ for tool in iptables:iptables ipset:ipset ip:iproute2 ping:iputils-ping setpriv:
 done
 [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)
 command -v gcc >/dev/null 2>&1 || need+=(build-essential)
+# libtorrent-rasterbar for the real-client e2e tests, driven by the system's python3
+/usr/bin/python3 -c 'import libtorrent' >/dev/null 2>&1 || need+=(python3-libtorrent)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -177,3 +177,58 @@ def _user(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+LTCLIENT = str(__import__("pathlib").Path(__file__).with_name("ltclient.py"))
+SYSTEM_PYTHON = "/usr/bin/python3"  # where Debian's python3-libtorrent is importable
+
+
+def have_libtorrent() -> bool:
+    return os.path.exists(SYSTEM_PYTHON) and subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import libtorrent"], capture_output=True).returncode == 0
+
+
+class LtSwarm(Swarm):
+    """The private-tracker swarm of :class:`Swarm` with libtorrent-rasterbar on every peer
+    (its defaults: uTP first, then TCP; encryption enabled, or required with
+    ``crypto="required"``): the tracker only over HTTPS (stunnel), no DHT, ``seeders``
+    seeders on as many outside addresses, whom the tracker names to every announce."""
+
+    def __init__(self, net, tag: str, seeders: int = 3, crypto: str = "enabled", size: int = 2 * 1024 * 1024):
+        super().__init__(net, tag, True, size=size, private=True, seeders=seeders)
+        self.crypto = crypto
+
+    def _client(self, ns, role, ip, port, where, tracker, seconds, log):
+        args = [SYSTEM_PYTHON, LTCLIENT, role, "--listen", ip, "--port", str(port), "--torrent", str(self.torrent),
+                "--dir", str(where), "--crypto", self.crypto, "--seconds", str(seconds)]
+        return args + (["--tracker", tracker] if tracker else [])
+
+    def start(self) -> None:
+        net = self.net
+        peers = ",".join(f"{ip}:{6881 + 10 * i}" for i, ip in enumerate(self.seeders))
+        self.procs.append(net.start(net.out, SYSTEM_PYTHON, LTCLIENT, "tracker", "--listen", self.tracker_ip,
+                                    "--port", "6969", "--peers", peers, log=f"{self.tag}-tracker.log"))
+        key, cert = self.dir / "key.pem", self.dir / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=tracker.example", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        conf = self.dir / "stunnel.conf"
+        conf.write_text(f"foreground = yes\npid =\n[tracker]\naccept = {self.tracker_ip}:443\n"
+                        f"connect = {self.tracker_ip}:6969\ncert = {cert}\nkey = {key}\n")
+        self.procs.append(net.spawn(net.out, "stunnel4", str(conf), log=f"{self.tag}-stunnel.log"))
+        for i, ip in enumerate(self.seeders):
+            self.procs.append(net.start(net.out, *self._client(
+                net.out, "seed", ip, 6881 + 10 * i, self.seed_dir, None, 600, None), log=f"{self.tag}-seeder{i}.log", ready='"ready"', timeout=20))
+        time.sleep(3)  # seeders checked their data and announced
+
+    def leech(self, stop_after: float = 15) -> dict:
+        """Run the leecher on the first LAN host for ``stop_after`` seconds (or until it
+        has the whole file): its final report (pieces, payload bytes, peers)."""
+        done = self.net.exec(self.net.lans[0], *self._client(self.net.lans[0], "leech", self.net.lan_ips[0], 6881,
+                                                              self.leech_dir, None, stop_after, None),
+                             check=False, timeout=stop_after + 60)
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        final = next((line for line in reversed(lines) if line.get("done")), None)
+        if final is None:
+            raise AssertionError(f"libtorrent leecher failed: {done.stdout[-500:]} {done.stderr[-1500:]}")
+        final["alerts"] = [line["alert"] for line in lines if "alert" in line]
+        return final

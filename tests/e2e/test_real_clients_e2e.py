@@ -1,0 +1,89 @@
+"""P2P programs people run, with their default settings, through the real daemon with
+every detector.
+
+libtorrent-rasterbar (Debian's ``python3-libtorrent``: the engine of qBittorrent and
+Deluge) on the leecher and on three seeders at three outside addresses, the private-
+tracker way: the tracker only over HTTPS (stunnel in front), no DHT, no local discovery.
+Its defaults: uTP first (its SYN announces a receive window of 0), then TCP; encryption
+enabled, or required.  Without p2pwall the whole file arrives over uTP; with it no piece
+verifies and at most 64 KiB of peer payload reaches the leecher, the other LAN host
+browses throughout, and the offender is free one lock period after its client stops."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from .helpers import Browsing
+from .swarm import LtSwarm, have_libtorrent
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_libtorrent(), reason="python3-libtorrent is not installed")]
+LOCK = 5
+
+
+@pytest.fixture(scope="module")
+def ordinary(net):
+    web = net.outside[-1]
+    net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "serve", "--bind", web,
+              "--dir", str(net.dir), log="ordinary.out", timeout=20)
+    return web
+
+
+@pytest.fixture
+def shaped(net):
+    """The peers' uplink at 20 Mbit/s (a generous residential upload): on bare veth links
+    a piece would cross in the time a kernel set update takes, which no real swarm does."""
+    net.exec(net.out, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "20mbit", "burst", "32kbit",
+             "latency", "50ms")
+    yield
+    net.exec(net.out, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+
+
+def _free_again(net, web) -> bool:
+    deadline = time.monotonic() + 2 * LOCK + 5
+    while time.monotonic() < deadline:
+        done = net.exec(net.lans[0], sys.executable, "-m", "p2pwall_lab.testbed.traffic", "http", "--url",
+                        f"http://{web}/f", "--timeout", "1", check=False)
+        if json.loads(done.stdout or '{"ok": false}')["ok"]:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.parametrize("crypto", ["enabled", "required"])
+def test_libtorrent_private_swarm_is_stopped(net, ordinary, shaped, crypto):
+    bare = LtSwarm(net, f"lt-{crypto}-bare", crypto=crypto)
+    try:
+        bare.start()
+        got = bare.leech(stop_after=20)
+        assert bare.pieces_received() == 8, got  # the control run: the whole file arrives
+        assert any(p.endswith("/utp") or "/utp/" in p for p in got["peers"]), got  # over uTP, as shipped
+    finally:
+        bare.stop()
+
+    swarm = LtSwarm(net, f"lt-{crypto}", crypto=crypto)
+    daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), name=f"lt-{crypto}")
+    browsing = Browsing(net, f"http://{ordinary}/f")
+    try:
+        swarm.start()
+        browsing.start()
+        got = swarm.leech(stop_after=15)
+        assert swarm.pieces_received() == 0 and got["pieces"] == 0, got
+        assert got["payload"] <= 64 * 1024, got
+        snap = daemon.status()
+        entries = {e["address"]: e for e in snap["peers"]["entries"]}
+        assert set(swarm.seeders) <= set(entries), entries  # every seeder it tried, blocked for it
+        assert all(entries[ip]["scope"] == "client" for ip in swarm.seeders)
+        assert swarm.tracker_ip not in entries  # the HTTPS tracker itself is ordinary TLS on 443
+        assert snap["drops_by_detector"].get("bittorrent", 0) > 0
+    finally:
+        results = browsing.stop()
+        swarm.stop()
+    try:
+        assert _free_again(net, ordinary)  # the client stopped: one lock period later the host is free
+    finally:
+        daemon.stop()
+    assert results and all(results), results  # the other LAN host's web downloads worked throughout
