@@ -4,7 +4,8 @@ Signatures (``shared/protocols.md``; BEP 3, 5, 14, 15, 29):
 
 - peer wire handshake: ``0x13 "BitTorrent protocol"`` (either side's first packet);
 - DHT (KRPC): a bencoded dictionary with ``1:y1:q|r|e`` and a transaction ``1:t``;
-- uTP: a SYN whose whole 20-byte header (plus extensions) is consistent;
+- uTP: a SYN whose whole 20-byte header (plus extensions) is consistent, and what uTP
+  carries, read as TCP's payloads are (the handshake, MSE's shape): see :mod:`.utp`;
 - UDP tracker connect: protocol id ``0x41727101980``, action 0, 16 bytes;
 - HTTP tracker: ``GET /announce?...info_hash=`` or ``/scrape?``;
 - local service discovery: ``BT-SEARCH * HTTP/1.1`` to port 6771 (multicast).
@@ -34,6 +35,10 @@ Can a browser, an ordinary protocol or one hostile LAN host make it fire?
   acknowledgement), a tracker connect 1 in 2^64; the chance test
   (``tests/plugins/test_chance.py``) measures 0 blocks on 100,000 each of randomised
   DNS, IKEv2, QUIC, STUN, RTP and random payloads.
+- uTP ST_DATA: a datagram is read only after a consistent uTP header and extension
+  chain; the handshake then needs its 20 exact bytes (whole or in sequence), MSE over uTP
+  the whole numbered exchange (:mod:`.mse`): ``test_chance`` runs 20,000 random
+  exchanges shaped like uTP data, MSE's sizes included, to 50 servers: 0 blocks.
 - Replies: a DHT response or a peer-wire handshake from the address itself (the first
   reply payload of a flow a LAN client opened) blocks it for the whole LAN.  A tracker
   response, and the peers and nodes a reply names, count only on a flow where this
@@ -51,7 +56,7 @@ from struct import unpack_from
 from p2pwall import FROM_LAN, TCP, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, Report, browser_shaped, hookimpl
 from p2pwall_plugins._common import switches
 
-from . import mse
+from . import mse, utp
 
 __version__ = "1.0.0"
 
@@ -86,24 +91,8 @@ def is_krpc(data: bytes) -> bool:
 
 
 def is_utp_syn(p) -> bool:
-    """A uTP ST_SYN with a consistent header and extension chain."""
-    n = len(p)
-    if n < 20 or p[0] != 0x41 or p[1] > 2:
-        return False
-    ext, off = p[1], 20
-    for _ in range(4):
-        if ext == 0:
-            break
-        if off + 2 > n:
-            return False
-        ext, length = p[off], p[off + 1]
-        off += 2 + length
-    else:
-        return False
-    # no payload; nothing received yet, so no timestamp difference and nothing
-    # acknowledged.  The receive window is not asked for: libutp (Transmission) announces
-    # one, libtorrent-rasterbar 2.0 (qBittorrent, Deluge) sends its SYN with window 0.
-    return (off == n and unpack_from("!I", p, 8)[0] == 0 and unpack_from("!H", p, 18)[0] == 0)
+    """A uTP ST_SYN with a consistent header and extension chain (see :mod:`.utp`)."""
+    return utp.is_syn(p)
 
 
 def is_tracker_connect(p) -> bool:
@@ -155,15 +144,17 @@ class BitTorrentDetector:
         c = self.conf
         wants = ["udp", "tcp_payload"]
         strings_in = []
+        if c["learn"] or c["utp"]:
+            wants.append("udp_in")  # DHT replies; what uTP carries back
         if c["learn"]:
-            wants += ["udp_in", "tcp_payload_in"]
+            wants.append("tcp_payload_in")
             strings_in = [b"5:peers", b"BitTorrent protocol"]
         elif c["mse"]:
             wants.append("tcp_payload_in")  # the answer of an MSE exchange
         return DetectorInfo(name="bittorrent", version=__version__, protocols=["BitTorrent"],
                             description="peer wire, DHT, uTP, trackers, LSD; learns peers from replies",
                             wants=wants, tcp_strings=[b"BitTorrent protocol", b"info_hash="],
-                            udp_screen=rb"d[0-9]|\x41[\x00-\x02]|\x00\x00\x04\x17\x27\x10\x19\x80|BT-SEARCH",
+                            udp_screen=rb"d[0-9]|\x41[\x00-\x02]|\x01[\x00-\x03]|\x00\x00\x04\x17\x27\x10\x19\x80|BT-SEARCH",
                             tcp_strings_in=strings_in, locks=c["lock"],
                             tcp_first_sizes=mse.SIZES if c["mse"] else None,
                             tcp_first_sizes_in=mse.SIZES if c["mse"] else None)
@@ -189,6 +180,8 @@ class BitTorrentDetector:
                 reason = "BitTorrent uTP"
             elif c["trackers"] and is_tracker_connect(p):
                 reason = "BitTorrent UDP tracker"
+            elif c["utp"] and len(p) > 20 and p[0] == utp.DATA:
+                return self._utp_data(packet, context)
             else:
                 return None
             return [Block(packet.dst, reason=reason), Drop(reason)]
@@ -205,10 +198,37 @@ class BitTorrentDetector:
             return mse.inspect(packet, context)
         return None
 
+    def _utp_data(self, packet, context):
+        """A LAN client's uTP ST_DATA: the handshake (however split), or MSE's shape."""
+        found = utp.data(packet.payload)
+        if found is None:
+            return None
+        seq, ack, payload = found
+        if utp.stream_start(packet, context, seq, payload, HANDSHAKE).startswith(HANDSHAKE):
+            reason = "BitTorrent handshake over uTP"
+            return [Block(packet.dst, reason=reason), Drop(reason)]
+        if self.conf["mse"]:
+            return mse.utp_inspect(packet, context, seq, payload)
+        return None
+
+    def _utp_reply(self, packet, context):
+        found = utp.data(packet.payload)
+        if found is None:
+            return None
+        seq, ack, payload = found
+        if utp.stream_start(packet, context, seq, payload, HANDSHAKE).startswith(HANDSHAKE):
+            reason = "BitTorrent handshake over uTP"
+            return [Block(packet.src, reason=reason), Drop(reason)]
+        if self.conf["mse"]:
+            mse.utp_reply(packet, context, ack, payload)
+        return None
+
     def _reply(self, packet, context):
         """Replies towards a LAN host: learn the peers they name (and read MSE's answers)."""
         if context.in_lan(packet.src):
             return None
+        if packet.proto == UDP and self.conf["utp"] and len(packet.payload) > 20 and packet.payload[0] == utp.DATA:
+            return self._utp_reply(packet, context)
         if self.conf["mse"] and packet.proto == TCP and packet.first and packet.end > packet.off:
             mse.reply(packet, context)
         if not self.conf["learn"]:

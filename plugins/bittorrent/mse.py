@@ -34,6 +34,14 @@ directions, and then the number of peers:
 The kernel queues what this needs and no more: first payloads of these sizes in each
 direction (off the service ports), and the one payload after such an opening.
 
+Over uTP (:mod:`.utp`) the exchange is the same, numbered by uTP's packet sequence
+instead of TCP's byte sequence: the opening is the client's first ST_DATA payloads
+before any answer (libtorrent sends 548-byte datagrams at first, so an opening of up to
+608 bytes may take two), 96-608 bytes in all, its first datagram MSE-shaped; the answer
+is the peer's first ST_DATA, MSE-shaped, acknowledging the opening and nothing beyond
+it; the second step is the client's next datagram in sequence, of at least 56 bytes,
+within ``STEP_SECONDS``.  It is counted with the TCP exchanges, per client.
+
 Can a browser, an ordinary protocol or one hostile LAN host make it fire?
 - A browser: its connections start with TLS (record type 0x16) or an HTTP request line,
   never 96+ random bytes; WebRTC data is UDP.
@@ -131,6 +139,58 @@ def inspect(packet, context):
     if stage != ANSWERED or packet.seq != expected or len(data) < SECOND_MIN or now - at > STEP_SECONDS:
         return None
     return _count(context, client, peer, now)
+
+
+_UTP_FLOW = "mse-utp"
+_UTP_STEP = struct.Struct("!BHHHd")  # stage, first and last sequence number of the opening, its size, when
+
+
+def _opening(data: bytes) -> bool:
+    """The first bytes of an MSE opening, of a size an opening may have."""
+    n = len(data)
+    return (SIZES[0] <= n <= SIZES[1] and data[0] not in _TLS_TYPES and len(set(data[:96])) >= 56
+            and not is_rlpx_auth(data) and not whatsapp_opening(data))
+
+
+def utp_inspect(packet, context, seq: int, data: bytes):
+    """A LAN client's uTP ST_DATA payload: its opening (one datagram or more, in
+    sequence), or the second step of an exchange whose first two were MSE's (counted
+    per client, with the TCP ones)."""
+    if packet.dport in SERVICE_PORTS:
+        return None
+    client, peer, now = packet.src, packet.dst, context.now
+    tag = f"{_UTP_FLOW}:{packet.sport}:{packet.dport}"
+    note = context.note_for(client, peer, tag)
+    if note is None:
+        if _opening(data):
+            context.recognise(packet)
+            context.keep_note(client, peer, tag, _UTP_STEP.pack(OPENED, seq, seq, len(data), now), STEP_SECONDS)
+        return None
+    stage, first, last, size, at = _UTP_STEP.unpack(note)
+    following = seq == (last + 1) & 0xFFFF and now - at <= STEP_SECONDS
+    if stage == OPENED and following and size + len(data) <= SIZES[1]:
+        context.keep_note(client, peer, tag, _UTP_STEP.pack(OPENED, first, seq, size + len(data), at), STEP_SECONDS)
+        return None
+    context.keep_note(client, peer, tag, _UTP_STEP.pack(DONE, 0, 0, 0, now), 1.0)  # one look at the second step
+    if stage != ANSWERED or not following or len(data) < SECOND_MIN:
+        return None
+    return _count(context, client, peer, now)
+
+
+def utp_reply(packet, context, ack: int, data: bytes) -> None:
+    """The peer's first uTP ST_DATA back: the answer when it is MSE-shaped and
+    acknowledges the client's opening and nothing beyond it."""
+    client, peer = packet.dst, packet.src
+    tag = f"{_UTP_FLOW}:{packet.dport}:{packet.sport}"
+    note = context.note_for(client, peer, tag)
+    if note is None:
+        return
+    stage, first, last, size, at = _UTP_STEP.unpack(note)
+    within = (ack - first) & 0xFFFF <= (last - first) & 0xFFFF
+    if stage == OPENED and size >= SIZES[0] and within and _opening(data[:SIZES[1]]):
+        context.keep_note(client, peer, tag, _UTP_STEP.pack(ANSWERED, first, last, size, context.now), STEP_SECONDS)
+    else:
+        context.keep_note(client, peer, tag, _UTP_STEP.pack(DONE, 0, 0, 0, context.now), 1.0)
 
 
 def reply(packet, context) -> None:

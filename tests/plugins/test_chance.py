@@ -94,3 +94,23 @@ def test_tls_segments_block_nothing(every_detector):
                    rng.randrange(1024, 65536), 443, record), first=i % 4 == 0)
         h.feed(tcp("192.168.1.9", "203.0.113.9", 40000, 443, rng.randbytes(rng.randrange(100, 1400))), first=False)
     assert len(h.engine.peers) == 0
+
+
+def test_random_exchanges_shaped_like_utp_data_block_nothing(every_detector):
+    """A UDP protocol whose every datagram starts like uTP's ST_DATA (0x01, no extension)
+    and is random after it, MSE's sizes included: 20,000 three-datagram exchanges (an
+    opening, an answer, a next datagram) from one client to 50 servers.  Only uTP's own
+    numbering (the answer acknowledging the opening, the next datagram continuing it)
+    makes such an exchange MSE's, and random numbers do so about once in 2^32."""
+    h = every_detector()
+    rng = random.Random(11)
+    for i in range(20_000):
+        server, sport = "203.0.113.%d" % (i % 50 + 1), rng.randrange(1024, 65536)
+        for direction, size in ((None, rng.randrange(96, 609)), ("to_lan", rng.randrange(96, 609)),
+                                (None, rng.randrange(56, 1400))):
+            payload = b"\x01\x00" + rng.randbytes(18 + size)
+            if direction is None:
+                h.feed(udp("192.168.1.5", server, sport, 6881, payload))
+            else:
+                h.feed(udp(server, "192.168.1.5", 6881, sport, payload), direction)
+    assert len(h.engine.peers) == 0 and len(h.engine.locks) == 0, h.engine.all_counters()
