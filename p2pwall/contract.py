@@ -135,6 +135,11 @@ class DetectorInfo:
     locks: bool = True
     """Whether a LAN host's TCP SYN to a peer this detector blocked time-locks that host,
     in the engine and in the kernel (``[detectors.<name>] lock`` for the built-in ones)."""
+    locks_udp: bool = False
+    """Whether a host this detector locks also loses, for the lock's time, its UDP to every
+    port but the UDP service ports (``p2pwall.plugins.UDP_SERVICE_PORTS``: DNS, NTP, QUIC,
+    ...), in the engine and in the kernel: for a protocol that runs over UDP as well as
+    TCP (a UDP transport), where dropping TCP SYNs alone leaves it going."""
     origin: str = ""
     """Set by p2pwall: "built in" or the distribution the detector came from."""
     observer: bool = False

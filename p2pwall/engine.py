@@ -34,7 +34,9 @@ from .kernelsets import valid_element
 from .ledger import Ledger
 from .mirrors import KernelMirror
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_text, parse
-from .plugins import KINDS, DetectorSet
+from .plugins import KINDS, UDP_SERVICE_PORTS, DetectorSet
+
+_UDP_SERVICES = frozenset(UDP_SERVICE_PORTS)
 from .records import BLOCK, LOCK, OWN, PAIR, Record, from_kernel
 
 log = logging.getLogger("p2pwall.engine")
@@ -104,6 +106,7 @@ class Engine:
         self.protected = AddressSet(list(settings.allow) + list(settings.protect)
                                     + nameservers(settings.resolv_conf))
         self._udp_screen = detectors.udp_screen()
+        self._udp_lockers = detectors.udp_locking()  # their locked clients lose their UDP too
         # each detector sees only what its own declarations select: its udp_screen, its
         # TCP strings, prefixes and first-payload sizes (the kernel queues their union)
         udp = detectors.udp_screens()
@@ -148,7 +151,8 @@ class Engine:
         if (from_lan_if and hook == HOOK_FORWARD and screen is not None and len(raw) >= 28
                 and raw[0] == 0x45 and raw[9] == UDP and not (raw[6] & 0x3F or raw[7])):
             end = (raw[2] << 8) | raw[3]
-            if screen(raw, 28, end if end <= len(raw) else len(raw)) is None and raw[16:20] not in self.peers:
+            if (screen(raw, 28, end if end <= len(raw) else len(raw)) is None and raw[16:20] not in self.peers
+                    and not (self._udp_lockers and raw[12:16] in self.locks)):
                 self.n_accepted += 1
                 return ACCEPTED
         packet = parse(raw)
@@ -203,6 +207,10 @@ class Engine:
             elif syn:
                 locked = self.locks.get(packet.src, now)
                 if locked is not None:
+                    drop, fired, reason = True, locked.detector, "client locked"
+            elif proto == UDP and self._udp_lockers and direction == FROM_LAN and packet.dport not in _UDP_SERVICES:
+                locked = self.locks.get(packet.src, now)  # its UDP transport goes with its TCP
+                if locked is not None and locked.detector in self._udp_lockers:
                     drop, fired, reason = True, locked.detector, "client locked"
 
         incoming = direction == TO_LAN

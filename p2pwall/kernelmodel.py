@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .kernelsets import _timeout, valid_element
 from .packet import TCP, UDP
 from .policy import QueuePolicy
-from .records import PAIR, Record
+from .records import LOCKS, PAIR, UDPLOCKS, Record
 
 # what the kernel does with a packet before (or instead of) the queue
 QUEUE = "queue"  # handed to the engine
@@ -80,14 +80,15 @@ def _finder(strings: tuple[bytes, ...]):
 
 
 def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, received: int,
-                   peer_set: str | None, locked: bool, solicited: bool = True, second: bool = False) -> str:
+                   peer_set: str | None, locked: bool, solicited: bool = True, second: bool = False,
+                   udp_locked: bool = False) -> str:
     """What the installed rules do with a forwarded ``packet`` (QUEUE, PASS or
     KERNEL_DROP), given its flow's packet counts so far in each direction (this one
     included, as connbytes counts), the kernel set its LAN-side destination is in
     (``peers``, ``nolock``, ``pair`` or None), whether its sender is in the lock set,
     and whether a LAN host opened the flow (unsolicited inbound traffic is never read).
-    ``second``: it is the payload after a first one of a shape-read size.
-    One packet through :func:`kernel_base` and :func:`kernel_with_sets`."""
+    ``second``: it is the payload after a first one of a shape-read size; ``udp_locked``:
+    its sender is in the UDP lock set (``udplocks``).  One packet through :func:`kernel_base` and :func:`kernel_with_sets`."""
     import numpy as np
 
     if packet.proto not in (TCP, UDP):
@@ -97,7 +98,9 @@ def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, recei
                          one(received), one(packet.is_syn, bool), one(packet.end - packet.off),
                          one(packet.first, bool), one(packet.sport), one(packet.dport),
                          one(packet.version == 6, bool), lambda rows: [packet.data], one(second, bool))
-    return kernel_with_sets(policy, int(kernel_base(policy, cols)[0]), outgoing, packet.is_syn, peer_set, locked)
+    udp_locked = udp_locked and packet.proto == UDP and udp_lock_port(packet.dport)
+    return kernel_with_sets(policy, int(kernel_base(policy, cols)[0]), outgoing, packet.is_syn, peer_set, locked,
+                            udp_locked)
 
 def kernel_base(policy: QueuePolicy, c: "KernelColumns"):
     """The rules' verdict for many packets at once, before any set is consulted:
@@ -130,8 +133,17 @@ def kernel_base(policy: QueuePolicy, c: "KernelColumns"):
         queue |= i & tcp & ~syn & pay & _sized(policy, c, False)
     return np.where(queue, BASE_QUEUE, np.where(clean, BASE_CLEAN, BASE_PASS))
 
-def kernel_with_sets(policy: QueuePolicy, base: int, outgoing: bool, syn: bool, peer_set: str | None, locked: bool) -> str:
-    """One packet's verdict from its :func:`kernel_base` code and the kernel sets."""
+def udp_lock_port(port: int) -> bool:
+    """A UDP destination port the UDP lock takes (every one but the service ports)."""
+    from .plugins import UDP_SERVICE_PORTS
+
+    return port not in UDP_SERVICE_PORTS
+
+
+def kernel_with_sets(policy: QueuePolicy, base: int, outgoing: bool, syn: bool, peer_set: str | None, locked: bool,
+                     udp_locked: bool = False) -> str:
+    """One packet's verdict from its :func:`kernel_base` code and the kernel sets
+    (``udp_locked``: a UDP datagram from a client in ``udplocks`` to a port it takes)."""
     if outgoing and policy.kernel_sets:
         if peer_set == "peers":
             return QUEUE if syn else KERNEL_DROP  # a SYN locks in the kernel and is queued
@@ -139,6 +151,8 @@ def kernel_with_sets(policy: QueuePolicy, base: int, outgoing: bool, syn: bool, 
             return KERNEL_DROP
         if peer_set == "pair" and policy.pair_sets:
             return QUEUE if syn else KERNEL_DROP  # the nft pair set; SYNs go on to the engine
+        if udp_locked and policy.udp_lockers:
+            return KERNEL_DROP  # the udplock chain: established flows included
     if base == BASE_CLEAN:
         return PASS  # marked clean in conntrack
     if outgoing and policy.kernel_sets and syn and locked:
@@ -177,13 +191,14 @@ class KernelModel:
     covers (from the packet after the one that added it, until its timeout or removal),
     so packets the engine never sees are judged by what the kernel held then."""
 
-    def __init__(self, clock, pairs: bool):
+    def __init__(self, clock, pairs: bool, udp_lockers: frozenset = frozenset()):
         self.clock = clock
         self.pairs = pairs  # the pair set exists (QueuePolicy.pair_sets): else, as live, no pair is held
+        self.udp_lockers = udp_lockers  # QueuePolicy.udp_lockers: their locks are in udplocks too
         self.at = -1  # the packet being handled; a change applies from the next one
         # kind -> element (an address; a (client, peer) pair) -> [first packet, until,
         # removed at or None, note]: what the set holds now, and every element's lives
-        self.live: dict[str, dict] = {kind: {} for kind in ("peers", "nolock", "pair", "locks")}
+        self.live: dict[str, dict] = {kind: {} for kind in ("peers", "nolock", "pair", "locks", UDPLOCKS)}
         self.history: dict[str, dict] = {kind: {} for kind in self.live}
 
     def _add(self, kind: str, key, seconds: float, note: str) -> bool:
@@ -218,12 +233,16 @@ class KernelModel:
                 self._add(PAIR, (self.key(record.client), self.key(record.address)), record.seconds, record.comment())
         elif valid_element(record.address):
             self._add(where, self.key(record.address), record.seconds, record.comment())
+            if where == LOCKS and record.detector in self.udp_lockers:
+                self._add(UDPLOCKS, self.key(record.address), record.seconds, record.comment())
 
     def remove(self, where: str, record: Record) -> None:
         if where == PAIR:
             self._remove(PAIR, (self.key(record.client), self.key(record.address)))
         else:
             self._remove(where, self.key(record.address))
+            if where == LOCKS:
+                self._remove(UDPLOCKS, self.key(record.address))
 
     def flush(self) -> None:
         pass

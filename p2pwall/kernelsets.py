@@ -27,6 +27,7 @@ import subprocess
 from .events import emit
 from .packet import ip_text
 from .policy import NFT_KINDS, QueuePolicy, SetSpec, set_name
+from .records import UDPLOCKS
 from .rules import nft_table
 
 log = logging.getLogger("p2pwall.kernelsets")
@@ -197,15 +198,22 @@ class KernelSets:
             family = 4 if len(peer) == 4 else 6
             self.pending_nft.append(("del", f"pairs{family}", f"{ip_text(client)} . {ip_text(peer)}", 1, ""))
 
+    @property
+    def udp_lockers(self) -> frozenset:
+        return self.policy.udp_lockers
+
     def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
         """Queue an add of ``addr`` to the ``kind`` set; False (and counted) when refused."""
         family = 4 if len(addr) == 4 else 6
-        if family not in self.families or (kind in NFT_KINDS and not self.table):
+        if kind == UDPLOCKS:
+            if not self.table or not self.policy.udp_lockers:
+                return False
+        if family not in self.families or ((kind in NFT_KINDS or kind == UDPLOCKS) and not self.table):
             return False
         if not valid_element(addr) or not math.isfinite(seconds) or seconds <= 0:
             self.refused += 1
             return False
-        if kind in NFT_KINDS:
+        if kind in NFT_KINDS or kind == UDPLOCKS:
             self.pending_nft.append(("add", f"{kind}{family}", ip_text(addr), _timeout(seconds),
                                      comment(note) if note else ""))
             return True
@@ -218,7 +226,9 @@ class KernelSets:
         family = 4 if len(addr) == 4 else 6
         if family not in self.families or not valid_element(addr):
             return
-        if kind in NFT_KINDS:
+        if kind == UDPLOCKS and not self.policy.udp_lockers:
+            return
+        if kind in NFT_KINDS or kind == UDPLOCKS:
             if self.table:
                 self.pending_nft.append(("del", f"{kind}{family}", ip_text(addr), 1, ""))
         else:
@@ -363,7 +373,7 @@ class KernelSets:
 
     def members(self, kind: str, family: int = 4) -> dict[str, int]:
         """What the kernel holds now: address -> seconds left (for tests and checks)."""
-        if kind in NFT_KINDS:
+        if kind in NFT_KINDS or kind == UDPLOCKS:
             return {v: int(left) for v, left, _ in self._nft_elements(f"{kind}{family}") if isinstance(v, str)}
         return {addr: left for addr, left, _ in self._list(self._names(family)[kind])}
 

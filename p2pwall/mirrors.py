@@ -6,7 +6,9 @@ interface:
 
 - ``add(where, record)``: the entry is (again) in force for ``record.seconds``; ``where``
   is the ledger's word for where it belongs: ``peers`` or ``nolock`` (LAN-wide, a SYN to it
-  locks its sender or not), ``pair`` (blocked for ``record.client`` alone), ``locks``;
+  locks its sender or not), ``pair`` (blocked for ``record.client`` alone), ``locks`` (a
+  kernel mirror also puts a lock by a detector that locks UDP, ``QueuePolicy.udp_lockers``,
+  in its ``udplocks`` set: one lock, two kernel rules);
 - ``remove(where, record)``: it is no longer in force there (``record.op`` says why:
   ``unblock``/``unlock`` for an operator's or a peer gateway's word, ``expire`` for
   expiry, eviction, a purge, or a wider entry that now covers it);
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .records import LOCKS, PAIR, Record
+from .records import LOCKS, PAIR, UDPLOCKS, Record
 
 
 class Mirror(Protocol):
@@ -50,12 +52,16 @@ class KernelMirror:
             self.sets.add_pair(record.client, record.address, record.seconds, record.comment())
         else:
             self.sets.add(where, record.address, record.seconds, record.comment())
+            if where == LOCKS and record.detector in getattr(self.sets, "udp_lockers", ()):
+                self.sets.add(UDPLOCKS, record.address, record.seconds, record.comment())
 
     def remove(self, where: str, record: Record) -> None:
         if where == PAIR:
             self.sets.remove_pair(record.client, record.address)
         else:
             self.sets.remove(where, record.address)
+            if where == LOCKS:
+                self.sets.remove(UDPLOCKS, record.address)
 
     def flush(self) -> None:
         self.sets.flush()

@@ -21,6 +21,9 @@ from .contract import DetectorInfo
 GROUP = "p2pwall.detectors"
 # ports of ordinary services that first-payload size rules never queue (iptables multiport: 15 at most)
 SERVICE_PORTS = (22, 25, 53, 80, 110, 143, 443, 465, 587, 853, 993, 995, 1194, 3389, 8443)
+# UDP a client locked by a detector that locks UDP (``DetectorInfo.locks_udp``) keeps: DNS,
+# DHCP, NTP, QUIC and DNS over QUIC, IPsec, STUN/TURN, OpenVPN, WireGuard
+UDP_SERVICE_PORTS = (53, 67, 68, 123, 443, 500, 853, 1194, 3478, 4500, 51820)
 KINDS = ("udp", "tcp_syn", "tcp_payload", "udp_in", "tcp_payload_in")
 OWN_DISTRIBUTION = "p2pwall"
 
@@ -219,6 +222,10 @@ class DetectorSet:
     def locking(self) -> dict[str, bool]:
         """Per detector: do SYNs to the peers it learned lock their sender?"""
         return {d.name: d.info.locks for d in self.detectors}
+
+    def udp_locking(self) -> frozenset:
+        """The detectors whose locks take the client's UDP too (``locks_udp``)."""
+        return frozenset(d.name for d in self.detectors if d.info.locks and d.info.locks_udp)
 
 
 def _tcp_screen(strings: tuple, prefixes: tuple, sizes):

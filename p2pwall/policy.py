@@ -63,6 +63,7 @@ class QueuePolicy:
     per_host_rate: int = 2000
     first_sizes: tuple[int, int] | None = None  # queue first LAN payloads of these sizes (a shape)
     first_sizes_in: tuple[int, int] | None = None
+    udp_lockers: frozenset = frozenset()  # detectors whose locks take the client's UDP too (udplocks sets)
 
     @classmethod
     def build(cls, settings: Settings, detectors) -> "QueuePolicy":
@@ -78,7 +79,8 @@ class QueuePolicy:
             kernel_sets=settings.kernel_sets, clean_mark=settings.clean_mark,
             lock_max=settings.lock_max, first_mark=settings.first_mark,
             per_host_rate=settings.per_host_rate, first_sizes=detectors.tcp_first_sizes(),
-            first_sizes_in=detectors.tcp_first_sizes("tcp_payload_in"))
+            first_sizes_in=detectors.tcp_first_sizes("tcp_payload_in"),
+            udp_lockers=detectors.udp_locking() if settings.kernel_sets else frozenset())
 
     # ------------------------------------------------------------------ thresholds
     # named once: the rules (rules.py) and replay's model of them (kernelmodel.py) read these

@@ -39,6 +39,7 @@ GATEWAY_PREFIX = "gw:"
 
 # where an entry lives in the kernel (the mirrors' "where")
 PEERS, NOLOCK, PAIR, LOCKS = "peers", "nolock", "pair", "locks"
+UDPLOCKS = "udplocks"  # the kernel's second set of a lock whose detector locks UDP (see mirrors.py)
 
 MAX_SECONDS = 366 * 86400.0  # a year and a day: the longest any entry may live
 MAX_NOTE = 512

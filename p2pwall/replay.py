@@ -32,7 +32,7 @@ from . import capindex
 from .config import Settings
 from .engine import Engine
 from .kernelmodel import BASE_CLEAN, BASE_QUEUE, KERNEL_DROP, PASS, QUEUE, KernelColumns, KernelModel, kernel_base, \
-    kernel_with_sets
+    kernel_with_sets, udp_lock_port
 from .kernelsets import parse_comment
 from .packet import FROM_LAN, TCP, TO_LAN, UDP, ip_text, parse
 from .plugins import DetectorSet
@@ -81,7 +81,8 @@ class Replay:
     def __init__(self, settings: Settings, detectors: DetectorSet, keep_events: int = 100000):
         self.clock = Clock()
         self.policy = QueuePolicy.build(settings, detectors)
-        self.model = KernelModel(self.clock, self.policy.pair_sets) if self.policy.kernel_sets else None
+        self.model = (KernelModel(self.clock, self.policy.pair_sets, self.policy.udp_lockers)
+                      if self.policy.kernel_sets else None)
         self.engine = Engine(settings, detectors, clock=self.clock, keep_events=keep_events,
                              mirrors=[self.model] if self.model is not None else [])
         self.lan = self.engine.lan
@@ -355,10 +356,13 @@ class _Run:
         stamps = self.ts[seen].tolist()
         in_seg, ip_at, ip_len = self.seg[seen].tolist(), self.ip_at[seen].tolist(), self.ip_len[seen].tolist()
         bufs = [s.buf for s in self.segments]
+        udp_locking = model is not None and bool(policy.udp_lockers)
         if model is not None:
             srcs, dsts = self._keys(seen, self.src_hi, self.src_lo), self._keys(seen, self.dst_hi, self.dst_lo)
             live_peers, live_nolock = model.live["peers"], model.live["nolock"]
             live_pairs = model.live["pair"]
+            if udp_locking:
+                protos, dports = self.proto[seen].tolist(), self.dport[seen].tolist()
         for k, j in enumerate(seen.tolist()):
             now = times[k]
             if now > clock.now:
@@ -369,6 +373,7 @@ class _Run:
                 engine.drain_events()
             out, syn = outs[k], syns[k]
             peer_set = note = lock_note = None
+            udp_locked = False
             if model is not None:
                 model.at = j  # what this packet makes the engine change applies from the next one
                 if out:
@@ -377,10 +382,12 @@ class _Run:
                             and not (live_pairs and (srcs[k], dst) in live_pairs)):
                         continue  # a SYN in a clean connection that no peer set holds: passed
                     peer_set, note, lock_note = model.judge(srcs[k], dst, j, now)
+                    if udp_locking and lock_note is not None and protos[k] == UDP and udp_lock_port(dports[k]):
+                        udp_locked = model.holds("udplocks", srcs[k], j, now) is not None
             if peer_set is None and lock_note is None:  # no set holds anything for it: the rules decide
                 where = QUEUE if bases[k] == BASE_QUEUE else PASS
             else:
-                where = kernel_with_sets(policy, bases[k], out, syn, peer_set, lock_note is not None)
+                where = kernel_with_sets(policy, bases[k], out, syn, peer_set, lock_note is not None, udp_locked)
             flow = flows[k]
             if where == KERNEL_DROP:
                 kernel_drops += 1
@@ -415,6 +422,8 @@ class _Run:
                                  None if found is None else ("lan" if found.lanwide else "client"))
         if self.last_time > clock.now:
             clock.now = self.last_time
+            if model is not None:
+                model.at = m - 1  # what this last tick takes out was there for every packet before
             engine.tick(self.last_time)
             engine.drain_events()
         unseen = self._unseen_drops(engine_sees) if model is not None else {}
@@ -422,7 +431,7 @@ class _Run:
             dropped[j] = True
             flow = int(self.flow[j])
             if flow not in flagged or flagged[flow][0] > j:
-                flagged[flow] = (j, detector, "peer blocked", scope)
+                flagged[flow] = (j, detector, "client locked" if scope is None else "peer blocked", scope)
         kernel_drops += len(unseen)
         rp.packets += self.n
         drops = int(dropped.sum())
@@ -434,7 +443,8 @@ class _Run:
         self._flows(dropped, flagged)
 
     def _unseen_drops(self, engine_sees: np.ndarray) -> dict[int, tuple[str | None, str]]:
-        """Packets the engine never saw that a kernel set dropped: packet -> (detector, scope)."""
+        """Packets the engine never saw that a kernel set dropped: packet -> (detector,
+        scope), scope None for a locked client's UDP (the udplock chain)."""
         model = self.rp.model
         rows = np.flatnonzero(self.outgoing & ~engine_sees)
         found: dict[int, tuple[str | None, str]] = {}
@@ -442,11 +452,21 @@ class _Run:
             return found
         lanwide = [((k,), v) for kind in ("peers", "nolock") for k, v in model.history[kind].items()]
         pairs = list(model.history["pair"].items())
+        udp_locked = [((k,), v) for k, v in model.history["udplocks"].items()]
+        all_rows = rows
         for keys, cols, scope in (
                 (lanwide, (self.dst_hi, self.dst_lo, self.v6), "lan"),
-                (pairs, (self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.v6), "client")):
+                (pairs, (self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.v6), "client"),
+                (udp_locked, (self.src_hi, self.src_lo, self.v6), None)):  # the udplock chain: by sender
             if not keys:
                 continue
+            rows = all_rows
+            if scope is None:
+                from .plugins import UDP_SERVICE_PORTS
+
+                rows = rows[(self.proto[rows] == UDP) & ~capindex.one_of(self.dport[rows], UDP_SERVICE_PORTS)]
+                if not len(rows):
+                    continue
             h = _mix(*(c[rows] for c in cols))
             order = np.argsort(h, kind="stable")
             hs = h[order]

@@ -244,6 +244,7 @@ def nft_table(policy: QueuePolicy) -> str:
                 entries.append(f"{word} saddr {{ {', '.join(nets)} }} jump lan")
     if not entries:
         return ""
+    udplock = _udplock_chain(policy)
     # no size: the peer table bounds what the engine mirrors, and a reload that resizes
     # it leaves the sets alone
     sets = ["  set peers4 { type ipv4_addr; flags timeout; }",
@@ -256,6 +257,9 @@ def nft_table(policy: QueuePolicy) -> str:
                  "  set pairs6 { type ipv6_addr . ipv6_addr; flags timeout; }"]
         lan += ["    ip saddr . ip daddr @pairs4 jump blocked",
                 "    ip6 saddr . ip6 daddr @pairs6 jump blocked"]
+    if udplock:
+        sets += ["  set udplocks4 { type ipv4_addr; flags timeout; }",
+                 "  set udplocks6 { type ipv6_addr; flags timeout; }"]
     lan += ["    ip daddr @peers4 jump peer", "    ip6 daddr @peers6 jump peer",
             "    ip daddr @nolock4 counter drop", "    ip6 daddr @nolock6 counter drop"]
     return "\n".join([
@@ -272,7 +276,29 @@ def nft_table(policy: QueuePolicy) -> str:
         "  chain peer {",  # blocked LAN-wide
         f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept",
         "    counter drop",
-        "  }", "}", ""])
+        "  }", *udplock, "}", ""])
+
+
+def _udplock_chain(policy: QueuePolicy) -> list[str]:
+    """A forward chain for the clients locked by a detector that locks UDP (``udplocks``):
+    their forwarded UDP to any port but the UDP service ports is dropped, established
+    flows included, for the lock's time; traffic within the LAN is left alone."""
+    if not policy.udp_lockers:
+        return []
+    from .plugins import UDP_SERVICE_PORTS
+
+    ports = ", ".join(str(p) for p in UDP_SERVICE_PORTS)
+    rules = []
+    for family, word in ((4, "ip"), (6, "ip6")):
+        if policy.lan_interfaces:
+            names = ", ".join(f'"{n}"' for n in policy.lan_interfaces)
+            where = f"iifname {{ {names} }} oifname != {{ {names} }} "
+        else:
+            nets = [str(ipaddress.ip_network(n, strict=False)) for n in policy.lan_networks]
+            nets = [n for n in nets if ipaddress.ip_network(n).version == family]
+            where = f"{word} daddr != {{ {', '.join(nets)} }} " if nets else ""
+        rules.append(f"    {where}{word} saddr @udplocks{family} udp dport != {{ {ports} }} counter drop")
+    return ["  chain udplock {", "    type filter hook forward priority -5; policy accept;", *rules, "  }"]
 
 
 def rule_sets(policy: QueuePolicy) -> list[RuleSet]:

@@ -15,7 +15,8 @@ announce also locks the client.  Peers named in replies are learned: compact pee
 of HTTP tracker responses (``5:peers``) and DHT ``values``/``nodes``, so later (possibly
 encrypted, MSE) connections to them are blocked too.  Lock: yes (``lock = true``):
 clients hold many peers and retry, and encrypted connections to peers nobody named are
-recognisable only by the time lock.
+recognisable only by the time lock.  A locked client loses its UDP too, but for the UDP
+service ports (DNS, NTP, QUIC, ...): its uTP goes with its TCP (``locks_udp``).
 
 Encrypted connections (MSE/PE, the private-tracker way: HTTPS tracker, encryption
 required, no DHT) are recognised by their shape, per client: see :mod:`.mse`.
@@ -155,7 +156,7 @@ class BitTorrentDetector:
                             description="peer wire, DHT, uTP, trackers, LSD; learns peers from replies",
                             wants=wants, tcp_strings=[b"BitTorrent protocol", b"info_hash="],
                             udp_screen=rb"d[0-9]|\x41[\x00-\x02]|\x01[\x00-\x03]|\x00\x00\x04\x17\x27\x10\x19\x80|BT-SEARCH",
-                            tcp_strings_in=strings_in, locks=c["lock"],
+                            tcp_strings_in=strings_in, locks=c["lock"], locks_udp=c["lock"],
                             tcp_first_sizes=mse.SIZES if c["mse"] else None,
                             tcp_first_sizes_in=mse.SIZES if c["mse"] else None)
 

@@ -87,3 +87,34 @@ def test_libtorrent_private_swarm_is_stopped(net, ordinary, shaped, crypto):
     finally:
         daemon.stop()
     assert results and all(results), results  # the other LAN host's web downloads worked throughout
+
+
+def test_a_client_locked_for_bittorrent_loses_its_udp_in_the_kernel(net):
+    """A tracker announce locks the client; for the lock's time its UDP to any port but the
+    service ones is dropped in the kernel (the nft udplock chain), a flow it had going
+    before included; its DNS/NTP/QUIC ports go on, the other LAN host is untouched, and
+    after the lock its UDP flows again."""
+    from .helpers import arrivals, start_server, tcp, udp
+
+    log = start_server(net, net.out, "udplock.jsonl", udp_ports="123,443,6881,9999", tcp_ports="6969")
+    peer, tracker = net.outside[6], net.outside[7]
+    daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), "--plugin", "bittorrent", name="udplock")
+    try:
+        before = udp(net, net.lans[0], peer, 9999, b"going", sport=40001, wait=0.5)
+        assert before[0]["reply"] is not None  # a UDP flow up before the lock
+        announce = "GET /announce?info_hash=%12%34&peer_id=-qB4520-abcdefghijkl&port=6881 HTTP/1.1\r\nHost: t\r\n\r\n"
+        tcp(net, net.lans[0], tracker, 6969, announce, timeout=1)
+        assert daemon.status()["locks"]["count"] == 1
+        assert net.lan_ips[0] in net.kernel_set("udplocks4")
+        for port, sport in ((9999, 40001), (6881, 40002), (9999, 0)):  # the old flow, new ones
+            assert udp(net, net.lans[0], peer, port, b"locked", sport=sport, wait=0.5)[0]["reply"] is None, port
+        for port in (123, 443):
+            assert udp(net, net.lans[0], peer, port, b"service", wait=0.5)[0]["reply"] is not None, port
+        assert udp(net, net.lans[1], peer, 6881, b"other host", wait=0.5)[0]["reply"] is not None
+        assert not arrivals(log, src=net.lan_ips[0], data=b"locked".hex())
+        deadline = time.monotonic() + LOCK + 5
+        while time.monotonic() < deadline and net.lan_ips[0] in net.kernel_set("udplocks4"):
+            time.sleep(0.25)
+        assert udp(net, net.lans[0], peer, 6881, b"free again", wait=0.5)[0]["reply"] is not None
+    finally:
+        daemon.stop()

@@ -33,7 +33,8 @@ class Reference:
         self.clock = Clock()
         self.policy = QueuePolicy.build(settings, detectors)
         # every pair is held here; which of them the rules read is decided below, per packet
-        self.model = KernelModel(self.clock, pairs=True) if self.policy.kernel_sets else None
+        self.model = (KernelModel(self.clock, pairs=True, udp_lockers=self.policy.udp_lockers)
+                      if self.policy.kernel_sets else None)
         self.engine = Engine(settings, detectors, clock=self.clock, mirrors=[self.model] if self.model else [])
         self.flows, self.conns, self.n = {}, {}, 0
         self.verdicts = {"accept": 0, "drop": 0}
@@ -96,6 +97,7 @@ class Reference:
         p.second = second
         p.direction, p.ts = (FROM_LAN if out else TO_LAN), ts
         peer_set, note, lock_note = None, None, None
+        udp_locked = False
         if out and self.model is not None:
             self.model.at = i
             src, dst = KernelModel.key(p.src), KernelModel.key(p.dst)
@@ -105,8 +107,9 @@ class Reference:
                     peer_set = kind
                     break
             lock_note = self.model.holds("locks", src, i, now)
+            udp_locked = self.model.holds("udplocks", src, i, now) is not None
         where = kernel_verdict(self.policy, p, out, c["sent"], c["recv"], peer_set, lock_note is not None,
-                               solicited=c["solicited"], second=second)
+                               solicited=c["solicited"], second=second, udp_locked=udp_locked)
         if where == KERNEL_DROP:
             self.kernel["kernel_drop"] += 1
             flow["dropped"] += 1
@@ -366,3 +369,31 @@ def test_ipv6_traffic_replays_as_the_per_packet_model():
     flow = next(f for f in got["flows"] if f["client_port"] == 6000)
     assert flow["dropped"] == 10 and flow["scope"] == "lan"
     assert got["kernel"]["kernel_drop"] >= 10
+
+
+def test_a_client_locked_for_bittorrent_loses_its_udp_in_the_kernel_model():
+    """A tracker announce locks the client: an established UDP flow of it past the queue's
+    bound is dropped by the udplock chain (never seen by the engine) while the lock
+    lasts, a DNS flow is not; after the lock the flow passes again.  The same as the
+    per-packet model."""
+    settings = from_dict({"network": {"lan_networks": ["192.168.0.0/16"]}, "lock": {"seconds": 30}})
+    announce = b"GET /announce?info_hash=%12%34&peer_id=-qB4520-abc&port=6881 HTTP/1.1\r\nHost: t\r\n\r\n"
+    records = []
+    for i in range(20):  # established flows: past the bound they are never queued
+        records += [(1000.0 + i / 10, udp(LAN, PEER, 6000, 51413, b"z" * 200)),
+                    (1000.05 + i / 10, udp(PEER, LAN, 51413, 6000, b"w" * 200)),
+                    (1000.06 + i / 10, udp(LAN, PEER, 6001, 53, b"d" * 40)),
+                    (1000.07 + i / 10, udp(PEER, LAN, 53, 6001, b"e" * 40))]
+    records += [(1003.0, tcp(LAN, WEB, 40000, 80, flags=SYN)), (1003.01, tcp(WEB, LAN, 80, 40000, flags=SYN | ACK)),
+                (1003.02, tcp(LAN, WEB, 40000, 80, announce, flags=ACK))]
+    records += [(1004.0 + i, udp(LAN, PEER, 6000, 51413, b"z" * 200)) for i in range(10)]
+    records += [(1004.5 + i, udp(LAN, PEER, 6001, 53, b"d" * 40)) for i in range(10)]
+    records += [(1100.0 + i, udp(LAN, PEER, 6000, 51413, b"z" * 200)) for i in range(5)]  # the lock is over
+    got = Replay(settings, plugins.load(["bittorrent"], settings))
+    for ts, raw in records:
+        got.feed(ts, raw)
+    flows = {f["peer_port"]: f for f in got.report()["flows"]}
+    assert (flows[51413]["dropped"], flows[51413]["detector"], flows[51413]["reason"]) == \
+        (10, "bittorrent", "client locked"), flows[51413]
+    assert flows[53]["dropped"] == 0
+    _compare(records, settings)

@@ -116,3 +116,42 @@ def test_other_datagrams_starting_0x01_are_not_utp_data():
     assert utp.data(b"\x01\x05" + bytes(40)) is None  # no such extension
     assert utp.data(b"\x01\x01" + bytes(18) + b"\x00\x40") is None  # an extension longer than the datagram
     assert not x.blocked("203.0.113.9")
+
+
+ANNOUNCE = b"GET /announce?info_hash=%12%34&peer_id=-qB4520-abc&port=6881&left=0 HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def _locked_for_bittorrent(x):
+    from p2pwall.testing import tcp
+
+    assert x.feed(tcp(LAN, "198.51.100.7", 50001, 6969, ANNOUNCE)).drop
+    assert x.locked(LAN)
+
+
+def test_a_client_locked_for_bittorrent_loses_its_udp_but_the_service_ports():
+    x = harness()
+    _locked_for_bittorrent(x)
+    utp_data = _first_handshake_datagram()[:20] + b"\x00" * 40  # any datagram to a peer: uTP, or anything
+    assert x.feed(udp(LAN, "203.0.113.77", 6881, 51413, utp_data)).reason == "client locked"
+    assert x.feed(udp(LAN, "203.0.113.77", 40000, 9999, b"hello")).reason == "client locked"
+    for port in (53, 123, 443, 3478):  # DNS, NTP, QUIC, STUN go on
+        assert not x.feed(udp(LAN, "203.0.113.78", 40000, port, b"\x00" * 30)).drop, port
+    assert not x.feed(udp("192.0.2.11", "203.0.113.77", 6881, 51413, utp_data)).drop  # another host: untouched
+    x.advance(121)  # the lock's time is over
+    assert not x.feed(udp(LAN, "203.0.113.79", 40000, 9999, b"hello")).drop
+
+
+def test_a_lock_that_does_not_take_udp_leaves_it():
+    x = DetectorHarness(BitTorrentDetector(), lan=(LAN_NET,))
+    x.engine.ledger.lock(__import__("p2pwall.records", fromlist=["Record"]).Record(
+        "lock", bytes([192, 0, 2, 10]), None, 60, "fasttrack", "FastTrack"))
+    assert x.locked(LAN)
+    assert not x.feed(udp(LAN, "203.0.113.77", 40000, 9999, b"hello")).drop
+
+
+def test_udp_locking_is_declared_by_the_detector_and_follows_its_lock_switch():
+    from p2pwall.testing import detector_set
+
+    assert detector_set(BitTorrentDetector()).udp_locking() == {"bittorrent"}
+    off = DetectorHarness(BitTorrentDetector(), lan=(LAN_NET,), config={"detectors": {"bittorrent": {"lock": False}}})
+    assert off.detectors.udp_locking() == frozenset()
