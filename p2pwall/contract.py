@@ -135,6 +135,12 @@ class DetectorInfo:
     locks: bool = True
     """Whether a LAN host's TCP SYN to a peer this detector blocked time-locks that host,
     in the engine and in the kernel (``[detectors.<name>] lock`` for the built-in ones)."""
+    udp_answered: list[bytes] = field(default_factory=list)
+    """UDP payload prefixes (1-4 bytes): a LAN host's datagrams that start with one of them
+    still reach this detector when they go to a peer already blocked for that host (the
+    kernel queues them, at most ``ANSWERED_RATE`` a second per gateway, instead of dropping
+    them; the verdict stays a drop): for a request the detector answers itself, so that
+    the client keeps trying addresses p2pwall knows rather than moving on to new ones."""
     locks_udp: bool = False
     """Whether a host this detector locks also loses, for the lock's time, its UDP to every
     port but the UDP service ports (``p2pwall.plugins.UDP_SERVICE_PORTS``: DNS, NTP, QUIC,
@@ -151,5 +157,6 @@ class DetectorInfo:
         d["tcp_strings"] = [s.decode("latin-1") for s in self.tcp_strings]
         d["tcp_strings_in"] = [s.decode("latin-1") for s in self.tcp_strings_in]
         d["tcp_prefixes"] = [s.hex() for s in self.tcp_prefixes]
+        d["udp_answered"] = [s.hex() for s in self.udp_answered]
         d["udp_screen"] = self.udp_screen.decode("latin-1") if self.udp_screen else None
         return d

@@ -107,6 +107,7 @@ class Engine:
                                     + nameservers(settings.resolv_conf))
         self._udp_screen = detectors.udp_screen()
         self._udp_lockers = detectors.udp_locking()  # their locked clients lose their UDP too
+        self._answered = tuple(detectors.udp_answered())  # still shown to detectors when to a blocked peer
         # each detector sees only what its own declarations select: its udp_screen, its
         # TCP strings, prefixes and first-payload sizes (the kernel queues their union)
         udp = detectors.udp_screens()
@@ -215,7 +216,11 @@ class Engine:
 
         incoming = direction == TO_LAN
         if to_peer:
-            kind = None  # nothing left to learn; the kernel sets drop these before the queue
+            # nothing left to learn (the kernel sets drop these before the queue), but a
+            # request a detector answers even to a known peer (udp_answered: a ping's pong)
+            answered = self._answered
+            kind = ("udp" if answered and proto == UDP and direction == FROM_LAN
+                    and bytes(packet.payload[:4]).startswith(answered) else None)
         elif proto == UDP:
             kind = "udp_in" if incoming else "udp"
             screen = self._udp_screen

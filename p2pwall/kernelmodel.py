@@ -99,8 +99,15 @@ def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, recei
                          one(packet.first, bool), one(packet.sport), one(packet.dport),
                          one(packet.version == 6, bool), lambda rows: [packet.data], one(second, bool))
     udp_locked = udp_locked and packet.proto == UDP and udp_lock_port(packet.dport)
+    answered = outgoing and packet.proto == UDP and answered_datagram(policy, packet.data)
     return kernel_with_sets(policy, int(kernel_base(policy, cols)[0]), outgoing, packet.is_syn, peer_set, locked,
-                            udp_locked)
+                            udp_locked, answered)
+
+
+def answered_datagram(policy: QueuePolicy, payload: bytes) -> bool:
+    """A UDP payload the nft chains still queue to a blocked peer (``udp_answered``; their
+    rate bound is not modelled)."""
+    return bool(policy.udp_answered) and payload[:4].startswith(policy.udp_answered)
 
 def kernel_base(policy: QueuePolicy, c: "KernelColumns"):
     """The rules' verdict for many packets at once, before any set is consulted:
@@ -141,16 +148,17 @@ def udp_lock_port(port: int) -> bool:
 
 
 def kernel_with_sets(policy: QueuePolicy, base: int, outgoing: bool, syn: bool, peer_set: str | None, locked: bool,
-                     udp_locked: bool = False) -> str:
+                     udp_locked: bool = False, answered: bool = False) -> str:
     """One packet's verdict from its :func:`kernel_base` code and the kernel sets
-    (``udp_locked``: a UDP datagram from a client in ``udplocks`` to a port it takes)."""
+    (``udp_locked``: a UDP datagram from a client in ``udplocks`` to a port it takes;
+    ``answered``: a datagram of a ``udp_answered`` prefix)."""
     if outgoing and policy.kernel_sets:
         if peer_set == "peers":
-            return QUEUE if syn else KERNEL_DROP  # a SYN locks in the kernel and is queued
+            return QUEUE if syn or answered else KERNEL_DROP  # a SYN locks in the kernel and is queued
         if peer_set == "nolock":
             return KERNEL_DROP
         if peer_set == "pair" and policy.pair_sets:
-            return QUEUE if syn else KERNEL_DROP  # the nft pair set; SYNs go on to the engine
+            return QUEUE if syn or answered else KERNEL_DROP  # the nft pair set; SYNs go on to the engine
         if udp_locked and policy.udp_lockers:
             return KERNEL_DROP  # the udplock chain: established flows included
     if base == BASE_CLEAN:

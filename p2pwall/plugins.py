@@ -78,13 +78,13 @@ def _coerce_info(name: str, raw) -> DetectorInfo:
     if not isinstance(info.wants, (list, tuple)) or any(k not in KINDS for k in info.wants):
         raise PluginError(f"detector {name}: unknown packet kind(s) in {info.wants!r}; known: {', '.join(KINDS)}")
     info.wants = list(info.wants)
-    for attr in ("tcp_strings", "tcp_strings_in", "tcp_prefixes"):
+    for attr in ("tcp_strings", "tcp_strings_in", "tcp_prefixes", "udp_answered"):
         values = [_as_bytes(name, attr, s) for s in getattr(info, attr)]
         if any(not s or len(s) > 128 or b"\n" in s for s in values):
             raise PluginError(f"detector {name}: {attr} entries must be 1-128 bytes without newlines")
         setattr(info, attr, values)
-    if any(not 1 <= len(s) <= 4 for s in info.tcp_prefixes):
-        raise PluginError(f"detector {name}: tcp_prefixes must be 1 to 4 bytes long")
+    if any(not 1 <= len(s) <= 4 for s in info.tcp_prefixes + info.udp_answered):
+        raise PluginError(f"detector {name}: tcp_prefixes and udp_answered entries must be 1 to 4 bytes long")
     for attr in ("tcp_first_sizes", "tcp_first_sizes_in"):
         value = getattr(info, attr)
         if value is not None:
@@ -188,6 +188,14 @@ class DetectorSet:
         for d in self.detectors:
             if "tcp_payload" in d.info.wants:
                 found.extend(p for p in d.info.tcp_prefixes if p not in found)
+        return found
+
+    def udp_answered(self) -> list[bytes]:
+        """UDP prefixes whose datagrams to blocked peers are still queued (``udp_answered``)."""
+        found: list[bytes] = []
+        for d in self.detectors:
+            if "udp" in d.info.wants:
+                found.extend(p for p in d.info.udp_answered if p not in found)
         return found
 
     def tcp_screens(self, kind: str = "tcp_payload") -> dict:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .config import Settings
 
 SET_KINDS = ("peers", "nolock", "locks")
+ANSWERED_RATE = 100  # datagrams a second (per prefix) the kernel queues to blocked peers (udp_answered)
 NFT_KINDS = ("peers", "nolock")  # in p2pwall's nft table (with the pairs); the locks are ipset
 
 
@@ -64,6 +65,7 @@ class QueuePolicy:
     first_sizes: tuple[int, int] | None = None  # queue first LAN payloads of these sizes (a shape)
     first_sizes_in: tuple[int, int] | None = None
     udp_lockers: frozenset = frozenset()  # detectors whose locks take the client's UDP too (udplocks sets)
+    udp_answered: tuple[bytes, ...] = ()  # UDP prefixes still queued to blocked peers (DetectorInfo.udp_answered)
 
     @classmethod
     def build(cls, settings: Settings, detectors) -> "QueuePolicy":
@@ -80,7 +82,8 @@ class QueuePolicy:
             lock_max=settings.lock_max, first_mark=settings.first_mark,
             per_host_rate=settings.per_host_rate, first_sizes=detectors.tcp_first_sizes(),
             first_sizes_in=detectors.tcp_first_sizes("tcp_payload_in"),
-            udp_lockers=detectors.udp_locking() if settings.kernel_sets else frozenset())
+            udp_lockers=detectors.udp_locking() if settings.kernel_sets else frozenset(),
+            udp_answered=tuple(detectors.udp_answered()))
 
     # ------------------------------------------------------------------ thresholds
     # named once: the rules (rules.py) and replay's model of them (kernelmodel.py) read these

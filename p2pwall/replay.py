@@ -327,6 +327,34 @@ class _Run:
             return low
         return [(h << 64 | x | _V6_KEY) if six else x for h, x, six in zip(hi[rows].tolist(), low, v6.tolist())]
 
+    def _answered(self, prefixes: tuple[bytes, ...]) -> np.ndarray:
+        """The LAN's UDP datagrams whose payload starts with one of ``prefixes`` (1-4 bytes),
+        read from the capture's buffers a column at a time."""
+        out = np.zeros(len(self.proto), bool)
+        rows = np.flatnonzero(self.outgoing & (self.proto == UDP) & (self.paylen >= min(len(p) for p in prefixes)))
+        if not len(rows):
+            return out
+        lead = np.zeros(len(rows), np.uint64)
+        width = np.minimum(self.paylen[rows], 4).astype(np.int64)
+        segs = self.seg[rows]
+        for k, segment in enumerate(self.segments):
+            mine = np.flatnonzero(segs == k)
+            if not len(mine):
+                continue
+            buf = np.frombuffer(segment.buf, np.uint8)
+            at = self.payoff[rows[mine]].astype(np.int64)
+            for b in range(4):
+                has = width[mine] > b
+                byte = np.zeros(len(mine), np.uint64)
+                byte[has] = buf[at[has] + b]
+                lead[mine] = (lead[mine] << np.uint64(8)) | byte
+        for prefix in prefixes:
+            n = len(prefix)
+            want = np.uint64(int.from_bytes(prefix, "big") << (8 * (4 - n)))
+            mask = np.uint64(((1 << (8 * n)) - 1) << (8 * (4 - n)))
+            out[rows[((lead & mask) == want) & (width >= n)]] = True
+        return out
+
     def _payloads(self, rows: np.ndarray) -> list[bytes]:
         bufs = [s.buf for s in self.segments]
         return [bufs[k][a:a + n] for k, a, n in  # slices of mmap and bytes are bytes
@@ -342,8 +370,12 @@ class _Run:
                              self.second)
         base = kernel_base(policy, cols)
         engine_sees = base == BASE_QUEUE
+        answered = np.zeros(len(base), bool)
         if policy.kernel_sets:
             engine_sees |= self.outgoing & self.syn  # a SYN meets the lock and peer sets
+            if policy.udp_answered:  # and so does a datagram a detector answers even to a blocked peer
+                answered = self._answered(policy.udp_answered)
+                engine_sees |= answered
         m = len(base)
         dropped = np.zeros(m, bool)
         flagged: dict[int, tuple[int, str, str, str | None]] = {}  # flow -> (packet, detector, reason, scope)
@@ -353,6 +385,7 @@ class _Run:
         times, outs, syns = self.t[seen].tolist(), self.outgoing[seen].tolist(), self.syn[seen].tolist()
         bases, flows, firsts = base[seen].tolist(), self.flow[seen].tolist(), self.first[seen].tolist()
         seconds = self.second[seen].tolist()
+        answers = answered[seen].tolist()
         stamps = self.ts[seen].tolist()
         in_seg, ip_at, ip_len = self.seg[seen].tolist(), self.ip_at[seen].tolist(), self.ip_len[seen].tolist()
         bufs = [s.buf for s in self.segments]
@@ -387,7 +420,8 @@ class _Run:
             if peer_set is None and lock_note is None:  # no set holds anything for it: the rules decide
                 where = QUEUE if bases[k] == BASE_QUEUE else PASS
             else:
-                where = kernel_with_sets(policy, bases[k], out, syn, peer_set, lock_note is not None, udp_locked)
+                where = kernel_with_sets(policy, bases[k], out, syn, peer_set, lock_note is not None, udp_locked,
+                                         answers[k])
             flow = flows[k]
             if where == KERNEL_DROP:
                 kernel_drops += 1

@@ -136,6 +136,8 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         sets = policy.set_names(family)
         mark = f"0x{policy.peer_syn_mark:x}"
         lan.append(f"-p tcp -m mark --mark {mark}/{mark} {target}")
+        if policy.udp_answered:  # and the datagrams to such a peer that a detector answers
+            lan.append(f"-p udp -m mark --mark {mark}/{mark} {target}")
     not_spoofed = f"-m mark --mark 0x{spoofed:x}/0x{spoofed:x} -j RETURN"
     chains[names["forward"]].append(not_spoofed)
     chains[names["input"]].append(not_spoofed)
@@ -227,8 +229,9 @@ def nft_table(policy: QueuePolicy) -> str:
     """p2pwall's nftables table: the learned peers (``peers``, ``nolock``) and the
     client-scoped blocks (``pairs``: LAN client . peer, with LAN interfaces only), all
     with timeouts, and one chain before conntrack that drops what the LAN sends to
-    them, except the SYNs that must reach the engine: those go on with a mark that the
-    iptables rules queue before anything else.  One hook and native set lookups:
+    them, except the SYNs that must reach the engine and the datagrams a detector
+    answers (``udp_answered``, at most ``ANSWERED_RATE`` a second each): those go on with
+    a mark that the iptables rules queue before anything else.  One hook and native set lookups:
     an early packet crosses one chain for all of it.  Empty without kernel sets."""
     if not policy.kernel_sets:
         return ""
@@ -262,6 +265,13 @@ def nft_table(policy: QueuePolicy) -> str:
                  "  set udplocks6 { type ipv6_addr; flags timeout; }"]
     lan += ["    ip daddr @peers4 jump peer", "    ip6 daddr @peers6 jump peer",
             "    ip daddr @nolock4 counter drop", "    ip6 daddr @nolock6 counter drop"]
+    requeue = [f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept"]
+    from .policy import ANSWERED_RATE
+
+    for prefix in policy.udp_answered:  # bounded: beyond the rate they are dropped with the rest
+        requeue.append(f"    meta l4proto udp udp length >= {8 + len(prefix)} @th,64,{8 * len(prefix)} 0x{prefix.hex()} "
+                       f"limit rate {ANSWERED_RATE}/second burst {ANSWERED_RATE} packets "
+                       f"meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept")
     return "\n".join([
         f"table inet {policy.nft_table} {{", *sets,
         "  chain pre {",
@@ -270,11 +280,11 @@ def nft_table(policy: QueuePolicy) -> str:
         "  }",
         "  chain lan {", *lan, "  }",
         "  chain blocked {",  # blocked for this client alone
-        f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept",
+        *requeue,
         "    counter drop",
         "  }",
         "  chain peer {",  # blocked LAN-wide
-        f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept",
+        *requeue,
         "    counter drop",
         "  }", *udplock, "}", ""])
 

@@ -18,7 +18,10 @@ What it recognises (``shared/protocols.md``; giFT-FastTrack, ipp2p, l7-filter, n
   together with the same client's pings.)
 
 What it asks for: a ping to a peer blocks the peer, drops the ping and spoofs a pong
-from the peer so the client keeps to its UDP mode.  The core then drops the client's
+from the peer so the client keeps to its UDP mode.  Every ping is answered, to a peer
+already learned as well (``udp_answered``: the kernel still queues pings to blocked peers,
+bounded): unanswered, a real client (giFT-FastTrack) times those peers out, deletes them
+from its node cache and moves on to addresses it never revealed.  The core then drops the client's
 follow-ups to the peer and time-locks a client that sends a TCP SYN to it.  While a
 client is locked this detector supplies a probe (a copy of the client's own ping, kept
 as the note of the peer entry it blocked, which the engine hands over with the lock); a
@@ -187,6 +190,7 @@ class FastTrackDetector:
             tcp_strings=HTTP_STRINGS if self.http else [],
             tcp_first_sizes=(HELLO_SIZE, HELLO_SIZE) if self.sessions else None,
             udp_screen=rb"[\x27\x28\x29]\x00\x00\x00[\x29\xa9]",
+            udp_answered=[bytes([PING, 0, 0, 0])] if self.spoof else [],
         )
 
     @hookimpl

@@ -129,3 +129,21 @@ def test_sessions_opened_before_the_pings_are_cut_by_the_first_ping(ftnet):
     assert r.client["connected"] == 0 and r.client["pongs"] > 0
     assert r.web_failed == 0
     assert r.recovered_after is not None  # free again once its client stops
+
+
+def test_every_ping_is_answered_while_the_client_repings_the_peers_it_knows(ftnet):
+    """giFT-FastTrack's start (sessions first) and its habit of pinging the nodes it knows
+    again: every ping, to a peer already learned too, gets a pong (spoofed: no ping
+    reaches a peer), so the client keeps to the addresses p2pwall knows; no session byte
+    and no connection get through."""
+    r = scenario.run(ftnet, tag="reping", lock=LOCK, seconds=12, mode1=3, mode2=5, connect_first=2, reping=True)
+    pings = [x for x in r.client_log if x["kind"] == "ping"]
+    again = [x for x in pings if x.get("again")]
+    pongs = [x for x in r.client_log if x["kind"] == "pong"]
+    assert len(again) >= 100, len(again)  # re-pings to peers already blocked
+    assert len(pongs) == len(pings), (len(pongs), len(pings))
+    assert not [x for x in r.peer_log if x["kind"] in ("udp_ping", "session_data")]
+    sessions = {x["dst"] for x in r.peer_log if x["kind"] == "session_hello"}
+    assert len(sessions) == 2  # the two sessions opened before any evidence: their hellos crossed, nothing more
+    assert r.client["connected"] == 0 and {x["dst"] for x in r.tcp_reached_peers} <= sessions
+    assert r.web_failed == 0

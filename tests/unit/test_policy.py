@@ -67,7 +67,11 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
     # the iptables rules queue the marked SYNs first, before the clean-connection test
     lan = [line for line in text.splitlines() if line.startswith("-A P2PWALL-L0")]
     assert lan[0] == "-A P2PWALL-L0 -p tcp -m mark --mark 0x800000/0x800000 -j NFQUEUE --queue-num 0 --queue-bypass"
-    assert "connmark" in lan[1]
+    # and the marked datagrams a detector answers (FastTrack's pings, bounded in nft)
+    assert lan[1] == "-A P2PWALL-L0 -p udp -m mark --mark 0x800000/0x800000 -j NFQUEUE --queue-num 0 --queue-bypass"
+    assert ("meta l4proto udp udp length >= 12 @th,64,32 0x27000000 limit rate 100/second burst 100 packets "
+            "meta mark set meta mark | 0x800000 accept") in peer_chain
+    assert "connmark" in lan[2]
     assert "p2pwall-peers0" not in text and "p2pwall-nolock0" not in text and "*raw" not in text
     assert "# first: ipset create p2pwall-locks0 hash:ip family inet timeout 0 maxelem 65536" in text
 

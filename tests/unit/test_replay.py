@@ -397,3 +397,24 @@ def test_a_client_locked_for_bittorrent_loses_its_udp_in_the_kernel_model():
         (10, "bittorrent", "client locked"), flows[51413]
     assert flows[53]["dropped"] == 0
     _compare(records, settings)
+
+
+def test_pings_to_a_learned_peer_still_reach_the_engine_in_the_kernel_model():
+    """A FastTrack client that goes on pinging a peer it learned: past the queue's packet
+    bound, in a connection the kernel would call clean, every ping is still queued (the
+    nft chains mark them: udp_answered) and dropped by the engine, which answers it;
+    other datagrams to the peer die in the kernel.  The same as the per-packet model."""
+    from p2pwall_plugins.fasttrack import make_ping
+
+    settings = from_dict({"network": {"lan_networks": ["192.168.0.0/16"], "lan_interfaces": ["br0"]},
+                          "lock": {"seconds": 30}})
+    records = [(1000.0 + i, udp(LAN, PEER, 3000, 1214, make_ping())) for i in range(20)]
+    records += [(1000.5 + i, udp(LAN, PEER, 3000, 1214, b"\x29\x00\x00\x00\x29\x01\x02")) for i in range(20)]
+    records.sort(key=lambda r: r[0])
+    got = Replay(settings, plugins.load(["fasttrack"], settings))
+    for ts, raw in records:
+        got.feed(ts, raw)
+    report = got.report()
+    assert report["kernel"]["queued"] >= 20 and report["kernel"]["kernel_drop"] >= 12, report["kernel"]
+    assert report["verdicts"]["drop"] == 40
+    _compare(records, settings)

@@ -14,6 +14,8 @@ goes through the article's three modes:
 With ``--connect-first N`` it first does what giFT-FastTrack does: TCP sessions to the
 first N nodes of its cache (never pinged), each with a 12-byte cipher hello and a seed of
 its own, the node's 8-byte answer, then encrypted traffic; the pings follow 40 ms later.
+With ``--reping`` it pings every peer it has pinged again in each cycle of mode 2, as a
+real client checks the nodes it knows: each ping should get its pong.
 
 All the while it answers pings (the firewall's probes) with pongs.  ``--no-udp`` is a
 client whose UDP is disabled: it goes straight to HTTP downloads (``GET /.hash=``).
@@ -295,6 +297,8 @@ class Client:
                 self._mode("2", end)
                 m2_end = min(end, time.monotonic() + a.mode2)
                 while time.monotonic() < m2_end:
+                    if a.reping:
+                        self._ping(self.revealed, 0.005, m2_end, again=True)
                     batch = self.rng.sample(self.revealed, min(5, len(self.revealed))) + \
                         self.rng.sample(self.hidden, min(5, len(self.hidden)))
                     list(pool.map(lambda p: self._connect(p, "2", 1.0), batch))
@@ -318,13 +322,18 @@ class Client:
     def _mode(self, mode: str, end: float) -> None:
         self.log(kind="mode", mode=mode)
 
+    def _ping(self, peers, gap: float, end: float, again: bool = False) -> None:
+        ping = make_ping()
+        for addr, port in peers:
+            if time.monotonic() >= end:
+                return
+            self.udp.sendto(ping, (addr, port))
+            self.log(kind="ping", peer=addr, port=port, again=again)
+            time.sleep(gap)
+
     def _mode1(self, pool, end: float) -> None:
         self._mode("1", end)
-        ping = make_ping()
-        for addr, port in self.revealed:
-            self.udp.sendto(ping, (addr, port))
-            self.log(kind="ping", peer=addr, port=port)
-            time.sleep(0.002)
+        self._ping(self.revealed, 0.002, end)
         time.sleep(min(1.0, max(0.0, end - time.monotonic())))
         answered = [p for p in self.revealed if p in self.pongs]
         for addr, port in answered:
@@ -362,6 +371,7 @@ def main(argv=None) -> int:
     c.add_argument("--no-udp", action="store_true", help="UDP disabled: straight to HTTP downloads")
     c.add_argument("--connect-first", type=int, default=0,
                    help="open sessions to this many cached nodes before pinging (as giFT-FastTrack does)")
+    c.add_argument("--reping", action="store_true", help="ping the peers it pinged again in every cycle of mode 2")
     c.add_argument("--answer", choices=sorted(ANSWERS), default="node",
                    help="how it answers pings (probes): an ordinary node's 13-byte 0x29 by default")
     c.add_argument("--supernode", default="203.0.113.1:1214")

@@ -61,7 +61,7 @@ def _http_get(net, ns: str, url: str, timeout: float = 2.0) -> bool:
 def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: float = 30.0,
         mode1: float = 3.0, mode2: float = 6.0, no_udp: bool = False, seed: int | None = None,
         recover: bool = True, echo=None, config_extra: str = "", capture=None, answer: str = "node",
-        ipv6: bool = False, connect_first: int = 0) -> Result:
+        ipv6: bool = False, connect_first: int = 0, reping: bool = False) -> Result:
     """Run the scenario once on ``net`` (a p2pwall_lab.testbed.Network) and report.  With
     ``ipv6`` (a dual-stack ``net``) the client, its peers and the web server speak IPv6;
     the supernode it names stays IPv4, as FastTrack's header can only name IPv4."""
@@ -101,7 +101,7 @@ def run(net, *, tag: str, p2pwall: bool = True, lock: float = 4.0, seconds: floa
             args += ["--seed", str(seed)]
         if no_udp:
             args.append("--no-udp")
-        args += ["--answer", answer, "--connect-first", str(connect_first)]
+        args += ["--answer", answer, "--connect-first", str(connect_first)] + (["--reping"] if reping else [])
         say(f"emulated FastTrack client starts on {lan_ips[0]}"
             f"{' with UDP disabled (HTTP downloads only)' if no_udp else ''}; "
             f"{lan_ips[1]} browses {site} every second")
@@ -240,11 +240,22 @@ def lab(net, *, seconds: float = 60.0, lock_seconds: float = 8.0, echo=print) ->
     r2 = run(net, tag="lab-noudp", lock=lock_seconds, seconds=max(8.0, seconds * 0.2), no_udp=True,
              recover=False, echo=echo)
     timeline(r2, echo)
+    echo("== FastTrack as giFT-FastTrack starts: sessions to two cached nodes before any ping, "
+         "then pings, re-pinging the peers it knows every cycle ==")
+    r3 = run(net, tag="lab-sessions", lock=lock_seconds, seconds=max(12.0, seconds * 0.25), mode1=3,
+             mode2=max(6.0, seconds * 0.15), connect_first=2, reping=True, echo=echo)
+    timeline(r3, echo)
+    session_bytes = sum(x["size"] for x in r3.peer_log if x["kind"] == "session_data")
+    pings3 = sum(x["kind"] == "ping" for x in r3.client_log)
+    pongs3 = sum(x["kind"] == "pong" for x in r3.client_log)
+    echo(f"  sessions up before the pings: {r3.client.get('sessions_up', 0)}, bytes they carried across: "
+         f"{session_bytes}; pings {pings3}, pongs {pongs3} (every ping answered, known peers too)")
     supernode = net.outside[0]
     blocked = {e["address"] for e in (r2.status or {}).get("peers", {}).get("entries", [])}
     held = (r.client.get("connected") == 0 and not r.tcp_reached_peers and r.web_failed == 0
             and r.recovered_after is not None and r2.client.get("downloads") == 0
-            and not r2.downloads_served and supernode in blocked)
+            and not r2.downloads_served and supernode in blocked
+            and session_bytes == 0 and r3.client.get("connected") == 0 and pings3 > 0 and pongs3 == pings3)
     echo("")
     echo("result: " + ("nothing got through; ordinary traffic flowed throughout; the supernode "
                        f"{supernode} named in X-Kazaa-SupernodeIP was blocked" if held else

@@ -255,3 +255,20 @@ def test_a_twelve_byte_first_payload_alone_earns_nothing():
     assert h.feed(udp(LAN, PEER, 1214, 1214, make_ping())).drop  # another client's ping
     assert not h.blocked("203.0.113.91")  # ... says nothing of 192.168.1.6's sessions
     assert not h.feed(tcp(LAN, "203.0.113.92", 41002, 443, hello)).drop
+
+
+def test_every_ping_is_answered_also_to_a_peer_already_learned():
+    """ftwall answers every ping: a client re-pinging the peers it knows (as giFT does
+    each cycle) gets a pong each time, so it keeps to them; nothing else to that peer
+    gets through, and a peer learned by another detector is answered the same way."""
+    h = harness()
+    for i in range(5):
+        verdict = h.feed(udp(LAN, PEER, 3000 + (i % 2), 1214, PING))
+        assert verdict.drop
+    assert len([s for s in h.sent if isinstance(s, Spoof)]) == 5
+    h.sent.clear()
+    assert h.feed(udp(LAN, PEER, 3000, 1214, b"\x29\x00\x00\x00\x29\x01\x02")).drop  # not a ping: dropped, unanswered
+    assert not h.sent
+    off = harness(spoof=False)
+    off.feed(udp(LAN, PEER, 3000, 1214, PING))
+    assert off.detectors.udp_answered() == [] and not off.sent
