@@ -52,7 +52,6 @@ Can a browser, an ordinary protocol or one hostile LAN host make it fire?
 from __future__ import annotations
 
 import re
-from struct import unpack_from
 
 from p2pwall import FROM_LAN, TCP, TO_LAN, UDP, Block, DetectorInfo, Drop, Lock, Report, browser_shaped, hookimpl
 from p2pwall_plugins._common import switches
