@@ -181,7 +181,7 @@ class BitTorrentDetector:
             elif c["trackers"] and is_tracker_connect(p):
                 reason = "BitTorrent UDP tracker"
             elif c["utp"] and len(p) > 20 and p[0] == utp.DATA:
-                return self._utp_data(packet, context)
+                return self._utp(packet, context, True)
             else:
                 return None
             return [Block(packet.dst, reason=reason), Drop(reason)]
@@ -198,29 +198,21 @@ class BitTorrentDetector:
             return mse.inspect(packet, context)
         return None
 
-    def _utp_data(self, packet, context):
-        """A LAN client's uTP ST_DATA: the handshake (however split), or MSE's shape."""
+    def _utp(self, packet, context, outgoing: bool):
+        """A uTP ST_DATA either way: the handshake (however split) blocks the outside end;
+        else MSE's exchange is read (the client's steps, the peer's answer)."""
         found = utp.data(packet.payload)
         if found is None:
             return None
         seq, ack, payload = found
         if utp.stream_start(packet, context, seq, payload, HANDSHAKE).startswith(HANDSHAKE):
             reason = "BitTorrent handshake over uTP"
-            return [Block(packet.dst, reason=reason), Drop(reason)]
-        if self.conf["mse"]:
+            return [Block(packet.dst if outgoing else packet.src, reason=reason), Drop(reason)]
+        if not self.conf["mse"]:
+            return None
+        if outgoing:
             return mse.utp_inspect(packet, context, seq, payload)
-        return None
-
-    def _utp_reply(self, packet, context):
-        found = utp.data(packet.payload)
-        if found is None:
-            return None
-        seq, ack, payload = found
-        if utp.stream_start(packet, context, seq, payload, HANDSHAKE).startswith(HANDSHAKE):
-            reason = "BitTorrent handshake over uTP"
-            return [Block(packet.src, reason=reason), Drop(reason)]
-        if self.conf["mse"]:
-            mse.utp_reply(packet, context, ack, payload)
+        mse.utp_reply(packet, context, ack, payload)
         return None
 
     def _reply(self, packet, context):
@@ -228,7 +220,7 @@ class BitTorrentDetector:
         if context.in_lan(packet.src):
             return None
         if packet.proto == UDP and self.conf["utp"] and len(packet.payload) > 20 and packet.payload[0] == utp.DATA:
-            return self._utp_reply(packet, context)
+            return self._utp(packet, context, False)
         if self.conf["mse"] and packet.proto == TCP and packet.first and packet.end > packet.off:
             mse.reply(packet, context)
         if not self.conf["learn"]:

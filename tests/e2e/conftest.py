@@ -39,6 +39,16 @@ def net():
     yield from network(20)
 
 
+@pytest.fixture(scope="module")
+def ordinary(net):
+    """The testbed's ordinary services (HTTP, HTTPS, DNS, QUIC- and RTP-like UDP) on the
+    last outside address: its address."""
+    web = net.outside[-1]
+    net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "serve", "--bind", web,
+              "--dir", str(net.dir), log="ordinary.out", timeout=20)
+    return web
+
+
 @pytest.fixture(scope="session")
 def testdet_env(tmp_path_factory):
     """PYTHONPATH with the test detector installed as a distribution with an entry point."""

@@ -17,14 +17,6 @@ pytestmark = pytest.mark.e2e
 LOCK = 5
 
 
-@pytest.fixture(scope="module")
-def ordinary(net):
-    web = net.outside[-1]
-    net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "serve", "--bind", web,
-              "--dir", str(net.dir), log="ordinary.out", timeout=20)
-    return web
-
-
 def run_ordinary(net, ns, web) -> dict:
     done = net.exec(ns, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "client", "--server", web, timeout=120)
     return json.loads(done.stdout)

@@ -24,14 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_libtorrent(), reason=
 LOCK = 5
 
 
-@pytest.fixture(scope="module")
-def ordinary(net):
-    web = net.outside[-1]
-    net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.ordinary", "serve", "--bind", web,
-              "--dir", str(net.dir), log="ordinary.out", timeout=20)
-    return web
-
-
 @pytest.fixture
 def shaped(net):
     """The peers' uplink at 20 Mbit/s (a generous residential upload): on bare veth links
@@ -96,7 +88,7 @@ def test_a_client_locked_for_bittorrent_loses_its_udp_in_the_kernel(net):
     after the lock its UDP flows again."""
     from .helpers import arrivals, start_server, tcp, udp
 
-    log = start_server(net, net.out, "udplock.jsonl", udp_ports="123,443,6881,9999", tcp_ports="6969")
+    log = start_server(net, net.out, "udplock.jsonl", udp_ports="123,853,51413,9999", tcp_ports="6969")
     peer, tracker = net.outside[6], net.outside[7]
     daemon = net.p2pwall(net.base_config(lock_seconds=LOCK), "--plugin", "bittorrent", name="udplock")
     try:
@@ -106,15 +98,15 @@ def test_a_client_locked_for_bittorrent_loses_its_udp_in_the_kernel(net):
         tcp(net, net.lans[0], tracker, 6969, announce, timeout=1)
         assert daemon.status()["locks"]["count"] == 1
         assert net.lan_ips[0] in net.kernel_set("udplocks4")
-        for port, sport in ((9999, 40001), (6881, 40002), (9999, 0)):  # the old flow, new ones
+        for port, sport in ((9999, 40001), (51413, 40002), (9999, 0)):  # the old flow, new ones
             assert udp(net, net.lans[0], peer, port, b"locked", sport=sport, wait=0.5)[0]["reply"] is None, port
-        for port in (123, 443):
+        for port in (123, 853):  # (the ordinary services and the seeders above hold others here)
             assert udp(net, net.lans[0], peer, port, b"service", wait=0.5)[0]["reply"] is not None, port
-        assert udp(net, net.lans[1], peer, 6881, b"other host", wait=0.5)[0]["reply"] is not None
+        assert udp(net, net.lans[1], peer, 51413, b"other host", wait=0.5)[0]["reply"] is not None
         assert not arrivals(log, src=net.lan_ips[0], data=b"locked".hex())
         deadline = time.monotonic() + LOCK + 5
         while time.monotonic() < deadline and net.lan_ips[0] in net.kernel_set("udplocks4"):
             time.sleep(0.25)
-        assert udp(net, net.lans[0], peer, 6881, b"free again", wait=0.5)[0]["reply"] is not None
+        assert udp(net, net.lans[0], peer, 51413, b"free again", wait=0.5)[0]["reply"] is not None
     finally:
         daemon.stop()
