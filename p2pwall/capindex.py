@@ -292,6 +292,33 @@ _IP_FIELDS = {  # name: (format, offset in the IP header); overlapping fields ar
 }
 
 
+def starts_with(segments, seg: np.ndarray, off: np.ndarray, length: np.ndarray,
+                prefixes: tuple[bytes, ...]) -> np.ndarray:
+    """For each of some payloads (segment index, offset and length in that segment's
+    buffer), whether it starts with one of ``prefixes`` (1-4 bytes each): their first four
+    bytes read a column at a time, one segment after another."""
+    lead = np.zeros(len(seg), np.uint64)
+    width = np.minimum(length, 4).astype(np.int64)
+    for k, segment in enumerate(segments):
+        mine = np.flatnonzero(seg == k)
+        if not len(mine):
+            continue
+        buf = np.frombuffer(segment.buf, np.uint8)
+        at = off[mine].astype(np.int64)
+        for b in range(4):  # left-aligned: a shorter payload is padded with zeros
+            has = width[mine] > b
+            byte = np.zeros(len(mine), np.uint64)
+            byte[has] = buf[at[has] + b]
+            lead[mine] = (lead[mine] << np.uint64(8)) | byte
+    found = np.zeros(len(seg), bool)
+    for prefix in prefixes:
+        n = len(prefix)
+        want = np.uint64(int.from_bytes(prefix, "big") << (8 * (4 - n)))
+        mask = np.uint64(((1 << (8 * n)) - 1) << (8 * (4 - n)))
+        found |= ((lead & mask) == want) & (width >= n)
+    return found
+
+
 def one_of(values: np.ndarray, choices: tuple[int, ...]) -> np.ndarray:
     """``values`` (16-bit at most) that are among ``choices``: a table lookup (np.isin
     sorts, and pulls in numpy.ma on its way)."""

@@ -35,10 +35,9 @@ from .ledger import Ledger
 from .mirrors import KernelMirror
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_text, parse
 from .plugins import KINDS, UDP_SERVICE_PORTS, DetectorSet
-
-_UDP_SERVICES = frozenset(UDP_SERVICE_PORTS)
 from .records import BLOCK, LOCK, OWN, PAIR, Record, from_kernel
 
+_UDP_SERVICES = frozenset(UDP_SERVICE_PORTS)  # what the UDP lock leaves a client
 log = logging.getLogger("p2pwall.engine")
 
 # netfilter hook numbers as NetfilterQueue reports them

@@ -88,7 +88,8 @@ def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, recei
     (``peers``, ``nolock``, ``pair`` or None), whether its sender is in the lock set,
     and whether a LAN host opened the flow (unsolicited inbound traffic is never read).
     ``second``: it is the payload after a first one of a shape-read size; ``udp_locked``:
-    its sender is in the UDP lock set (``udplocks``).  One packet through :func:`kernel_base` and :func:`kernel_with_sets`."""
+    its sender is in the UDP lock set (``udplocks``).  One packet through
+    :func:`kernel_base` and :func:`kernel_with_sets`."""
     import numpy as np
 
     if packet.proto not in (TCP, UDP):

@@ -34,6 +34,7 @@ log = logging.getLogger("p2pwall.kernelsets")
 MAX_TIMEOUT = 2147483  # ipset's limit, in seconds
 _LINE = re.compile(r"Error in line (\d+):\s*(.*)")
 _FRESH_BATCH = 256  # nft batches this big try one line per new element first
+_NFT = NFT_KINDS + (UDPLOCKS,)  # the address sets in p2pwall's nft table (udplocks: QueuePolicy.udp_lockers)
 
 
 class KernelSetError(Exception):
@@ -205,15 +206,14 @@ class KernelSets:
     def add(self, kind: str, addr: bytes, seconds: float, note: str = "") -> bool:
         """Queue an add of ``addr`` to the ``kind`` set; False (and counted) when refused."""
         family = 4 if len(addr) == 4 else 6
-        if kind == UDPLOCKS:
-            if not self.table or not self.policy.udp_lockers:
-                return False
-        if family not in self.families or ((kind in NFT_KINDS or kind == UDPLOCKS) and not self.table):
+        if kind == UDPLOCKS and not self.policy.udp_lockers:
+            return False  # the table has no udplocks sets
+        if family not in self.families or (kind in _NFT and not self.table):
             return False
         if not valid_element(addr) or not math.isfinite(seconds) or seconds <= 0:
             self.refused += 1
             return False
-        if kind in NFT_KINDS or kind == UDPLOCKS:
+        if kind in _NFT:
             self.pending_nft.append(("add", f"{kind}{family}", ip_text(addr), _timeout(seconds),
                                      comment(note) if note else ""))
             return True
@@ -228,7 +228,7 @@ class KernelSets:
             return
         if kind == UDPLOCKS and not self.policy.udp_lockers:
             return
-        if kind in NFT_KINDS or kind == UDPLOCKS:
+        if kind in _NFT:
             if self.table:
                 self.pending_nft.append(("del", f"{kind}{family}", ip_text(addr), 1, ""))
         else:
@@ -373,7 +373,7 @@ class KernelSets:
 
     def members(self, kind: str, family: int = 4) -> dict[str, int]:
         """What the kernel holds now: address -> seconds left (for tests and checks)."""
-        if kind in NFT_KINDS or kind == UDPLOCKS:
+        if kind in _NFT:
             return {v: int(left) for v, left, _ in self._nft_elements(f"{kind}{family}") if isinstance(v, str)}
         return {addr: left for addr, left, _ in self._list(self._names(family)[kind])}
 

@@ -182,21 +182,21 @@ class DetectorSet:
         ranges = [r for r in ranges if r]
         return (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
 
-    def tcp_prefixes(self) -> list[bytes]:
-        """Leading bytes that also select LAN payloads (matched with u32 on IPv4)."""
+    def _declared(self, kind: str, attr: str) -> list[bytes]:
+        """The union, in order, of ``attr`` over the detectors that want ``kind``."""
         found: list[bytes] = []
         for d in self.detectors:
-            if "tcp_payload" in d.info.wants:
-                found.extend(p for p in d.info.tcp_prefixes if p not in found)
+            if kind in d.info.wants:
+                found.extend(p for p in getattr(d.info, attr) if p not in found)
         return found
+
+    def tcp_prefixes(self) -> list[bytes]:
+        """Leading bytes that also select LAN payloads (matched with u32 on IPv4)."""
+        return self._declared("tcp_payload", "tcp_prefixes")
 
     def udp_answered(self) -> list[bytes]:
         """UDP prefixes whose datagrams to blocked peers are still queued (``udp_answered``)."""
-        found: list[bytes] = []
-        for d in self.detectors:
-            if "udp" in d.info.wants:
-                found.extend(p for p in d.info.udp_answered if p not in found)
-        return found
+        return self._declared("udp", "udp_answered")
 
     def tcp_screens(self, kind: str = "tcp_payload") -> dict:
         """Each detector's own narrowing of ``kind`` (``tcp_payload`` or ``tcp_payload_in``):

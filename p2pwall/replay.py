@@ -328,31 +328,12 @@ class _Run:
         return [(h << 64 | x | _V6_KEY) if six else x for h, x, six in zip(hi[rows].tolist(), low, v6.tolist())]
 
     def _answered(self, prefixes: tuple[bytes, ...]) -> np.ndarray:
-        """The LAN's UDP datagrams whose payload starts with one of ``prefixes`` (1-4 bytes),
-        read from the capture's buffers a column at a time."""
+        """The LAN's UDP datagrams whose payload starts with one of ``prefixes`` (1-4 bytes)."""
         out = np.zeros(len(self.proto), bool)
         rows = np.flatnonzero(self.outgoing & (self.proto == UDP) & (self.paylen >= min(len(p) for p in prefixes)))
-        if not len(rows):
-            return out
-        lead = np.zeros(len(rows), np.uint64)
-        width = np.minimum(self.paylen[rows], 4).astype(np.int64)
-        segs = self.seg[rows]
-        for k, segment in enumerate(self.segments):
-            mine = np.flatnonzero(segs == k)
-            if not len(mine):
-                continue
-            buf = np.frombuffer(segment.buf, np.uint8)
-            at = self.payoff[rows[mine]].astype(np.int64)
-            for b in range(4):
-                has = width[mine] > b
-                byte = np.zeros(len(mine), np.uint64)
-                byte[has] = buf[at[has] + b]
-                lead[mine] = (lead[mine] << np.uint64(8)) | byte
-        for prefix in prefixes:
-            n = len(prefix)
-            want = np.uint64(int.from_bytes(prefix, "big") << (8 * (4 - n)))
-            mask = np.uint64(((1 << (8 * n)) - 1) << (8 * (4 - n)))
-            out[rows[((lead & mask) == want) & (width >= n)]] = True
+        if len(rows):
+            out[rows] = capindex.starts_with(self.segments, self.seg[rows], self.payoff[rows], self.paylen[rows],
+                                             prefixes)
         return out
 
     def _payloads(self, rows: np.ndarray) -> list[bytes]:
@@ -487,20 +468,17 @@ class _Run:
         lanwide = [((k,), v) for kind in ("peers", "nolock") for k, v in model.history[kind].items()]
         pairs = list(model.history["pair"].items())
         udp_locked = [((k,), v) for k, v in model.history["udplocks"].items()]
-        all_rows = rows
-        for keys, cols, scope in (
-                (lanwide, (self.dst_hi, self.dst_lo, self.v6), "lan"),
-                (pairs, (self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.v6), "client"),
-                (udp_locked, (self.src_hi, self.src_lo, self.v6), None)):  # the udplock chain: by sender
-            if not keys:
-                continue
-            rows = all_rows
-            if scope is None:
-                from .plugins import UDP_SERVICE_PORTS
+        udp_rows = rows
+        if udp_locked:  # the udplock chain takes a locked sender's UDP but to the service ports
+            from .plugins import UDP_SERVICE_PORTS
 
-                rows = rows[(self.proto[rows] == UDP) & ~capindex.one_of(self.dport[rows], UDP_SERVICE_PORTS)]
-                if not len(rows):
-                    continue
+            udp_rows = rows[(self.proto[rows] == UDP) & ~capindex.one_of(self.dport[rows], UDP_SERVICE_PORTS)]
+        for keys, cols, scope, rows in (
+                (lanwide, (self.dst_hi, self.dst_lo, self.v6), "lan", rows),
+                (pairs, (self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.v6), "client", rows),
+                (udp_locked, (self.src_hi, self.src_lo, self.v6), None, udp_rows)):  # by sender
+            if not keys or not len(rows):
+                continue
             h = _mix(*(c[rows] for c in cols))
             order = np.argsort(h, kind="stable")
             hs = h[order]

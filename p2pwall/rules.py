@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from .policy import QueuePolicy
+from .policy import ANSWERED_RATE, QueuePolicy
 
 
 class RulesError(Exception):
@@ -266,8 +266,6 @@ def nft_table(policy: QueuePolicy) -> str:
     lan += ["    ip daddr @peers4 jump peer", "    ip6 daddr @peers6 jump peer",
             "    ip daddr @nolock4 counter drop", "    ip6 daddr @nolock6 counter drop"]
     requeue = [f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept"]
-    from .policy import ANSWERED_RATE
-
     for prefix in policy.udp_answered:  # bounded: beyond the rate they are dropped with the rest
         requeue.append(f"    meta l4proto udp udp length >= {8 + len(prefix)} @th,64,{8 * len(prefix)} 0x{prefix.hex()} "
                        f"limit rate {ANSWERED_RATE}/second burst {ANSWERED_RATE} packets "
