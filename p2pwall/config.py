@@ -43,7 +43,7 @@ class Settings:
     workers: int = 1
     kernel_sets: bool = True
     clean_mark: int = 0x00100000
-    first_mark: int = 0x00200000  # and the three bits above it
+    first_mark: int = 0x00200000  # and the four bits above it
     per_host_rate: int = 2000  # packets per second one LAN host may have queued (0: no bound)
     overflow: str = "accept"  # what a full queue does: "accept" (fail open) or "drop"
     # [lock]
@@ -133,8 +133,8 @@ _SCHEMA = {
                                               "a single bit of the 32-bit conntrack mark")),
         "per_host_rate": ("per_host_rate", "int", _range(0, 10_000_000)),
         "overflow": ("overflow", "choice:accept,drop", None, RESTART),
-        "first_mark": ("first_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**28,
-                                              "a single bit of the 32-bit mark, below the top four")),
+        "first_mark": ("first_mark", "int", (lambda v: v > 0 and v & (v - 1) == 0 and v < 2**27,
+                                              "a single bit of the 32-bit mark, below the top five")),
     },
     "lock": {
         "seconds": ("lock_seconds", "number", _LIFETIME),
@@ -293,8 +293,8 @@ def from_dict(data: dict) -> Settings:
             attr, kind, check = schema[key][:3]
             setattr(settings, attr, _check(section, key, value, kind, check))
             settings.explicit = settings.explicit | {attr}
-    if settings.clean_mark in tuple(settings.first_mark << k for k in range(4)):
-        raise ConfigError("[queue] first_mark: its bit and the three above it must differ from clean_mark")
+    if settings.clean_mark in tuple(settings.first_mark << k for k in range(5)):
+        raise ConfigError("[queue] first_mark: its bit and the four above it must differ from clean_mark")
     return settings
 
 

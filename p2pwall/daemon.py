@@ -277,7 +277,12 @@ class Daemon:
             watcher.stop()
 
     def _read_neighbours(self) -> None:
-        self.engine.evidence.neighbours.reload()
+        neighbours = self.engine.evidence.neighbours
+        if neighbours is None:
+            return
+        neighbours.reload()
+        if self.kernel is not None:  # the per-host bound's stations (the main process's own sets)
+            self.kernel.sync_stations(neighbours.table())
 
     # ---------------------------------------------------------------- self-healing
     def _check_rules(self) -> None:

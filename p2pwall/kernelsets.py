@@ -26,7 +26,7 @@ import subprocess
 
 from .events import emit
 from .packet import ip_text
-from .policy import NFT_KINDS, QueuePolicy, SetSpec, set_name
+from .policy import NFT_KINDS, STATION_TABLE, QueuePolicy, SetSpec, set_name
 from .records import UDPLOCKS
 from .rules import nft_table
 
@@ -79,7 +79,8 @@ def nft_elements(listing: str) -> list[tuple[object, float, str]]:
     out = []
     for item in doc.get("nftables", []) if isinstance(doc, dict) else ():
         for elem in item.get("set", {}).get("elem", []) if isinstance(item, dict) else ():
-            e = elem.get("elem", {}) if isinstance(elem, dict) else {"val": elem}
+            # an element with a timeout or comment comes as {"elem": {...}}; a bare one as its value
+            e = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {"val": elem}
             val = e.get("val")
             if isinstance(val, dict):
                 val = val.get("concat")
@@ -103,6 +104,8 @@ class KernelSets:
         self.failures = 0  # elements the kernel refused
         self.refused = 0  # elements refused before reaching the kernel
         self.last_error = ""
+        self._stations: set | None = set()  # (address, MAC) the stations sets hold; None: unknown
+        self._made = 0  # how many times the nft table was made (a sync that raced one starts over)
 
     @staticmethod
     def available() -> bool:
@@ -138,6 +141,7 @@ class KernelSets:
             if done.returncode != 0:
                 raise KernelSetError(f"nft table {self.policy.nft_table}: {done.stderr.strip()[:300]}")
             self.table, self.pairs = True, self.policy.pair_sets
+            self._made, self._stations = self._made + 1, None
 
     def remake_table(self) -> bool:
         """Make p2pwall's nft table anew, empty, from the current policy (a reload changed
@@ -158,7 +162,41 @@ class KernelSets:
             emit(log, logging.ERROR, "kernel_set_error", set=self.policy.nft_table, error=self.last_error)
             return False
         self.table, self.pairs = True, self.policy.pair_sets
+        self._made, self._stations = self._made + 1, None  # the stations too are written anew
         return True
+
+    def sync_stations(self, table: dict[bytes, bytes]) -> None:
+        """Make the nft ``stations`` sets hold exactly the pairs of ``table`` (address ->
+        MAC: the neighbours the gateway resolved on the LAN interfaces), which key the
+        per-host bound (:meth:`QueuePolicy.fairness`).  Called by the watch thread after
+        each reading of the neighbour table; only the changes are written, the whole set
+        again after a refusal or a remade table.  At most ``STATION_TABLE`` pairs."""
+        if not (self.owner and self.table and self.policy.stations):
+            return
+        want = {(a, m) for a, m in table.items() if len(m) == 6 and valid_element(a)}
+        if len(want) > STATION_TABLE:
+            want = set(sorted(want)[:STATION_TABLE])
+        made, have = self._made, self._stations
+        element = lambda a, m: f"{{ {ip_text(a)} . {m.hex(':')} }}"  # noqa: E731
+        name = lambda a: f"inet {self.policy.nft_table} stations{4 if len(a) == 4 else 6}"  # noqa: E731
+        if have is not None:
+            lines = [f"delete element {name(a)} {element(a, m)}" for a, m in have - want]
+            lines += [f"add element {name(a)} {element(a, m)}" for a, m in want - have]
+            if not lines:
+                return
+            done = self._nft("".join(line + "\n" for line in lines))
+        if have is None or done.returncode != 0:  # the whole set again
+            lines = [f"flush set inet {self.policy.nft_table} stations{f}" for f in (4, 6)]
+            lines += [f"add element {name(a)} {element(a, m)}" for a, m in sorted(want)]
+            done = self._nft("".join(line + "\n" for line in lines))
+            if done.returncode != 0:
+                self.failures += 1
+                self.last_error = done.stderr.strip()[:200]
+                emit(log, logging.WARNING, "kernel_set_error", set=f"{self.policy.nft_table} stations",
+                     error=self.last_error)
+                self._stations = None
+                return
+        self._stations = want if made == self._made else None
 
     def missing(self) -> list[str]:
         """What of the sets this process made the kernel no longer has (a firewall reload

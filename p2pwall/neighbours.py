@@ -19,6 +19,11 @@ alone (client-scoped blocks, its lock), by which time the gateway has been sendi
 neighbour's traffic to the forger all along: the ARP forgery itself, not p2pwall, is
 what costs the neighbour its connectivity.
 
+The same table keys the per-host bound in the kernel (``KernelSets.sync_stations``
+fills the nft ``stations`` sets after each reading): a spoofed packet spends the share of
+"unresolved senders at that address", never the neighbour's own.  A forger who poisoned
+the entry spends the neighbour's share and leaves it the unresolved one, as above.
+
 The table is read off the packet path: ``reload`` runs at start and then from the
 daemon's watch thread (every ``REFRESH`` seconds); ``genuine`` only looks it up, so no
 verdict waits for ``ip neigh``.
@@ -33,11 +38,12 @@ import time
 
 from .events import emit
 from .packet import ip_bytes, ip_text
+from .policy import STATION_TABLE
 
 
 REFRESH = 1.0  # seconds between readings of the neighbour table
 STANDING = 60.0  # seconds a station must have been on the LAN before it corroborates
-MAX_STATIONS = 65536
+MAX_STATIONS = STATION_TABLE
 log = logging.getLogger("p2pwall.neighbours")
 
 
@@ -108,6 +114,10 @@ class Neighbours:
         self._first = False
         self._table = table
         self._read_at = now
+
+    def table(self) -> dict[bytes, bytes]:
+        """Address -> MAC of every neighbour resolved now (the per-host bound's stations)."""
+        return dict(self._table)
 
     def genuine(self, addr: bytes, mac: bytes | None) -> bool:
         """Whether ``addr`` is a station the gateway resolved, at ``mac`` (bytes, or the

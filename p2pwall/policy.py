@@ -40,6 +40,10 @@ class SetSpec:
                 "comment"]
 
 
+STATION_TABLE = 65536  # most stations the nft stations sets hold (neighbours.MAX_STATIONS)
+BOUND_CAP = 262144  # most keys of the per-host bound's table of unresolved senders
+
+
 def set_name(queue: int, kind: str, family: int) -> str:
     return f"p2pwall-{kind}{queue}{'' if family == 4 else '-6'}"
 
@@ -111,16 +115,58 @@ class QueuePolicy:
         return [SetSpec("locks", fam, set_name(self.queue, "locks", fam), max(64, self.lock_max))
                 for fam in ((4, 6) if family is None else (family,))]
 
-    def fairness(self, family: int, where: str) -> str | None:
-        """The rule that keeps one LAN host's packets from filling the queue: beyond
+    def fairness(self, family: int, where: str) -> list[str]:
+        """The rules that keep one LAN host's packets from filling the queue: beyond
         ``per_host_rate`` a second (bursts of two seconds pass), the host's own packets
-        that would be queued are dropped; nobody else's are touched."""
+        that would be queued are dropped; nobody else's are touched.
+
+        The kernel's bound counts by source address, and a host can send with its
+        neighbour's.  So with the stations (``stations``: LAN interfaces and kernel
+        sets), a packet whose address and MAC are a pair the gateway itself resolved
+        (the nft ``stations`` sets mark it) spends that station's share, and any other
+        (a spoofed neighbour's address at the spoofer's MAC, an address nobody resolved
+        yet) spends the share of "unresolved senders at that address" (IPv6: that /64):
+        a spoofer spends only a share it shares with nobody real.  Each table is sized
+        to what can meet it (the stations sets' size; the LAN's addresses, its /64s for
+        IPv6), so a full table, which drops every new key, cannot happen (up to
+        ``BOUND_CAP`` keys: a larger LAN is capped there)."""
         if not self.per_host_rate:
-            return None
+            return []
         rate = self.per_host_rate
-        return (f"-m hashlimit --hashlimit-above {rate}/sec --hashlimit-burst {2 * rate} "
-                f"--hashlimit-mode srcip --hashlimit-htable-max 65536 --hashlimit-htable-expire 10000 "
-                f"--hashlimit-name p2pw{self.queue}{where}{family} -j DROP")
+        bound = (f"-m hashlimit --hashlimit-above {rate}/sec --hashlimit-burst {2 * rate} --hashlimit-mode srcip "
+                 f"--hashlimit-htable-expire 10000")
+        by_prefix = " --hashlimit-srcmask 64" if family == 6 else ""
+        name = f"p2pw{self.queue}{where}{family}"
+        lan = f"--hashlimit-htable-max {self.lan_keys(family)}"
+        if not self.stations:
+            return [f"{bound}{by_prefix} {lan} --hashlimit-name {name} -j DROP"]
+        mark = f"0x{self.station_mark:x}"
+        return [f"-m mark --mark {mark}/{mark} {bound} --hashlimit-htable-max {STATION_TABLE} "
+                f"--hashlimit-name {name}s -j DROP",
+                f"-m mark ! --mark {mark}/{mark} {bound}{by_prefix} {lan} --hashlimit-name {name}u -j DROP"]
+
+    def lan_keys(self, family: int) -> int:
+        """How many keys the bound of unresolved senders can meet: the LAN networks'
+        addresses (IPv6: their /64s), at least 1,024, at most ``BOUND_CAP`` (the cap also
+        when only interfaces name the LAN)."""
+        total = 0
+        for text in self.lan_networks:
+            net = ipaddress.ip_network(text, strict=False)
+            if net.version == family:
+                total += 2 ** max(0, (32 if family == 4 else 64) - net.prefixlen)
+        return min(max(total, 1024), BOUND_CAP) if total else BOUND_CAP
+
+    @property
+    def stations(self) -> bool:
+        """Whether the per-host bound tells the gateway's resolved stations from other
+        senders (the nft ``stations`` sets, filled from the neighbour table)."""
+        return bool(self.per_host_rate) and self.pair_sets
+
+    @property
+    def station_mark(self) -> int:
+        """Packet mark the nft table gives a packet whose source address and MAC are a
+        station the gateway resolved (the per-host bound's key, ``fairness``)."""
+        return self.first_mark << 4
 
     @property
     def nft_table(self) -> str:

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from .policy import ANSWERED_RATE, QueuePolicy
+from .policy import ANSWERED_RATE, STATION_TABLE, QueuePolicy
 
 
 class RulesError(Exception):
@@ -156,15 +156,14 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     lan, reply = chains[names["counted"]], chains[names["counted_reply"]]
     if policy.kernel_sets:
         lan.append(f"-p tcp --syn -m set --match-set {sets['locks']} src -j DROP")
-    fair = policy.fairness(family, "f")
-    if fair:  # before anything is queued: one flooding host cannot fill the queue for the others
-        lan.append(fair)
+    # before anything is queued: one flooding host cannot fill the queue for the others
+    lan.extend(policy.fairness(family, "f"))
     for src in sources:
         chains[names["forward"]].append(f"{src} -j {names['lan']}")
         if "udp" in wants:
-            fair_in = policy.fairness(family, "i")
-            if fair_in and not any(r == f"{src} -p udp {fair_in}" for r in chains[names["input"]]):
-                chains[names["input"]].append(f"{src} -p udp {fair_in}")
+            for fair_in in policy.fairness(family, "i"):
+                if not any(r == f"{src} -p udp {fair_in}" for r in chains[names["input"]]):
+                    chains[names["input"]].append(f"{src} -p udp {fair_in}")
             chains[names["input"]].append(f"{src} -p udp {target}")
     if "udp_in" in wants or "tcp_payload_in" in wants:
         # only answers on flows a LAN host opened: unsolicited inbound traffic is never read
@@ -238,6 +237,10 @@ def nft_table(policy: QueuePolicy) -> str:
     if policy.lan_interfaces:
         names = ", ".join(f'"{n}"' for n in policy.lan_interfaces)
         entries = [f"iifname {{ {names} }} jump lan"]
+        if policy.stations:  # the per-host bound's key: a pair the gateway resolved (policy.fairness)
+            mark = f"meta mark set meta mark | 0x{policy.station_mark:x}"
+            entries[:0] = [f"iifname {{ {names} }} ip saddr . ether saddr @stations4 {mark}",
+                           f"iifname {{ {names} }} ip6 saddr . ether saddr @stations6 {mark}"]
     else:
         entries = []
         for family, word in ((4, "ip"), (6, "ip6")):
@@ -260,6 +263,9 @@ def nft_table(policy: QueuePolicy) -> str:
                  "  set pairs6 { type ipv6_addr . ipv6_addr; flags timeout; }"]
         lan += ["    ip saddr . ip daddr @pairs4 jump blocked",
                 "    ip6 saddr . ip6 daddr @pairs6 jump blocked"]
+    if policy.stations:  # filled from the neighbour table by the daemon (KernelSets.sync_stations)
+        sets += [f"  set stations4 {{ type ipv4_addr . ether_addr; size {STATION_TABLE}; }}",
+                 f"  set stations6 {{ type ipv6_addr . ether_addr; size {STATION_TABLE}; }}"]
     if udplock:
         sets += ["  set udplocks4 { type ipv4_addr; flags timeout; }",
                  "  set udplocks6 { type ipv6_addr; flags timeout; }"]

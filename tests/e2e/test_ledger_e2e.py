@@ -127,6 +127,8 @@ def test_a_firewall_reload_is_undone_within_seconds(net, server, testdet_env, fl
             d.proc.send_signal(signal.SIGCONT)
         assert wait_until(lambda: "event=rules_restored" in d.output(), timeout=5)
         assert peer in net.kernel_set("peers4")  # refilled from the ledger
+        if flush[0] == "nft":  # and the per-host bound's stations from the neighbour table
+            assert wait_until(lambda: any(ip == net.lan_ips[1] for ip, _ in net.kernel_set("stations4")), 5)
         assert "P2PWALL-F0" in net.iptables_save()
         assert not reaches()  # enforced again
         assert d.status()["counters"]["rules_restored"] >= 1

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .helpers import start_server
+from .helpers import arrivals as seen_arrivals, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +85,62 @@ def test_one_hosts_new_flow_flood_costs_the_others_nothing(net):
         assert entry is not None and entry["own_clients"] == [net.lan_ips[0]]
         assert not seen(arrivals, dst=peer)
         assert '"event": "queue_overflow"' in d.output() or "event=queue_overflow" in d.output()
+    finally:
+        d.stop()
+
+
+CONNECTS = """
+import json, socket, sys, time
+to, port, count, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+out = []
+for _ in range(count):
+    start = time.monotonic()
+    try:
+        socket.create_connection((to, port), timeout=0.9).close()
+        out.append(round(time.monotonic() - start, 3))
+    except OSError:
+        out.append(None)
+    time.sleep(max(0.0, gap - (time.monotonic() - start)))
+print(json.dumps(out))
+"""
+
+
+def test_a_flood_sent_as_a_neighbour_spends_only_the_spoofers_share(net):
+    """Host A floods new flows with B's address from A's own MAC (raw frames, 20,000 a
+    second) while B opens 12 connections: the per-host bound is the station's (address
+    and MAC as the gateway resolved them), so A's frames spend the share of "unresolved
+    senders as B" and B's own SYNs their own: each connect is up within 0.9 s (a SYN the
+    bound dropped costs a 1 s retransmit).  The controls: the flood was measured well past
+    the bound and met it, and the gateway's stations set holds B at B's MAC."""
+    arrivals = start_server(net, net.out, "spoofflood.jsonl", udp_ports="", tcp_ports="8082")
+    d = net.p2pwall(net.base_config(), name="spoofflood")
+    a, b = net.lans
+    try:
+        mac_b = net.exec(b, "cat", "/sys/class/net/eth0/address").stdout.strip()
+        net.exec(b, "ping", "-c1", "-W1", "192.0.2.1", check=False)  # the gateway resolves B
+        assert wait_until(lambda: (net.lan_ips[1], mac_b) in net.kernel_set("stations4"), timeout=5), (\
+            net.exec(net.fw, "nft", "list", "set", "inet", "p2pwall0", "stations4").stdout, d.output()[-2000:])
+        gateway_mac = net.exec(net.fw, "cat", "/sys/class/net/br0/address").stdout.strip()
+        seconds = 8
+        flood = net.spawn(a, sys.executable, "-m", "p2pwall_lab.testbed.traffic", "newflows", "--seconds",
+                          str(seconds), "--hosts", "30", "--spoof", net.lan_ips[1], "--gateway-mac", gateway_mac,
+                          "--rate", "20000", log="spoofflood.out")
+        time.sleep(1)
+        dropped_before = d.status()["queue_health"]["fairness_dropped"]
+        done = net.exec(b, sys.executable, "-c", CONNECTS, net.outside[17], "8082", "12", "0.5", timeout=60)
+        flood.wait(30)
+        sent = int((net.dir / "spoofflood.out").read_text().split()[-1])
+        times = json.loads(done.stdout)
+        up = [t for t in times if t is not None]
+        print(f"spoofed flood: {sent} frames in {seconds} s; B's connects {len(up)}/12: {times}")
+        # measured, not assumed: the flood must go far past the bound (2,000/s) to mean anything
+        assert sent > 5 * 2000 * seconds, f"only {sent} frames flooded"
+        time.sleep(2.5)  # the loop reads the bound's counters every 2 s
+        dropped = d.status()["queue_health"]["fairness_dropped"] - dropped_before
+        assert dropped > 0.5 * sent, (dropped, sent)  # the flood met the bound (the share of "unresolved as B")
+        assert len(up) >= 11, times
+        assert len(seen_arrivals(arrivals, dport=8082)) >= len(up)
+        assert net.lan_ips[1] not in {e["address"] for e in d.status()["locks"]["entries"]}
     finally:
         d.stop()
 

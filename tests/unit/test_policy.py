@@ -86,6 +86,37 @@ def test_without_lan_interfaces_the_nft_table_selects_the_lan_by_source_and_has_
         plugins.load(["fasttrack"])))
 
 
+def test_the_per_host_bound_is_the_stations_and_no_table_can_fill():
+    """With LAN interfaces, a packet from a pair the gateway resolved (marked by the nft
+    stations sets) spends its station's share; any other spends the unresolved senders'
+    share at that address (IPv6: that /64), in a table sized to the LAN."""
+    policy, _, _ = policy_for({"network": {"lan_interfaces": ["eth1"],
+                                           "lan_networks": ["10.1.0.0/16", "fd00:1::/60"]}})
+    table = rules.nft_table(policy)
+    mark = f"0x{policy.station_mark:x}"
+    assert policy.station_mark == policy.first_mark << 4
+    assert f'iifname {{ "eth1" }} ip saddr . ether saddr @stations4 meta mark set meta mark | {mark}' in table
+    assert "set stations6 { type ipv6_addr . ether_addr; size 65536; }" in table
+    pre = table[table.index("chain pre {"):table.index("chain lan {")]
+    assert pre.index("@stations4") < pre.index("jump lan")  # marked before the peer sets decide
+    text = rules.iptables_text(policy)
+    counted = [line for line in text.splitlines() if line.startswith("-A P2PWALL-C0") and "hashlimit" in line]
+    v4, v6 = counted[:2], counted[2:]
+    assert f"-m mark --mark {mark}/{mark}" in v4[0] and "--hashlimit-htable-max 65536 " in v4[0]
+    assert f"-m mark ! --mark {mark}/{mark}" in v4[1] and "--hashlimit-htable-max 65536 " in v4[1]  # a /16
+    assert "srcmask" not in v4[0] + v4[1] + v6[0]
+    assert "--hashlimit-srcmask 64 --hashlimit-htable-max 1024 " in v6[1]  # 16 /64s, at least 1,024
+    assert len({line.split("--hashlimit-name ")[1] for line in counted}) == 4
+    # no LAN interfaces: no stations; one table by address (IPv6 by /64), sized to the LAN
+    policy, _, _ = policy_for({"network": {"lan_networks": ["10.0.0.0/8"]}})
+    assert "stations" not in rules.nft_table(policy) and not policy.stations
+    counted = [line for line in rules.iptables_text(policy).splitlines() if "hashlimit" in line]
+    assert counted and all("--mark" not in line and "--hashlimit-htable-max 262144 " in line for line in counted)
+    # no bound, no rules
+    policy, _, _ = policy_for({"network": {"lan_interfaces": ["eth1"]}, "queue": {"per_host_rate": 0}})
+    assert "hashlimit" not in rules.iptables_text(policy) and "stations" not in rules.nft_table(policy)
+
+
 def test_the_engine_puts_each_peer_in_the_set_its_detector_asks_for():
     from p2pwall_plugins.fasttrack import make_ping
 

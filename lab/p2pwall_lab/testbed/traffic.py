@@ -6,7 +6,8 @@
 - ``tcp``: connect (optionally send) and report whether it worked;
 - ``listen``: receive UDP datagrams on a port and report them;
 - ``relay``: a logging TCP relay (an IPv6 front for an IPv4-only server);
-- ``newflows``: a new-flow flood.
+- ``newflows``: a new-flow flood (``--spoof ADDR``: raw frames from this host's MAC with
+  another address, as a host sending as its neighbour).
 
 Every loop is bounded in count and time.
 """
@@ -264,6 +265,8 @@ def newflows(args) -> int:
     sent = 0
     rnd = random.Random(1)
     payload = bytes(rnd.getrandbits(8) for _ in range(args.size))
+    if args.spoof:
+        return _spoofed_flows(args, payload, rnd, end)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setblocking(False)
         while time.time() < end:
@@ -273,6 +276,44 @@ def newflows(args) -> int:
                     sent += 1
                 except BlockingIOError:
                     pass
+    print(sent, flush=True)
+    return 0
+
+
+def _spoofed_flows(args, payload: bytes, rnd, end: float) -> int:
+    """The new-flow flood as raw Ethernet frames from this host's MAC with the source
+    address ``--spoof`` (a neighbour's), paced to ``--rate`` a second; prints how many
+    were sent.  IPv4 and UDP only (the UDP checksum left out, as IPv4 allows)."""
+    import struct
+
+    iface = args.iface
+    mine = bytes.fromhex(open(f"/sys/class/net/{iface}/address").read().strip().replace(":", ""))
+    gateway = bytes.fromhex(args.gateway_mac.replace(":", ""))
+    src = socket.inet_aton(args.spoof)
+    heads = []
+    for host in range(1, args.hosts + 1):  # one IP header per destination, its checksum done once
+        dst = socket.inet_aton(f"{args.prefix}.{host}")
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), 0, 0x4000, 64, 17, 0, src, dst))
+        words = sum(struct.unpack("!10H", bytes(ip)))
+        while words >> 16:
+            words = (words & 0xFFFF) + (words >> 16)
+        ip[10:12] = struct.pack("!H", ~words & 0xFFFF)
+        heads.append(gateway + mine + b"\x08\x00" + bytes(ip))
+    sent = 0
+    start = time.time()
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        while time.time() < end:
+            due = int((time.time() - start) * args.rate)
+            for _ in range(min(512, max(0, due - sent))):
+                ports = struct.pack("!HHHH", rnd.randrange(1024, 65535), rnd.randrange(1024, 65535), 8 + len(payload), 0)
+                try:
+                    s.send(heads[rnd.randrange(len(heads))] + ports + payload)
+                    sent += 1
+                except BlockingIOError:
+                    pass
+            if sent >= due:
+                time.sleep(0.001)
     print(sent, flush=True)
     return 0
 
@@ -316,6 +357,10 @@ def main(argv=None) -> int:
     s.add_argument("--prefix", default="203.0.113")
     s.add_argument("--hosts", type=int, default=250)
     s.add_argument("--size", type=int, default=36)
+    s.add_argument("--spoof", default="", help="raw frames with this source address (IPv4)")
+    s.add_argument("--gateway-mac", default="", help="with --spoof: the gateway's MAC")
+    s.add_argument("--iface", default="eth0")
+    s.add_argument("--rate", type=float, default=20000, help="with --spoof: frames a second")
     args = p.parse_args(argv)
     return {"serve": serve, "udp": udp, "tcp": tcp, "http": http, "listen": listen,
             "relay": relay, "newflows": newflows}[args.cmd](args)
