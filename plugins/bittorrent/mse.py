@@ -49,7 +49,9 @@ Can a browser, an ordinary protocol or one hostile LAN host make it fire?
   (or two), not three in two minutes; on port 443 or another service port nothing is
   counted at all.  shadowsocks-libev to three servers (its openings and answers are
   random and of MSE's sizes) completes no exchange: ss-local says nothing more once a
-  request is answered (``tests/e2e/test_real_software_e2e.py``).  ``tests/plugins/test_mse.py`` replays 12,000 connections of TLS 1.2/1.3
+  request is answered; tor with three obfs4 bridges writes 1-7 KB first (never a
+  96-608-byte opening), OpenVPN over TCP with tls-crypt and OpenSSH to four hosts
+  start with structure (``tests/e2e/test_real_software_e2e.py``: 0 locks, 0 blocks).  ``tests/plugins/test_mse.py`` replays 12,000 connections of TLS 1.2/1.3
   to many servers, SSH, and a VPN-like protocol with random first payloads to port 443
   and to high ports on two servers: 0 blocks, 0 locks.  For a random first payload the
   shape alone matches about 1 in 3 (so it is never enough alone); the per-client rule is
