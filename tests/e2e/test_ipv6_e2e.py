@@ -76,6 +76,9 @@ def test_blocks_locks_and_spoofs_over_ipv6_through_the_kernel(net6, server6, tes
         assert c2 in _ipset(net6, "p2pwall-locks0-6")
         assert not tcp(net6, lan2, web, 81, timeout=0.5)["connected"]
         assert tcp(net6, lan1, web, 81)["connected"]
+        # the per-host bound's stations: the IPv6 neighbours the gateway resolved, at their MACs
+        mac1 = net6.exec(lan1, "cat", "/sys/class/net/eth0/address").stdout.strip()
+        assert wait_until(lambda: (c1, mac1) in net6.kernel_set("stations6"), timeout=5), net6.kernel_set("stations6")
         assert wait_until(lambda: tcp(net6, lan2, web, 81, timeout=1)["connected"], timeout=LOCK + 6)
         assert c2 not in _ipset(net6, "p2pwall-locks0-6")
         # a spoofed IPv6 answer reaches the LAN client from the peer's address and port
