@@ -36,6 +36,7 @@ from .mirrors import KernelMirror
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_text, parse
 from .plugins import KINDS, UDP_SERVICE_PORTS, DetectorSet
 from .records import BLOCK, LOCK, OWN, PAIR, Record, from_kernel
+from .streams import Streams
 
 _UDP_SERVICES = frozenset(UDP_SERVICE_PORTS)  # what the UDP lock leaves a client
 log = logging.getLogger("p2pwall.engine")
@@ -66,6 +67,7 @@ class Engine:
         self.ledger.on_lock = self._locked
         self.ledger.on_unlock = self._unlocked
         self.evidence = Evidence()
+        self.streams = Streams()  # TCP openings sent in short segments, joined (rules.py queues them)
         self.onlink = None  # AddressSet of the LAN interfaces' own networks (the daemon sets it)
         self.events = ev.EventLog(keep=keep_events, mark={"monitor": True} if monitor else None)
         # events tell wall-clock times; the live clock is monotonic (replay's and tests' are their own)
@@ -235,6 +237,8 @@ class Engine:
                     mark = source.get_mark()
                     packet.first = bool(mark & self._first_bit)
                     packet.second = bool(mark & self._second_bit)
+                if packet.first or self.streams.active:  # a stream's start however segmented
+                    packet = self.streams.feed(packet, now)
             else:
                 kind = None
         else:
@@ -356,6 +360,7 @@ class Engine:
         now = self.clock() if now is None else now
         self.context.now = now
         self.ledger.expire(now)
+        self.streams.expire(now)
         heap = self._probe_heap
         while heap and heap[0][0] <= now:
             due, key = heapq.heappop(heap)
@@ -508,6 +513,8 @@ class Engine:
     # ------------------------------------------------------------------ reporting
     def all_counters(self) -> dict:
         counters = dict(self.counters)
+        if self.streams.joined:
+            counters["tcp_segments_joined"] = self.streams.joined
         counters.update(accepted=self.n_accepted, dropped=self.n_dropped,
                         packets=self.n_accepted + self.n_dropped + counters.get("unparsed", 0))
         counters.update(self.ledger.mirror_counters())

@@ -52,6 +52,8 @@ class KernelColumns:
     v6: object
     payloads: object
     second: object = None  # the payload after a first one of a shape-read size (see rules.py)
+    iplen: object = None  # IP packet lengths (the short-first-payload rule reads them)
+    after_short: object = None  # a payload after a short first one of its connection (see rules.py)
 
 
 def _select(mask, c: KernelColumns, keep):
@@ -81,14 +83,15 @@ def _finder(strings: tuple[bytes, ...]):
 
 def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, received: int,
                    peer_set: str | None, locked: bool, solicited: bool = True, second: bool = False,
-                   udp_locked: bool = False) -> str:
+                   udp_locked: bool = False, after_short: bool = False) -> str:
     """What the installed rules do with a forwarded ``packet`` (QUEUE, PASS or
     KERNEL_DROP), given its flow's packet counts so far in each direction (this one
     included, as connbytes counts), the kernel set its LAN-side destination is in
     (``peers``, ``nolock``, ``pair`` or None), whether its sender is in the lock set,
     and whether a LAN host opened the flow (unsolicited inbound traffic is never read).
     ``second``: it is the payload after a first one of a shape-read size; ``udp_locked``:
-    its sender is in the UDP lock set (``udplocks``).  One packet through
+    its sender is in the UDP lock set (``udplocks``); ``after_short``: a payload of a
+    connection whose first payload, earlier, was short (:func:`short_first`).  One packet through
     :func:`kernel_base` and :func:`kernel_with_sets`."""
     import numpy as np
 
@@ -98,7 +101,8 @@ def kernel_verdict(policy: QueuePolicy, packet, outgoing: bool, sent: int, recei
     cols = KernelColumns(one(packet.proto), one(outgoing, bool), one(solicited, bool), one(sent),
                          one(received), one(packet.is_syn, bool), one(packet.end - packet.off),
                          one(packet.first, bool), one(packet.sport), one(packet.dport),
-                         one(packet.version == 6, bool), lambda rows: [packet.data], one(second, bool))
+                         one(packet.version == 6, bool), lambda rows: [packet.data], one(second, bool),
+                         one(packet.end), one(after_short, bool))
     udp_locked = udp_locked and packet.proto == UDP and udp_lock_port(packet.dport)
     answered = outgoing and packet.proto == UDP and answered_datagram(policy, packet.data)
     return kernel_with_sets(policy, int(kernel_base(policy, cols)[0]), outgoing, packet.is_syn, peer_set, locked,
@@ -132,6 +136,7 @@ def kernel_base(policy: QueuePolicy, c: "KernelColumns"):
         queue |= o & tcp & pay & _sized(policy, c, True)
         if c.second is not None and policy.first_sizes:
             queue |= o & tcp & c.second
+        queue |= o & tcp & ~syn & _short_queued(policy, c, c.sent)
     i = ~out & c.solicited
     if "udp_in" in policy.wants:
         queue |= i & udp & ((c.received <= policy.udp_packets) if policy.udp_packets else True)
@@ -139,6 +144,7 @@ def kernel_base(policy: QueuePolicy, c: "KernelColumns"):
         maybe = i & tcp & ~syn & pay & (c.received <= policy.payload_window)
         queue |= _select(maybe, c, lambda data, v6: _contains(data, policy.tcp_strings_in))
         queue |= i & tcp & ~syn & pay & _sized(policy, c, False)
+        queue |= i & tcp & ~syn & _short_queued(policy, c, c.received)
     return np.where(queue, BASE_QUEUE, np.where(clean, BASE_CLEAN, BASE_PASS))
 
 def udp_lock_port(port: int) -> bool:
@@ -175,6 +181,30 @@ def sized_first(sizes, paylen, port):
     from .plugins import SERVICE_PORTS
 
     return (paylen >= sizes[0]) & (paylen <= sizes[1]) & ~one_of(port, tuple(sorted(SERVICE_PORTS)))
+
+
+def short_first(iplen, v6):
+    """Packet lengths the short-first-payload rule takes (rules._short; numpy arrays)."""
+    import numpy as np
+
+    from .policy import SHORT_PAYLOAD
+
+    ip = np.where(v6, 40, 20)
+    return (iplen >= ip + 21) & (iplen <= ip + 60 + SHORT_PAYLOAD - 1)
+
+
+def _short_queued(policy: QueuePolicy, c: "KernelColumns", count):
+    """What the short-first-payload rules queue in one direction: a short first payload,
+    and any payload within the window after one (``after_short``)."""
+    import numpy as np
+
+    out = np.zeros(len(c.proto), bool)
+    pay = c.paylen > 0
+    if c.iplen is not None:
+        out |= pay & c.first & short_first(c.iplen, c.v6)
+    if c.after_short is not None:
+        out |= pay & c.after_short & (count <= policy.payload_window)
+    return out
 
 
 def _sized(policy: QueuePolicy, c: "KernelColumns", outgoing: bool):

@@ -8,7 +8,7 @@ does not parse yields ``None`` and the caller accepts and counts the packet.
 from __future__ import annotations
 
 import socket
-from struct import Struct, unpack_from
+from struct import Struct, pack, unpack_from
 
 # Directions, relative to the protected LAN.
 FROM_LAN = "from_lan"  # forwarded, sent by a LAN host towards the outside
@@ -129,6 +129,16 @@ class Packet:
     def ack(self) -> int:
         """TCP: the acknowledgement number (0 for anything else)."""
         return unpack_from("!I", self.raw, self.l4 + 8)[0] if self.proto == TCP and self.l4 else 0
+
+    def joined(self, seq: int, data: bytes) -> "Packet":
+        """This TCP segment as a view of its stream's start (:mod:`p2pwall.streams`): the
+        same headers with sequence number ``seq`` and payload ``data`` (the stream from
+        its first byte to this segment's end), the first payload of its direction."""
+        raw = bytes(self.raw[:self.l4 + 4]) + pack("!I", seq) + bytes(self.raw[self.l4 + 8:self.off]) + data
+        view = Packet(raw, self.version, self.proto, self.src, self.dst, self.sport, self.dport, self.flags,
+                      self.off, self.off + len(data), self.fragment)
+        view.direction, view.ts, view.mac, view.l4 = self.direction, self.ts, self.mac, self.l4
+        return view
 
     @property
     def is_syn(self) -> bool:

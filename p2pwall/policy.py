@@ -21,6 +21,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from .config import Settings
+from .streams import SHORT
 
 SET_KINDS = ("peers", "nolock", "locks")
 ANSWERED_RATE = 100  # datagrams a second (per prefix) the kernel queues to blocked peers (udp_answered)
@@ -40,6 +41,7 @@ class SetSpec:
                 "comment"]
 
 
+SHORT_PAYLOAD = SHORT  # a first TCP payload shorter than this: what follows is queued and joined
 STATION_TABLE = 65536  # most stations the nft stations sets hold (neighbours.MAX_STATIONS)
 BOUND_CAP = 262144  # most keys of the per-host bound's table of unresolved senders
 

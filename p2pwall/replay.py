@@ -284,8 +284,28 @@ class _Run:
         pays_out = _count(g_out & g_pay, g_conn, starts)
         g_first = ~g_pay | (np.where(g_out, pays_out, pays - pays_out) == 1)
         g_second = self._second(order, g_conn, g_out & g_pay, pays_out)
-        self.outgoing, self.sent, self.received, self.first, self.solicited, self.second = (
-            self._scatter(order, g) for g in (g_out, g_sent, g_recv, g_first, g_by_src, g_second))
+        g_short = self._after_short(order, g_conn, g_out, g_pay & g_first, g_by_src)
+        self.outgoing, self.sent, self.received, self.first, self.solicited, self.second, self.after_short = (
+            self._scatter(order, g) for g in (g_out, g_sent, g_recv, g_first, g_by_src, g_second, g_short))
+
+    def _after_short(self, order, g_conn, g_out, g_first_pay, g_solicited) -> np.ndarray:
+        """The payloads of each connection after a short first payload of either direction
+        (where the rules mark one: what they queue after it, to be joined)."""
+        from .kernelmodel import short_first
+
+        wants = self.rp.policy.wants
+        marked = np.zeros(len(order), bool)
+        if "tcp_payload" in wants:
+            marked |= g_out
+        if "tcp_payload_in" in wants:
+            marked |= ~g_out & g_solicited
+        rows = np.flatnonzero(g_first_pay & marked & short_first(self.ip_len[order], self.v6[order]))
+        if not len(rows):
+            return np.zeros(len(order), bool)
+        at = np.full(int(g_conn[-1]) + 1, len(order), np.int64)
+        np.minimum.at(at, g_conn[rows], rows)
+        g_pay = (self.proto[order] == TCP) & (self.paylen[order] > 0)
+        return g_pay & (np.arange(len(order)) > at[g_conn])
 
     def _second(self, order, g_conn, g_out_pay, pays_out) -> np.ndarray:
         """The second payload out of each connection whose first one had a size some
@@ -348,7 +368,7 @@ class _Run:
         policy, engine, model, clock = rp.policy, rp.engine, rp.model, rp.clock
         cols = KernelColumns(self.proto, self.outgoing, self.solicited, self.sent, self.received, self.syn,
                              self.paylen, self.first, self.sport, self.dport, self.v6, self._payloads,
-                             self.second)
+                             self.second, self.ip_len, self.after_short)
         base = kernel_base(policy, cols)
         engine_sees = base == BASE_QUEUE
         answered = np.zeros(len(base), bool)

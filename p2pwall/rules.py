@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from .policy import ANSWERED_RATE, STATION_TABLE, QueuePolicy
+from .policy import ANSWERED_RATE, SHORT_PAYLOAD, STATION_TABLE, QueuePolicy
 
 
 class RulesError(Exception):
@@ -76,6 +76,14 @@ def _sizes(sizes: tuple[int, int], family: int) -> str:
     return f"-m length --length {sizes[0] + ip + 20}:{sizes[1] + ip + 60}"
 
 
+def _short(family: int) -> str:
+    """Packet lengths whose TCP payload can be shorter than ``SHORT_PAYLOAD`` (any TCP
+    header: the engine checks the exact size), for packets already marked as a first
+    payload (so from one byte behind a bare header on)."""
+    ip = 20 if family == 4 else 40
+    return f"-m length --length {21 + ip}:{ip + 60 + SHORT_PAYLOAD - 1}"
+
+
 def _services() -> str:
     from .plugins import SERVICE_PORTS
 
@@ -115,6 +123,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     # conntrack marks: the first payload out had a size some detector reads by shape (sized),
     # the next one went to the queue (second); packet mark second: that next payload
     sized, second = first << 2, first << 3
+    short = first << 4  # conntrack mark: a first payload was short (what follows it is joined)
     clean = f"0x{policy.clean_mark:x}/0x{policy.clean_mark:x}"
     if policy.lan_interfaces:
         # nothing that fails the reverse-path check is ever queued or locked: a LAN host
@@ -182,11 +191,16 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
     # payloads: only the first packets of a connection, so established flows never visit
     # user space and the kernel's string search never runs over bulk data
     has_payload = f"-m length --length {53 if family == 4 else 73}:65535"
+    # below that, a payload of 1-12 bytes behind a TCP header without options (a stack
+    # without timestamps sending a handshake's first byte alone): the header's size read
+    tiny = ('-m length --length 41:52 -m u32 --u32 "0>>22&0x3C@12>>26&0x3C=0x14"' if family == 4 else
+            '-m length --length 61:72 -m u32 --u32 "52>>26&0x3C=0x14"')
     if "tcp_payload" in wants:
         tcp_strings = policy.tcp_strings
         # a segment picked up mid-stream (no handshake seen: a spoofed one) is never a first payload
-        lan.append(f"-p tcp --tcp-flags SYN,RST NONE -m conntrack --ctstatus SEEN_REPLY "
-                   f"-m connmark ! --mark 0x{seen_out:x}/0x{seen_out:x} {has_payload} -j MARK --or-mark 0x{first:x}")
+        for sized_payload in (has_payload, tiny):
+            lan.append(f"-p tcp --tcp-flags SYN,RST NONE -m conntrack --ctstatus SEEN_REPLY "
+                       f"-m connmark ! --mark 0x{seen_out:x}/0x{seen_out:x} {sized_payload} -j MARK --or-mark 0x{first:x}")
         lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_out:x}")
         if policy.first_sizes:
             # a first payload of a size some detector reads by shape marks its connection; that
@@ -197,6 +211,12 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
                        f"-m connmark ! --mark 0x{second:x}/0x{second:x} {has_payload} -j MARK --or-mark 0x{second:x}")
             lan.append(f"-p tcp -m mark --mark 0x{second:x}/0x{second:x} -j CONNMARK --or-mark 0x{second:x}")
             lan.append(f"-p tcp -m mark --mark 0x{second:x}/0x{second:x} {target}")
+        # a short first payload (a handshake sent a byte at a time?) is queued, after the size
+        # rules marked it, and so are the connection's next payloads in the window: the
+        # engine joins them (streams.py)
+        lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} -j CONNMARK --or-mark 0x{short:x}")
+        lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} {target}")
+        payload.extend(f"-m connmark --mark 0x{short:x}/0x{short:x} {p} {target}" for p in (has_payload, tiny))
         lan.append(f"-p tcp ! --syn {_first(policy.payload_window, 'original')} -j {names['payload']}")
         if policy.tcp_prefixes and family == 6:
             tcp_strings = None  # u32 reads IPv4 headers only: queue every first payload
@@ -210,9 +230,13 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         reply_limit = f" {_first(policy.udp_packets, 'reply')}" if policy.udp_packets else ""
         reply.append(f"-p udp{reply_limit} {target}")
     if "tcp_payload_in" in wants:
-        reply.append(f"-p tcp --tcp-flags SYN,RST NONE -m connmark ! --mark 0x{seen_in:x}/0x{seen_in:x} "
-                     f"{has_payload} -j MARK --or-mark 0x{first:x}")
+        for sized_payload in (has_payload, tiny):
+            reply.append(f"-p tcp --tcp-flags SYN,RST NONE -m connmark ! --mark 0x{seen_in:x}/0x{seen_in:x} "
+                         f"{sized_payload} -j MARK --or-mark 0x{first:x}")
         reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_in:x}")
+        reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} -j CONNMARK --or-mark 0x{short:x}")
+        reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} {target}")
+        reply_payload.extend(f"-m connmark --mark 0x{short:x}/0x{short:x} {p} {target}" for p in (has_payload, tiny))
         reply.append(f"-p tcp ! --syn {_first(policy.payload_window, 'reply')} -j {names['reply_payload']}")
         reply_payload.extend(_payload_rules(policy.tcp_strings_in, family, target))
         if policy.first_sizes_in:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .helpers import Browsing
+from .helpers import Browsing, wait_until
 from .swarm import Swarm
 
 pytestmark = pytest.mark.e2e
@@ -161,3 +161,97 @@ def test_edonkey_tcp_hello_and_kad_udp_through_the_kernel(net, testdet_env):
         assert entries[peer_udp]["own_clients"] == [net.lan_ips[1]]
     finally:
         daemon.stop()
+
+
+COLLECT = """
+import json, selectors, socket, sys, time
+ip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+lst = socket.socket()
+lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lst.bind((ip, port))
+lst.listen(16)
+lst.settimeout(0.5)
+print(json.dumps({"ready": True}), flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        conn, src = lst.accept()
+    except OSError:
+        continue
+    got = b""
+    conn.settimeout(1.5)
+    try:
+        while len(got) < 4096:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except OSError:
+        pass
+    conn.close()
+    print(json.dumps({"src": src[0], "data": got.hex()}), flush=True)
+"""
+
+SEGMENTS = """
+import json, socket, sys, time
+to, port, parts = sys.argv[1], int(sys.argv[2]), [bytes.fromhex(p) for p in sys.argv[3].split(",")]
+s = socket.create_connection((to, port), timeout=2)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+sent = 0
+try:
+    for part in parts:
+        s.send(part)
+        sent += 1
+        time.sleep(0.3)  # each write its own segment
+except OSError:
+    pass
+s.close()
+print(json.dumps({"sent": sent}))
+"""
+
+
+@pytest.mark.parametrize("cuts,stamps", [([1], True), ([1, 8], True), ([1], False)],
+                         ids=["first-byte-alone", "three-segments", "first-byte-alone-no-timestamps"])
+def test_a_handshake_split_over_segments_is_recognised_in_the_kernel_path(net, cuts, stamps):
+    """A BitTorrent handshake whose first byte goes in a segment of its own, and one in
+    three segments (TCP_NODELAY, a pause between writes), and the first byte alone from a
+    stack without TCP timestamps (Windows' default: a bare 20-byte header, so a 41-byte
+    packet): the kernel queues what follows a short first payload, the engine joins the
+    segments, the handshake is dropped and its peer blocked for the client.  The control:
+    without p2pwall the far side gets it whole."""
+    if not stamps:
+        net.exec(net.lans[0], "sysctl", "-qw", "net.ipv4.tcp_timestamps=0")
+        try:
+            return _split(net, cuts, 9)
+        finally:
+            net.exec(net.lans[0], "sysctl", "-qw", "net.ipv4.tcp_timestamps=1")
+    _split(net, cuts, 6 + len(cuts))
+
+
+def _split(net, cuts, where):
+    handshake = b"\x13BitTorrent protocol" + bytes(8) + b"h" * 20 + b"-qB4520-" + b"p" * 12
+    parts, at = [], 0
+    for cut in cuts + [len(handshake)]:
+        parts.append(handshake[at:cut].hex())
+        at = cut
+    peer = net.outside[where]
+    log = f"split-{where}.jsonl"
+    net.start(net.out, sys.executable, "-c", COLLECT, peer, "6881", "60", log=log)
+
+    def received():
+        return [json.loads(line) for line in (net.dir / log).read_text().splitlines()[1:]]
+
+    net.exec(net.lans[0], sys.executable, "-c", SEGMENTS, peer, "6881", ",".join(parts), timeout=20)
+    assert wait_until(lambda: len(received()) == 1, timeout=5)
+    assert bytes.fromhex(received()[0]["data"]) == handshake  # the control: it crosses whole
+    d = net.p2pwall(net.base_config(lock_seconds=LOCK), "--plugin", "bittorrent", name=f"split{where}")
+    try:
+        net.exec(net.lans[0], sys.executable, "-c", SEGMENTS, peer, "6881", ",".join(parts), timeout=20)
+        assert wait_until(lambda: len(received()) == 2, timeout=6)
+        got = bytes.fromhex(received()[1]["data"])
+        assert len(got) < len(b"\x13BitTorrent protocol"), got  # what it carried never crossed
+        entry = {e["address"]: e for e in d.status()["peers"]["entries"]}.get(peer)
+        assert entry is not None and entry["own_clients"] == [net.lan_ips[0]], entry
+        assert d.status()["counters"].get("tcp_segments_joined", 0) >= 1
+    finally:
+        d.stop()

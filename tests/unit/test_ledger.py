@@ -196,7 +196,7 @@ def test_first_payload_sizes_alone_narrow_the_kernel_and_the_dispatch():
     assert h.detectors.tcp_strings() == []  # not None: the kernel queues only the sizes
     h.feed(tcp(LAN, PEER, 4000, 6881, b"x" * 200))
     h.feed(tcp(LAN, PEER, 4000, 6881, b"x" * 50))
-    h.feed(tcp(LAN, PEER, 4000, 6881, b"x" * 200), first=False)
+    h.feed(tcp(LAN, PEER, 4000, 6881, b"x" * 200, seq=5000), first=False)  # later, not continuing the 50
     assert calls == [200]
     calls.clear()
     h = DetectorHarness(Shape(), Words(), names=["shape", "words"])

@@ -179,7 +179,16 @@ def test_kernel_model_follows_the_rules():
     assert verdict(udp(LAN, PEER, 1, 2, b"x"), sent=9) == PASS
     kazaa = tcp(LAN, PEER, 1, 80, b"GET /.hash=0123456789abcdef0123456789 HTTP/1.1\r\n")
     assert verdict(kazaa, sent=3) == QUEUE and verdict(kazaa, sent=8) == PASS
-    assert verdict(tcp(LAN, PEER, 1, 80, b"GET / HTTP/1.1\r\n"), sent=3) == PASS
+    plain = b"GET / HTTP/1.1\r\nHost: example.org\r\nAccept: text/html\r\nUser-Agent: curl/8.1\r\n" + b"X-A: b\r\n" * 8 + b"\r\n"
+    assert verdict(tcp(LAN, PEER, 1, 80, plain), sent=3) == PASS
+    # a short first payload is queued, and after it the connection's payloads in the window
+    # (rules.py's short bit: the engine joins them, streams.py); without one they pass
+    short = parse(tcp(LAN, PEER, 1, 80, b"\x13"))
+    assert verdict(tcp(LAN, PEER, 1, 80, b"\x13"), sent=3) == QUEUE
+    short.first = False
+    assert kernel_verdict(policy, short, True, 4, 2, None, False) == PASS
+    assert kernel_verdict(policy, short, True, 4, 2, None, False, after_short=True) == QUEUE
+    assert kernel_verdict(policy, short, True, policy.payload_window + 1, 2, None, False, after_short=True) == PASS
 
 
 def test_config_values_cannot_inject_rules():

@@ -14,8 +14,8 @@ from p2pwall import SERVICE_PORTS, capindex, pcap, plugins
 from p2pwall.config import from_dict
 from p2pwall.engine import Engine
 from p2pwall.kernelsets import parse_comment
-from p2pwall.packet import ACK, FIN, FROM_LAN, SYN, TCP, TO_LAN, UDP, ip_text, parse
-from p2pwall.kernelmodel import KERNEL_DROP, QUEUE, kernel_verdict
+from p2pwall.packet import ACK, FIN, FROM_LAN, PSH, SYN, TCP, TO_LAN, UDP, ip_text, parse
+from p2pwall.kernelmodel import KERNEL_DROP, QUEUE, kernel_verdict, short_first
 from p2pwall.policy import QueuePolicy
 from p2pwall.kernelmodel import KernelModel
 from p2pwall.replay import TCP_TIMEOUT, UDP_STREAM_TIMEOUT, UDP_TIMEOUT, Clock, Replay
@@ -85,9 +85,15 @@ class Reference:
         out = side == c["client"]
         c["sent" if out else "recv"] += 1
         second = False
+        after_short = False
         if p.proto == TCP and p.end > p.off:
             k = "pay_out" if out else "pay_in"
             p.first, c[k] = not c[k], True
+            after_short = c.get("short", False)  # rules.py: a short first payload came before
+            marks = "tcp_payload" in self.policy.wants if out else (
+                "tcp_payload_in" in self.policy.wants and c["solicited"])
+            if p.first and marks and short_first(p.end, p.version == 6):
+                c["short"] = True
             if out:  # the payload after a first one of a shape-read size (rules.py's "second")
                 c["outs"] = c.get("outs", 0) + 1
                 sizes = self.policy.first_sizes
@@ -109,7 +115,8 @@ class Reference:
             lock_note = self.model.holds("locks", src, i, now)
             udp_locked = self.model.holds("udplocks", src, i, now) is not None
         where = kernel_verdict(self.policy, p, out, c["sent"], c["recv"], peer_set, lock_note is not None,
-                               solicited=c["solicited"], second=second, udp_locked=udp_locked)
+                               solicited=c["solicited"], second=second, udp_locked=udp_locked,
+                               after_short=after_short)
         if where == KERNEL_DROP:
             self.kernel["kernel_drop"] += 1
             flow["dropped"] += 1
@@ -211,7 +218,7 @@ def test_a_syn_after_fin_on_the_same_ports_is_a_new_connection():
     for _ in range(2):
         rp.feed(t, tcp(LAN, WEB, 40000, 80, flags=SYN))
         for k in range(10):
-            rp.feed(t + 0.1 + k / 100, tcp(LAN, WEB, 40000, 80, b"data", flags=ACK))
+            rp.feed(t + 0.1 + k / 100, tcp(LAN, WEB, 40000, 80, b"data" * 50, flags=ACK))  # not a short opening
         rp.feed(t + 0.5, tcp(LAN, WEB, 40000, 80, flags=FIN | ACK))
         t += 5
     report = rp.report()
@@ -418,3 +425,36 @@ def test_pings_to_a_learned_peer_still_reach_the_engine_in_the_kernel_model():
     assert report["kernel"]["queued"] >= 20 and report["kernel"]["kernel_drop"] >= 12, report["kernel"]
     assert report["verdicts"]["drop"] == 40
     _compare(records, settings)
+
+
+def test_split_handshakes_replay_as_the_per_packet_model():
+    """A handshake whose first byte goes alone, one in three segments, either way, and an
+    ordinary connection with a short opening: the kernel model queues what the short rule
+    queues, the engine joins it, and replay agrees with the per-packet reference."""
+    hs = b"\x13BitTorrent protocol" + bytes(8) + b"h" * 20 + b"-qB4520-" + b"p" * 12
+    records, t = [], 1000.0
+    for port, cuts, peer_cuts in ((41000, [1], None), (41001, [1, 8], None), (41002, None, [1, 5]),
+                                  (41003, "ssh", None)):
+        peer = f"203.0.113.{port - 40990}"
+        records.append((t, tcp(LAN, peer, port, 6881)))
+        records.append((t + 0.01, tcp(peer, LAN, 6881, port, flags=SYN | ACK, seq=5000, ack=1001)))
+        if cuts == "ssh":
+            data, cuts = b"SSH-2.0-OpenSSH_9.2p1\r\n" + bytes(300), [23]
+        else:
+            data = hs if cuts else b"GET /x HTTP/1.0\r\n\r\n"  # a short request the peer answers split
+        at, seq = 0, 1001
+        for k, cut in enumerate((cuts or []) + [len(data)]):
+            records.append((t + 0.02 + k / 100, tcp(LAN, peer, port, 6881, data[at:cut], flags=PSH | ACK, seq=seq)))
+            seq += cut - at
+            at = cut
+        if peer_cuts:
+            at, seq = 0, 5001
+            for k, cut in enumerate(peer_cuts + [len(hs)]):
+                records.append((t + 0.1 + k / 100, tcp(peer, LAN, 6881, port, hs[at:cut], flags=PSH | ACK, seq=seq)))
+                seq += cut - at
+                at = cut
+        t += 1
+    got = _compare(records)
+    flagged = {f["peer"]: f["detector"] for f in got["flows"]}
+    assert flagged["203.0.113.10"] == flagged["203.0.113.11"] == flagged["203.0.113.12"] == "bittorrent", flagged
+    assert flagged["203.0.113.13"] is None  # SSH's banner, then its key exchange: nothing
