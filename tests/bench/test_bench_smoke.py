@@ -85,6 +85,12 @@ def test_mse_bench_smoke():
     assert "us per packet" in out and "bytes" in out, out
 
 
+def test_streams_bench_smoke():
+    out = run("streams.py", "--flows", "300", "--rounds", "1")
+    assert len(figures(out, "us/packet")) == 4 and all(v > 0 for v in figures(out, "us/packet")), out
+    assert "bytes each" in out, out
+
+
 def test_observer_bench_smoke():
     out = run("observer.py", "--packets", "200", "--rounds", "1", "--delay", "5")
     assert len(figures(out, "us/packet")) == 4 and all(v > 0 for v in figures(out, "us/packet")), out
