@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from .events import emit
 from .packet import ip_text
-from .records import BLOCK, GATEWAY_PREFIX, LOCK, LOCKS, PAIR, UNBLOCK, UNLOCK, Record
+from .records import BLOCK, GATEWAY_PREFIX, LOCK, LOCKS, NAMED, OWN, PAIR, UNBLOCK, UNLOCK, Record
 
 log = logging.getLogger("p2pwall.cluster")
 
@@ -58,7 +58,8 @@ class Change:
 
     record: Record
     gw: str = ""
-    ts: float = 0.0  # when the gateway learned it (wall clock)
+    ts: float = 0.0  # when the gateway learned it (wall clock); for an unblock/unlock, what it cancels
+    seq: int = 0  # the gateway's own sequence number (monotonic, signed with the change)
 
     @property
     def table(self) -> str:
@@ -72,7 +73,9 @@ def _canonical(doc: dict) -> bytes:
 
 def encode(change: Change, key: bytes | None, wall: float | None = None) -> str:
     wall = time.time() if wall is None else wall
-    doc = {**change.record.to_doc(wall), "gw": change.gw, "ts": change.ts}
+    doc = {**change.record.to_doc(wall), "gw": change.gw, "ts": change.ts, "seq": change.seq}
+    if change.record.op in (UNBLOCK, UNLOCK):
+        doc["cancels"] = change.ts  # what it undoes: evidence up to then, never what came after
     if key is not None:
         doc["sig"] = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
     return json.dumps(doc, separators=(",", ":"))
@@ -88,6 +91,8 @@ class Rejected(ValueError):
 
 
 MAX_REJECTED_NAMES = 64  # gateways whose refused changes status counts apart; the rest are "other"
+MAX_GATEWAYS = 4096  # gateways whose newest sequence number is remembered
+MAX_CANCELLED = 200_000  # addresses whose last unblock/unlock is remembered (what it cancels)
 
 
 def decode(text, key: bytes | None, wall: float | None = None) -> Change:
@@ -119,13 +124,20 @@ def decode(text, key: bytes | None, wall: float | None = None) -> Change:
         raise ValueError("bad gateway name")
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts != ts or abs(ts) > 1e11:
         raise Rejected("ts is not a time", gw)
+    seq = doc.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < 2 ** 63:
+        raise Rejected("no sequence number", gw)
     try:
         record = Record.from_doc(doc, wall, origin=GATEWAY_PREFIX + gw)
     except Rejected:
         raise
     except ValueError as exc:
         raise Rejected(str(exc), gw) from None
-    return Change(record, gw, float(ts))
+    if key is None and (record.op != BLOCK or record.lanwide or record.kind not in (OWN, NAMED)):
+        # unsigned (insecure = true): whoever can write to Redis wrote it; only what a
+        # client-scoped block earns is taken, nothing that widens scope or undoes a block
+        raise Rejected(f"unsigned {'LAN-wide ' if record.lanwide else ''}{record.op} ({record.kind})", gw)
+    return Change(record, gw, float(ts), seq)
 
 
 def _read_secret(path: str, what: str) -> bytes | None:
@@ -207,6 +219,9 @@ class Cluster:
         self._tokens = self.rate
         self._tokens_at = time.monotonic()
         self._down_since: float | None = None
+        self._seq = 0  # ours: microseconds of the wall clock, and never less than the last plus one
+        self.last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()  # gateway -> newest seen
+        self.cancelled: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ main thread
     def start(self) -> None:
@@ -251,7 +266,8 @@ class Cluster:
     def publish(self, record: Record) -> None:
         """Queue a record for the others (coalesced: the latest per address, and per
         client for a client-scoped block, wins)."""
-        change = Change(record, self.name, round(time.time(), 6))
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        change = Change(record, self.name, round(time.time(), 6), self._seq)
         client = ip_text(record.client) if record.op == BLOCK and not record.lanwide and record.client else None
         slot = (change.table, ip_text(record.address), client)
         with self._lock:
@@ -279,8 +295,10 @@ class Cluster:
         the ledger's own checks; after a resync, publish every live entry of ours again
         (``publish`` false: monitor mode, which tells the others nothing)."""
         changes = self.drain()
+        offset = time.time() - ledger.clock()  # the wire's wall clock -> the ledger's
         for change in changes:
-            self.applied(change, ledger.apply(change.record, quiet=True))
+            before = change.ts - offset if change.record.op in (UNBLOCK, UNLOCK) else None
+            self.applied(change, ledger.apply(change.record, quiet=True, before=before))
         if self.want_full_publish and publish:
             self.want_full_publish = False
             for record in ledger.records():
@@ -372,6 +390,7 @@ class Cluster:
         """Load every live entry, remember the stream's end, ask the loop to publish ours."""
         last = self.client.xrevrange(self.stream, count=1)
         self.last_id = (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
+        self._read_back()
         count = 0
         for table in ("peers", "locks"):
             keys = []
@@ -385,6 +404,26 @@ class Cluster:
         self.want_full_publish = True
         self._wake()
         emit(log, logging.INFO, "cluster_resync", gateway=self.name, loaded=count)
+
+    def _read_back(self) -> None:
+        """Read the stream as far back as it reaches (it is bounded) up to where reading
+        will resume, learning each gateway's newest sequence number and what every
+        unblock and unlock cancelled, so that neither a replayed change nor a key set
+        again with a captured value brings back what was undone.  Nothing is applied."""
+        start = "-"
+        while not self._stop.is_set():
+            entries = self.client.xrange(self.stream, min=start, max=self.last_id, count=1000)
+            for entry_id, fields in entries or []:
+                try:
+                    change = decode(fields.get(b"m") or fields.get("m"), self.key)
+                except ValueError:
+                    continue
+                if change.gw != self.name:
+                    self._fresh(change, live=False)
+            if not entries or len(entries) < 1000:
+                return
+            last = entries[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else last)
 
     def _load(self, keys) -> int:
         if not keys:
@@ -410,6 +449,8 @@ class Cluster:
             return False
         if change.gw == self.name:
             return False  # our own, back from the stream
+        if not self._fresh(change, live):
+            return False
         self.gateways[change.gw] = time.time()
         if not live:
             change.ts = 0.0  # loaded, not propagated: no lag to measure
@@ -417,6 +458,38 @@ class Cluster:
             self.tally["inbox_overflow"] += 1
         self.inbox.append(change)
         return True
+
+    def _fresh(self, change: Change, live: bool) -> bool:
+        """Replay protection.  From the stream, a change not newer than the last seen from
+        its gateway (its signed sequence number) is a replay; loaded from a key, one that
+        an unblock or unlock seen since (in the stream) cancels is stale.  Both refused and
+        counted (``replayed``, ``cancelled``)."""
+        gw, record = change.gw, change.record
+        slot = (change.table, ip_text(record.address))
+        if live and change.seq <= self.last_seq.get(gw, 0):
+            return self._stale("replayed", change, "not newer than the last change seen from it")
+        if record.op in (BLOCK, LOCK) and change.ts <= self.cancelled.get(slot, float("-inf")):
+            return self._stale("cancelled", change, "learned before an unblock or unlock seen since")
+        if change.seq > self.last_seq.get(gw, 0):
+            self.last_seq[gw] = change.seq
+            self.last_seq.move_to_end(gw)
+            if len(self.last_seq) > MAX_GATEWAYS:
+                self.last_seq.popitem(last=False)
+        if record.op in (UNBLOCK, UNLOCK):
+            self.cancelled[slot] = max(change.ts, self.cancelled.get(slot, float("-inf")))
+            self.cancelled.move_to_end(slot)
+            if len(self.cancelled) > MAX_CANCELLED:
+                self.cancelled.popitem(last=False)
+        return True
+
+    def _stale(self, why: str, change: Change, text: str) -> bool:
+        self.tally[why] += 1
+        claimed = change.gw if change.gw in self.rejected_by or len(self.rejected_by) < MAX_REJECTED_NAMES else "(other)"
+        self.rejected_by[claimed] += 1
+        if self.tally[why] <= 10 or self.tally[why] % 1000 == 0:
+            emit(log, logging.WARNING, "cluster_rejected", error=f"{why}: {change.record.op} "
+                 f"{ip_text(change.record.address)} from {change.gw}: {text}", count=self.tally[why])
+        return False
 
     def _writer(self) -> None:
         backoff = 0.2

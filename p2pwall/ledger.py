@@ -42,6 +42,7 @@ class Ledger:
         self.on_lock = lambda key, entry, now: None
         self.on_unlock = lambda key: None
         self.corroborate = settings.corroborate
+        self.lock_seconds = settings.lock_seconds
         self.station = None  # address -> station (Neighbours.station): corroboration by stations
         self._locking: dict[str, bool] = {}
         self.lan = self.allow = self.protected = frozenset()
@@ -53,6 +54,7 @@ class Ledger:
         old_locking = self._locking
         self._locking = {**locking, OPERATOR_DETECTOR: False}  # an operator's block locks nobody
         self.corroborate = settings.corroborate
+        self.lock_seconds = settings.lock_seconds
         self.lan, self.allow, self.protected = lan, allow, protected
         self.peers.max_entries = settings.peer_max
         self.locks.max_entries = settings.lock_max
@@ -106,8 +108,10 @@ class Ledger:
         return count
 
     # ------------------------------------------------------------------ changes
-    def apply(self, record: Record, quiet: bool = False) -> bool:
-        """Apply one record (any op), checked like a live one."""
+    def apply(self, record: Record, quiet: bool = False, before: float | None = None) -> bool:
+        """Apply one record (any op), checked like a live one.  ``before`` (this clock):
+        for an unblock or unlock, what it cancels: evidence up to then; an entry learned
+        or restarted after it stays (counted as ``unblock_superseded``)."""
         if record.op in (BLOCK, LOCK) and not 0 < record.seconds <= MAX_SECONDS:
             self.counters["block_refused" if record.op == BLOCK else "lock_refused"] += 1
             return False
@@ -115,11 +119,24 @@ class Ledger:
             return self.block(record, quiet=quiet)
         if record.op == LOCK:
             return self.lock(record, quiet=quiet)
+        if record.op in (UNBLOCK, UNLOCK) and before is not None and self._newer(record, before):
+            self.counters["unblock_superseded"] += 1
+            return False
         if record.op == UNBLOCK:
             return self.unblock(record.address, record.reason, record.origin)
         if record.op == UNLOCK:
             return self.unlock(record.address, record.reason, record.origin)
         return False
+
+    def _newer(self, record: Record, before: float) -> bool:
+        """Whether the entry an unblock/unlock names was learned (a peer's latest
+        evidence, to the second) or placed (a lock's latest start) after ``before``."""
+        now = self.clock()
+        if record.op == UNBLOCK:
+            entry = self.peers.get(record.address, now)
+            return entry is not None and entry.last_seen > before
+        entry = self.locks.get(record.address, now)
+        return entry is not None and entry.until - self.lock_seconds > before + 1e-3
 
     def restore(self, records) -> int:
         """Take back saved or leftover records, quietly; returns how many entries (peers

@@ -214,3 +214,71 @@ def test_entries_written_without_the_key_are_ignored_and_logged(cnet, gateways):
     assert gw1.status()["cluster"]["rejected_by_gateway"].get("intruder", 0) >= 1  # who it claimed to be
     assert "missing or bad signature" in gw2.output()
     assert connects(cnet, cnet.lans[1], cnet.outside[35], 80)
+
+
+def _latest(cnet, op, addr):
+    """The newest change in the stream with this op and address, as written (signed)."""
+    out = cnet.redis_cli("--no-raw", "XREVRANGE", "p2pwall:changes", "+", "-", "COUNT", "200")
+    for line in out.splitlines():
+        text = line.split(") ", 1)[-1].strip().strip('"').replace('\\"', '"')
+        if text.startswith("{") and f'"op":"{op}"' in text and f'"addr":"{addr}"' in text:
+            return text
+    raise AssertionError(f"no {op} of {addr} in the stream")
+
+
+def test_replayed_signed_changes_and_poison_are_refused_and_both_gateways_stay_up(cnet, gateways):
+    """Whoever can write to Redis but holds no key replays captured signed changes: a block
+    after an operator's unblock, a lock after an unlock, an old unblock against a newer
+    block (in the stream and as keys set again), and a deeply nested value: each refused
+    and counted, nothing changes on either gateway, and both stay up."""
+    from p2pwall_plugins.fasttrack import make_ping
+
+    gw1, gw2 = gateways
+    lan1, lan2 = cnet.lans
+    peer = cnet.outside[36]
+    for d in (gw1, gw2):  # start from no lock (earlier tests locked the hosts)
+        for ip in cnet.lan_ips:
+            if ip in locks_of(d):
+                d.ask("unlock", ip)
+    assert wait_for(lambda: not locks_of(gw1) and not locks_of(gw2), 5) is not None
+    udp(cnet, lan1, peer, 1214, make_ping(), sport=1214)
+    assert not connects(cnet, lan1, peer, 1214, timeout=0.5)  # lan1 locked by its SYN to the peer
+    assert wait_for(lambda: peer in peers_of(gw2) and cnet.lan_ips[0] in locks_of(gw2), 5) is not None
+    block, lock = _latest(cnet, "block", peer), _latest(cnet, "lock", cnet.lan_ips[0])
+    assert '"sig":' in block and '"seq":' in block
+    assert gw1.ask("unblock", peer).returncode == 0 and gw1.ask("unlock", cnet.lan_ips[0]).returncode == 0
+    assert wait_for(lambda: peer not in peers_of(gw2) and not locks_of(gw2), 5) is not None
+    unblock = _latest(cnet, "unblock", peer)
+    before = {k: gw2.status()["cluster"].get(k, 0) for k in ("replayed", "cancelled")}
+    for text in (block, lock):  # replayed into the stream, and set again as keys
+        cnet.redis_cli("XADD", "p2pwall:changes", "*", "m", text)
+    cnet.redis_cli("SET", f"p2pwall:peers:{peer}", block, "PX", "600000")
+    cnet.redis_cli("SET", f"p2pwall:locks:{cnet.lan_ips[0]}", lock, "PX", "600000")
+    time.sleep(1.5)
+    for d in (gw1, gw2):
+        assert peer not in peers_of(d) and not locks_of(d), d.status()["cluster"]
+    assert connects(cnet, lan1, cnet.outside[37], 80)  # lan1 is free
+    # new evidence blocks the peer again (for lan2, through gateway 2); an old unblock replayed leaves it
+    udp(cnet, lan2, peer, 1214, make_ping(), sport=1214)
+    assert wait_for(lambda: peer in peers_of(gw1) and peer in peers_of(gw2), 5) is not None
+    cnet.redis_cli("XADD", "p2pwall:changes", "*", "m", unblock)
+    # and poison: a value nested past any parser's depth, as a key and in the stream
+    cnet.redis_cli("SET", f"p2pwall:peers:{cnet.outside[38]}", "[" * 4000, "PX", "600000")
+    cnet.redis_cli("XADD", "p2pwall:changes", "*", "m", "[" * 4000)
+    time.sleep(1.5)
+    assert peer in peers_of(gw1) and peer in peers_of(gw2)
+    after = gw2.status()["cluster"]
+    assert after.get("replayed", 0) >= before["replayed"] + 3, after  # block, lock, the old unblock
+    assert after["state"] == "up" and gw1.status()["cluster"]["state"] == "up"
+    # a gateway that starts now, knowing nothing, reads the stream back first: the lock key
+    # set again with the captured value stays refused (its unlock is in the stream)
+    cnet.redis_cli("SET", f"p2pwall:locks:{cnet.lan_ips[0]}", lock, "PX", "600000")
+    gw2.stop()
+    fresh = cnet.p2pwall(1, cnet.config(1, key_file=cnet.key_file), "--plugin", "fasttrack", "--log-format", "json",
+                         name="fw2-fresh")
+    try:
+        assert wait_for(lambda: fresh.status()["cluster"].get("resyncs", 0) >= 1, 5) is not None
+        assert fresh.status()["cluster"].get("cancelled", 0) >= 2, fresh.status()["cluster"]  # the block and the lock
+        assert cnet.lan_ips[0] not in locks_of(fresh)
+    finally:
+        fresh.stop()

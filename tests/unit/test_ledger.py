@@ -8,7 +8,7 @@ import pytest
 from p2pwall import DetectorInfo, hookimpl, plugins
 from p2pwall.cluster import Change, decode, encode
 from p2pwall.config import from_dict, restart_only
-from p2pwall.records import BLOCK, LOCK, NAMED, OWN, REPLY, UNBLOCK, Record, from_kernel
+from p2pwall.records import BLOCK, LOCK, NAMED, OPERATOR, OWN, REPLY, UNBLOCK, UNLOCK, Record, from_kernel
 from p2pwall.packet import ip_bytes
 from p2pwall.testing import DetectorHarness, RecordingMirror, tcp, udp
 
@@ -92,8 +92,8 @@ def test_one_document_shape_for_the_state_file_and_the_cluster(record):
     wall = 1_700_000_000.0
     back = Record.from_doc(record.to_doc(wall), wall)
     assert back == record
-    change = decode(encode(Change(record, "gw1", wall), b"key", wall), b"key", wall)
-    assert change.record == record.but(origin="gw:gw1") and change.gw == "gw1"
+    change = decode(encode(Change(record, "gw1", wall, 7), b"key", wall), b"key", wall)
+    assert change.record == record.but(origin="gw:gw1") and (change.gw, change.seq) == ("gw1", 7)
 
 
 def test_kernel_comments_bring_entries_back_with_their_evidence():
@@ -258,6 +258,18 @@ class FakeRedis:
     def execute(self):
         pass
 
+    # what a resync reads (stream ids are "<n>-0", n from 1)
+    def xrevrange(self, stream, count=1):
+        return [(f"{len(self.stream)}-0", {"m": self.stream[-1]})] if self.stream else []
+
+    def xrange(self, stream, min="-", max="+", count=1000):
+        low = 1 if min == "-" else int(min.lstrip("(").split("-")[0]) + (1 if min.startswith("(") else 0)
+        high = len(self.stream) if max == "+" else int(max.split("-")[0])
+        return [(f"{n}-0", {"m": self.stream[n - 1]}) for n in range(low, high + 1)][:count]
+
+    def mget(self, keys):
+        return [self.keys.get(k) for k in keys]
+
 
 def cluster_pair():
     from p2pwall.cluster import Cluster
@@ -268,6 +280,7 @@ def cluster_pair():
 
 def test_the_cluster_link_publishes_this_gateways_live_changes_only():
     link = cluster_pair()
+    link.key = b"k"
     h = harness()
     h.engine.ledger.mirrors.append(link)
     h.feed(udp(LAN, PEER, 1, 2, b"BLOCK"))  # a live, client-scoped block
@@ -276,7 +289,7 @@ def test_the_cluster_link_publishes_this_gateways_live_changes_only():
     h.feed(udp(LAN, "198.51.100.7", 1, 2, b"LOCK"))
     assert h.engine.ledger.unblock(ip_bytes(PEER), "operator")
     link._flush_once()
-    sent = [decode(m, None) for m in link.client.stream]
+    sent = [decode(m, b"k") for m in link.client.stream]
     assert [(c.record.op, c.record.address, c.record.client, c.gw) for c in sent] == [
         ("block", ip_bytes(PEER), ip_bytes(LAN), "gw1"), ("lock", ip_bytes(LAN), None, "gw1"),
         ("unblock", ip_bytes(PEER), None, "gw1")]
@@ -285,13 +298,15 @@ def test_the_cluster_link_publishes_this_gateways_live_changes_only():
 
 def test_changes_from_another_gateway_go_through_the_ledgers_checks():
     link = cluster_pair()
+    link.key = b"k"
     h = harness()
     wall = time.time()
-    for record in (Record(BLOCK, ip_bytes(PEER), ip_bytes(LAN), 60, "ft", kind=OWN),
-                   Record(BLOCK, ip_bytes(LAN2), None, 60, "ft", lanwide=True),  # a LAN host: refused
-                   Record(LOCK, ip_bytes(LAN2), None, 60, "ft")):
-        link._take(encode(Change(record, "gw2", wall), None, wall), live=True)
-    link._take('{"gw": "gw1", "op": "lock", "addr": "192.168.1.9", "until": %f}' % (wall + 60), live=True)  # ours
+    for seq, record in enumerate((Record(BLOCK, ip_bytes(PEER), ip_bytes(LAN), 60, "ft", kind=OWN),
+                                  Record(BLOCK, ip_bytes(LAN2), None, 60, "ft", lanwide=True),  # a LAN host: refused
+                                  Record(LOCK, ip_bytes(LAN2), None, 60, "ft")), 1):
+        link._take(encode(Change(record, "gw2", wall, seq), b"k", wall), live=True)
+    link._take(encode(Change(Record(LOCK, ip_bytes("192.168.1.9"), None, 60, "ft"), "gw1", wall, 9), b"k", wall),
+               live=True)  # ours
     assert link.apply_pending(h.engine.ledger) == 3
     assert h.blocked(PEER) and not h.peer(PEER).lanwide and h.locked(LAN2) and not h.blocked(LAN2)
     assert link.tally["applied"] == 2 and link.tally["refused"] == 1
@@ -302,7 +317,7 @@ def test_refused_changes_are_counted_by_the_gateway_they_claim():
 
     link = cluster_pair()
     wall = time.time()
-    good = encode(Change(Record(BLOCK, ip_bytes(PEER), None, 60, "ft", lanwide=True), "gw2", wall), None, wall)
+    good = encode(Change(Record(BLOCK, ip_bytes(PEER), ip_bytes(LAN), 60, "ft"), "gw2", wall, 1), None, wall)
     link.key = b"k"  # from now on only signed changes are taken
     link._take(good, live=True)  # unsigned, claiming gw2
     link._take("[" * 4000, live=True)  # garbage naming nobody
@@ -316,3 +331,74 @@ def test_refused_changes_are_counted_by_the_gateway_they_claim():
     from p2pwall.metrics import _cluster_lines
 
     assert 'p2pwall_cluster_rejected_total{gateway="gw2"} 1' in _cluster_lines(link.status())
+
+
+def _signed(record, seq, wall, gw="gw2"):
+    return encode(Change(record, gw, wall, seq), b"k", wall)
+
+
+def test_a_replayed_or_older_change_is_refused_and_counted():
+    link = cluster_pair()
+    link.key = b"k"
+    wall = time.time()
+    block = _signed(Record(BLOCK, ip_bytes(PEER), None, 60, "ft", lanwide=True), 5, wall)
+    assert link._take(block, live=True)
+    assert not link._take(block, live=True)  # the same change again
+    assert not link._take(_signed(Record(LOCK, ip_bytes(LAN), None, 60, "ft"), 4, wall), live=True)  # older
+    assert link._take(_signed(Record(LOCK, ip_bytes(LAN), None, 60, "ft"), 6, wall), live=True)
+    assert link._take(_signed(Record(LOCK, ip_bytes(LAN), None, 60, "ft"), 1, wall, gw="gw3"), live=True)  # its own
+    assert link.tally["replayed"] == 2 and link.status()["rejected_by_gateway"]["gw2"] == 2
+    assert len(link.inbox) == 3
+
+
+def test_unsigned_changes_never_widen_scope():
+    """insecure = true: only client-scoped blocks on own or named evidence are taken."""
+    wall = time.time()
+    ok = Record(BLOCK, ip_bytes(PEER), ip_bytes(LAN), 60, "ft")
+    assert decode(encode(Change(ok, "gw2", wall, 1), None, wall), None, wall).record.client == ip_bytes(LAN)
+    for bad in (ok.but(lanwide=True, client=None), ok.but(kind=REPLY), ok.but(kind=OPERATOR),
+                Record(LOCK, ip_bytes(LAN), None, 60, "ft"), Record(UNBLOCK, ip_bytes(PEER)),
+                Record(UNLOCK, ip_bytes(LAN))):
+        with pytest.raises(ValueError, match="unsigned"):
+            decode(encode(Change(bad, "gw2", wall, 1), None, wall), None, wall)
+
+
+def test_a_resync_reads_back_what_was_undone_and_refuses_keys_set_again():
+    """Redis holds a key set again with a captured block after an unblock: a gateway that
+    starts (knowing nothing) reads the stream back first and refuses it."""
+    link = cluster_pair()
+    link.key = b"k"
+    wall = time.time()
+    block = _signed(Record(BLOCK, ip_bytes(PEER), None, 600, "ft", lanwide=True), 10, wall - 5)
+    link.client.stream += [block, _signed(Record(UNBLOCK, ip_bytes(PEER), None, 0, "operator"), 11, wall - 2)]
+    link.client.keys[f"p2pwall:peers:{PEER}"] = block  # set again by whoever can write to Redis
+    link.client.keys[f"p2pwall:locks:{LAN}"] = _signed(Record(LOCK, ip_bytes(LAN), None, 60, "ft"), 12, wall)
+    link._sync()
+    assert [c.record.op for c in link.inbox] == ["lock"]
+    assert link.tally["cancelled"] == 1 and link.last_seq["gw2"] == 12
+    assert not link._take(block, live=True)  # and the captured block replayed into the stream: refused
+
+
+def test_an_unblock_never_removes_what_was_learned_after_it():
+    h = harness()
+    ledger = h.engine.ledger
+    h.feed(udp(LAN, PEER, 1, 2, b"BLOCK"))
+    issued = h.clock.now - 5  # an unblock issued before this evidence, arriving now
+    assert not ledger.apply(Record(UNBLOCK, ip_bytes(PEER), None, 0, "operator", origin="gw:gw2"), before=issued)
+    assert h.blocked(PEER) and ledger.counters["unblock_superseded"] == 1
+    assert ledger.apply(Record(UNBLOCK, ip_bytes(PEER), None, 0, "operator", origin="gw:gw2"), before=h.clock.now + 2)
+    assert not h.blocked(PEER)
+    h.feed(udp(LAN, "198.51.100.7", 1, 2, b"LOCK"))
+    assert not ledger.apply(Record(UNLOCK, ip_bytes(LAN), None, 0, "operator"), before=h.clock.now - 5)
+    assert h.locked(LAN)
+    assert ledger.apply(Record(UNLOCK, ip_bytes(LAN), None, 0, "operator"), before=h.clock.now + 1)
+
+
+def test_published_sequence_numbers_only_grow():
+    link = cluster_pair()
+    link.key = b"k"
+    for i in range(50):
+        link.publish(Record(BLOCK, ip_bytes(f"203.0.113.{i + 1}"), ip_bytes(LAN), 60, "ft"))
+    link._flush_once()
+    seqs = [decode(m, b"k").seq for m in link.client.stream]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 50
