@@ -365,6 +365,8 @@ def _echo_address(r: dict) -> None:
             click.echo(f"    blocked for: {who}; evidence: {e['evidence']} "
                        f"(own packets from: {', '.join(e['own_clients']) or 'none'}); "
                        f"first seen {e['first_seen_ago']:.0f} s ago, last {e['last_seen_ago']:.0f} s ago")
+            for client, gateway in sorted(e.get("gateways", {}).items()):
+                click.echo(f"    {client} is behind gateway {gateway} (its evidence came through the cluster)")
 
 
 def _address(text: str) -> str:

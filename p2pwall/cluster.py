@@ -66,6 +66,35 @@ class Change:
         return "peers" if self.record.op in (BLOCK, UNBLOCK) else "locks"
 
 
+@dataclass
+class Served:
+    """A gateway's word on which networks it serves (signed): clients there are its own,
+    and their evidence corroborates with this gateway's clients'."""
+
+    gw: str
+    networks: tuple[str, ...]
+    seq: int = 0
+    ts: float = 0.0
+
+
+def encode_served(served: Served, key: bytes) -> str:
+    doc = {"op": NETWORKS, "gw": served.gw, "networks": list(served.networks), "ts": served.ts, "seq": served.seq}
+    doc["sig"] = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _networks(doc: dict, gw: str) -> tuple[str, ...]:
+    import ipaddress
+
+    nets = doc.get("networks")
+    if not isinstance(nets, list) or len(nets) > MAX_NETWORKS:
+        raise Rejected("bad networks", gw)
+    try:
+        return tuple(str(ipaddress.ip_network(n, strict=False)) for n in nets if isinstance(n, str) and len(n) <= 49)
+    except ValueError:
+        raise Rejected("bad networks", gw) from None
+
+
 def _canonical(doc: dict) -> bytes:
     return json.dumps({k: v for k, v in doc.items() if k != "sig"}, sort_keys=True,
                       separators=(",", ":")).encode()
@@ -92,11 +121,15 @@ class Rejected(ValueError):
 
 MAX_REJECTED_NAMES = 64  # gateways whose refused changes status counts apart; the rest are "other"
 MAX_GATEWAYS = 4096  # gateways whose newest sequence number is remembered
+MAX_NETWORKS = 64  # networks one gateway may say it serves
+NETWORKS = "networks"  # the op of a gateway's Served document
+NETWORKS_EVERY = 60.0  # seconds between publishing ours again (the key lives five times as long)
 MAX_CANCELLED = 200_000  # addresses whose last unblock/unlock is remembered (what it cancels)
 
 
-def decode(text, key: bytes | None, wall: float | None = None) -> Change:
-    """Parse and check one change; raises ValueError with the reason it is refused.
+def decode(text, key: bytes | None, wall: float | None = None) -> "Change | Served":
+    """Parse and check one change (or a gateway's networks, :class:`Served`); raises
+    ValueError with the reason it is refused.
     Bounded before anything else: at most 4 KiB, and nesting deep enough to exhaust the
     parser is refused like any other garbage."""
     wall = time.time() if wall is None else wall
@@ -127,6 +160,10 @@ def decode(text, key: bytes | None, wall: float | None = None) -> Change:
     seq = doc.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < 2 ** 63:
         raise Rejected("no sequence number", gw)
+    if doc.get("op") == NETWORKS:
+        if key is None:
+            raise Rejected("unsigned networks", gw)  # they widen what counts as a client
+        return Served(gw, _networks(doc, gw), seq, float(ts))
     try:
         record = Record.from_doc(doc, wall, origin=GATEWAY_PREFIX + gw)
     except Rejected:
@@ -199,6 +236,7 @@ class Cluster:
         self.client = client or connect(settings.cluster_url, password)
         self.rate = settings.cluster_apply_per_second
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._pending: dict[tuple[str, str], Change] = {}
         self._wrote = threading.Event()
         self.inbox: collections.deque[Change] = collections.deque(maxlen=200_000)
@@ -222,6 +260,10 @@ class Cluster:
         self._seq = 0  # ours: microseconds of the wall clock, and never less than the last plus one
         self.last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()  # gateway -> newest seen
         self.cancelled: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        self.networks = tuple(settings.lan_networks)  # what we serve, told to the others (signed only)
+        self.served: dict[str, tuple[str, ...]] = {}  # what the others serve
+        self._served_changed = False
+        self._networks_at = float("-inf")
 
     # ------------------------------------------------------------------ main thread
     def start(self) -> None:
@@ -251,7 +293,7 @@ class Cluster:
             if where == LOCKS:
                 self.publish(record.but(op=LOCK))
             else:
-                self.publish(record.but(op=BLOCK, lanwide=where != PAIR, client=record.client if where == PAIR else None))
+                self.publish(record.but(op=BLOCK, lanwide=where != PAIR))  # LAN-wide ones name whose evidence
 
     def remove(self, where: str, record: Record) -> None:
         if record.local and record.op in (UNBLOCK, UNLOCK):
@@ -266,8 +308,7 @@ class Cluster:
     def publish(self, record: Record) -> None:
         """Queue a record for the others (coalesced: the latest per address, and per
         client for a client-scoped block, wins)."""
-        self._seq = max(self._seq + 1, time.time_ns() // 1000)
-        change = Change(record, self.name, round(time.time(), 6), self._seq)
+        change = Change(record, self.name, round(time.time(), 6))  # its sequence number when written
         client = ip_text(record.client) if record.op == BLOCK and not record.lanwide and record.client else None
         slot = (change.table, ip_text(record.address), client)
         with self._lock:
@@ -294,6 +335,11 @@ class Cluster:
         """Apply what the other gateways learned (at most the rate bound allows) through
         the ledger's own checks; after a resync, publish every live entry of ours again
         (``publish`` false: monitor mode, which tells the others nothing)."""
+        if self._served_changed:  # before their changes: the clients they name are theirs
+            from .addresses import AddressSet
+
+            self._served_changed = False
+            ledger.remote = {gw: AddressSet(nets) for gw, nets in list(self.served.items())}
         changes = self.drain()
         offset = time.time() - ledger.clock()  # the wire's wall clock -> the ledger's
         for change in changes:
@@ -302,6 +348,10 @@ class Cluster:
         if self.want_full_publish and publish:
             self.want_full_publish = False
             for record in ledger.records():
+                if record.client is not None and record.client not in ledger.lan:
+                    if not record.lanwide:
+                        continue  # another gateway's client: that gateway publishes it
+                    record = record.but(client=None)
                 self.publish(record)
         return len(changes)
 
@@ -321,7 +371,8 @@ class Cluster:
                 "lag_max_seconds": round(self.lag_max, 3), **self._percentiles(),
                 "inbox": len(self.inbox),
                 "pending": len(self._pending), **dict(self.tally),
-                "rejected_by_gateway": dict(self.rejected_by.most_common())}
+                "rejected_by_gateway": dict(self.rejected_by.most_common()),
+                "served": {gw: list(nets) for gw, nets in sorted(self.served.items())}}
 
     def _percentiles(self) -> dict:
         lags = sorted(self._lags)
@@ -391,8 +442,9 @@ class Cluster:
         last = self.client.xrevrange(self.stream, count=1)
         self.last_id = (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
         self._read_back()
+        self._networks_at = float("-inf")  # ours again now (Redis may have restarted empty)
         count = 0
-        for table in ("peers", "locks"):
+        for table in ("gateways", "peers", "locks"):  # who serves what first: their clients' evidence follows
             keys = []
             for key in self.client.scan_iter(match=f"{self.prefix}:{table}:*", count=1000):
                 keys.append(key)
@@ -437,6 +489,8 @@ class Cluster:
     def _take(self, raw, live: bool) -> bool:
         try:
             change = decode(raw, self.key)
+            if isinstance(change, Served):
+                return self._take_served(change, live)
         except ValueError as exc:
             self.tally["rejected"] += 1
             claimed = getattr(exc, "gw", "") or "(none)"
@@ -459,6 +513,20 @@ class Cluster:
         self.inbox.append(change)
         return True
 
+    def _take_served(self, served: Served, live: bool) -> bool:
+        if served.gw == self.name:
+            return False
+        if live and served.seq <= self.last_seq.get(served.gw, 0):
+            return self._stale("replayed", served.gw, f"networks from {served.gw}: not newer than the last seen")
+        self.last_seq[served.gw] = max(served.seq, self.last_seq.get(served.gw, 0))
+        if served.gw not in self.served and len(self.served) >= MAX_REJECTED_NAMES:
+            return False  # bounded: the first gateways keep their word
+        if self.served.get(served.gw) != served.networks:
+            self.served[served.gw] = served.networks
+            self._served_changed = True
+        self.gateways[served.gw] = time.time()
+        return True
+
     def _fresh(self, change: Change, live: bool) -> bool:
         """Replay protection.  From the stream, a change not newer than the last seen from
         its gateway (its signed sequence number) is a replay; loaded from a key, one that
@@ -467,9 +535,9 @@ class Cluster:
         gw, record = change.gw, change.record
         slot = (change.table, ip_text(record.address))
         if live and change.seq <= self.last_seq.get(gw, 0):
-            return self._stale("replayed", change, "not newer than the last change seen from it")
+            return self._stale("replayed", gw, f"{record.op} {slot[1]} from {gw}: not newer than the last change seen from it")
         if record.op in (BLOCK, LOCK) and change.ts <= self.cancelled.get(slot, float("-inf")):
-            return self._stale("cancelled", change, "learned before an unblock or unlock seen since")
+            return self._stale("cancelled", gw, f"{record.op} {slot[1]} from {gw}: learned before an unblock or unlock seen since")
         if change.seq > self.last_seq.get(gw, 0):
             self.last_seq[gw] = change.seq
             self.last_seq.move_to_end(gw)
@@ -482,13 +550,12 @@ class Cluster:
                 self.cancelled.popitem(last=False)
         return True
 
-    def _stale(self, why: str, change: Change, text: str) -> bool:
+    def _stale(self, why: str, gw: str, text: str) -> bool:
         self.tally[why] += 1
-        claimed = change.gw if change.gw in self.rejected_by or len(self.rejected_by) < MAX_REJECTED_NAMES else "(other)"
+        claimed = gw if gw in self.rejected_by or len(self.rejected_by) < MAX_REJECTED_NAMES else "(other)"
         self.rejected_by[claimed] += 1
         if self.tally[why] <= 10 or self.tally[why] % 1000 == 0:
-            emit(log, logging.WARNING, "cluster_rejected", error=f"{why}: {change.record.op} "
-                 f"{ip_text(change.record.address)} from {change.gw}: {text}", count=self.tally[why])
+            emit(log, logging.WARNING, "cluster_rejected", error=f"{why}: {text}", count=self.tally[why])
         return False
 
     def _writer(self) -> None:
@@ -508,6 +575,11 @@ class Cluster:
                 self._wrote.set()
 
     def _flush_once(self) -> None:
+        with self._flushing:  # one writer at a time (stop's last flush beside the thread's): in order
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._publish_networks()
         with self._lock:
             batch, self._pending = self._pending, {}
         if not batch:
@@ -516,6 +588,7 @@ class Cluster:
             pipe = self.client.pipeline(transaction=False)
             now = time.time()
             for (table, addr, client), change in batch.items():
+                change.seq = self._next_seq()  # in the order the stream gets them
                 text = encode(change, self.key, change.ts)
                 key = f"{self.prefix}:{table}:{addr}" + (f"@{client}" if client else "")
                 if change.record.op in (BLOCK, LOCK):
@@ -536,6 +609,25 @@ class Cluster:
                 for k, change in batch.items():
                     self._pending.setdefault(k, change)
             raise
+
+
+    def _next_seq(self) -> int:
+        """Our next sequence number: microseconds of the wall clock, and never less than
+        the last plus one (so it grows across restarts too, the clock going forward)."""
+        self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        return self._seq
+
+    def _publish_networks(self) -> None:
+        """Tell the others which networks we serve (signed, so only with a key): at start,
+        after a resync and every ``NETWORKS_EVERY`` seconds."""
+        if self.key is None or not self.networks or time.monotonic() - self._networks_at < NETWORKS_EVERY:
+            return
+        text = encode_served(Served(self.name, self.networks, self._next_seq(), round(time.time(), 6)), self.key)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(f"{self.prefix}:gateways:{self.name}", text, px=int(NETWORKS_EVERY * 5000))
+        pipe.xadd(self.stream, {"m": text}, maxlen=self.stream_length, approximate=True)
+        pipe.execute()
+        self._networks_at = time.monotonic()
 
 
 def _id(stream_id: str) -> tuple[int, int]:

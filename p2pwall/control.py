@@ -61,6 +61,9 @@ class Control:
                 return None
             d = describe(key, e.until - now, e, now, table.evidence)
             d.update(until=round(wall + e.until - now, 3), note=e.note is not None)
+            if table.evidence:  # which gateway saw the clients behind other gateways
+                seen = {c: engine.ledger.gateway_of(ip_bytes(c)) for c in d.get("clients", [])}
+                d["gateways"] = {c: gw for c, gw in seen.items() if gw}
             return d
 
         return {"ok": True, "address": str(text), "peer": entry(engine.peers), "lock": entry(engine.locks),

@@ -22,8 +22,8 @@ from collections import Counter
 from . import events as ev
 from .kernelsets import valid_element
 from .packet import ip_text
-from .records import (BLOCK, CONFIG, EXPIRE, LOCK, LOCKS, MAX_SECONDS, NAMED, NOLOCK, OPERATOR, OWN, PAIR,
-                      PEERS, UNBLOCK, UNLOCK, Record)
+from .records import (BLOCK, CONFIG, EXPIRE, GATEWAY_PREFIX, LOCK, LOCKS, MAX_SECONDS, NAMED, NOLOCK, OPERATOR,
+                      OWN, PAIR, PEERS, UNBLOCK, UNLOCK, Record)
 from .tables import LockTable, PeerTable
 
 OPERATOR_DETECTOR = "operator"  # the "detector" of entries an operator made by hand
@@ -44,6 +44,7 @@ class Ledger:
         self.corroborate = settings.corroborate
         self.lock_seconds = settings.lock_seconds
         self.station = None  # address -> station (Neighbours.station): corroboration by stations
+        self.remote: dict = {}  # gateway name -> AddressSet of the networks it serves (the cluster's)
         self._locking: dict[str, bool] = {}
         self.lan = self.allow = self.protected = frozenset()
 
@@ -152,8 +153,13 @@ class Ledger:
         if key in self.protected or key in self.lan or not valid_element(key):
             self.counters["block_refused"] += 1
             return False
+        remote = False
         if client is not None and (client not in self.lan or not valid_element(client)):
-            client = None  # evidence concerns LAN clients only
+            # evidence concerns LAN clients only: this LAN's, or one another gateway of the
+            # cluster serves (kept, so that clients behind two gateways corroborate)
+            remote = valid_element(client) and self.gateway_of(client, record.origin) is not None
+            if not remote:
+                client = None
         if client is None and not record.lanwide:
             self.counters["block_refused"] += 1
             return False
@@ -167,11 +173,14 @@ class Ledger:
             where = self.where(entry.detector)
             if old is not None and old.lanwide and self.where(old.detector) != where:
                 self._remove(self.where(old.detector), placed.but(op=EXPIRE))
-            self._add(where, placed)
+            # with the client whose evidence this is (the kernel keys by address; the
+            # cluster tells the others whose evidence it was)
+            self._add(where, placed.but(client=client) if client is not None and not remote
+                      else placed)
             if widened:  # the client-scoped entries it grew out of are covered now
                 for c in entry.clients:
                     self._remove(PAIR, placed.but(op=EXPIRE, client=c))
-        else:
+        elif not remote:  # a client behind another gateway sends nothing through this one
             self._add(PAIR, placed.but(client=client, kind=record.kind))
         if not quiet and (new or widened):
             self.emit(ev.PEER_BLOCKED, now, record.detector, peer=ip_text(key), until=entry.until,
@@ -265,6 +274,20 @@ class Ledger:
                 table.evict_one()
 
     # ------------------------------------------------------------------ reading
+    def gateway_of(self, client: bytes, origin: str | None = None) -> str | None:
+        """The other gateway that serves ``client`` (outside this LAN), by the networks
+        each publishes; with ``origin`` (``gw:<name>``), only that one."""
+        if client in self.lan:
+            return None
+        if origin is not None:
+            name = origin[len(GATEWAY_PREFIX):] if origin.startswith(GATEWAY_PREFIX) else None
+            nets = self.remote.get(name) if name else None
+            return name if nets is not None and client in nets else None
+        for name, nets in self.remote.items():
+            if client in nets:
+                return name
+        return None
+
     def records(self, now: float | None = None):
         """Every live entry as the records that rebuild it (:meth:`restore` takes them
         back): a peer as one record per client it concerns, each with the evidence that

@@ -289,7 +289,7 @@ def test_the_cluster_link_publishes_this_gateways_live_changes_only():
     h.feed(udp(LAN, "198.51.100.7", 1, 2, b"LOCK"))
     assert h.engine.ledger.unblock(ip_bytes(PEER), "operator")
     link._flush_once()
-    sent = [decode(m, b"k") for m in link.client.stream]
+    sent = [c for c in (decode(m, b"k") for m in link.client.stream) if isinstance(c, Change)]
     assert [(c.record.op, c.record.address, c.record.client, c.gw) for c in sent] == [
         ("block", ip_bytes(PEER), ip_bytes(LAN), "gw1"), ("lock", ip_bytes(LAN), None, "gw1"),
         ("unblock", ip_bytes(PEER), None, "gw1")]
@@ -400,5 +400,34 @@ def test_published_sequence_numbers_only_grow():
     for i in range(50):
         link.publish(Record(BLOCK, ip_bytes(f"203.0.113.{i + 1}"), ip_bytes(LAN), 60, "ft"))
     link._flush_once()
-    seqs = [decode(m, b"k").seq for m in link.client.stream]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 50
+    seqs = [decode(m, b"k").seq for m in link.client.stream]  # the networks first, then the blocks
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) >= 50
+
+
+def test_clients_behind_two_gateways_corroborate_through_the_networks_each_serves():
+    """Gateway 2 serves 10.2.0.0/16 (it says so, signed); its client's own evidence is
+    kept here with gateway 2's name and, with this LAN's client's, makes the peer LAN-wide.
+    Evidence for a client of a network nobody serves, or unsigned networks, counts for nothing."""
+    from p2pwall.cluster import Served, encode_served
+    from p2pwall.control import Control
+
+    link = cluster_pair()
+    link.key = b"k"
+    h = harness()
+    wall = time.time()
+    remote_client = "10.2.0.7"
+    assert not link._take(encode(Change(Record(BLOCK, ip_bytes(PEER), None, 60, "t"), "gw2", wall, 1), None, wall),
+                          live=True)  # unsigned: refused
+    assert link._take(encode_served(Served("gw2", ("10.2.0.0/16",), 2, wall), b"k"), live=True)
+    for seq, client in ((3, remote_client), (4, "10.9.0.1")):  # the second: nobody serves it
+        link._take(_signed(Record(BLOCK, ip_bytes("203.0.113.50"), ip_bytes(client), 60, "teacher"), seq, wall),
+                   live=True)
+    link.apply_pending(h.engine.ledger)
+    entry = h.peer("203.0.113.50")
+    assert entry is not None and not entry.lanwide and entry.clients == (ip_bytes(remote_client),)
+    assert not h.mirror.holds.get("pair")  # nothing to enforce here for a client that never passes here
+    h.feed(udp(LAN, "203.0.113.50", 1, 2, b"BLOCK"))  # this LAN's own client: two stations, LAN-wide
+    assert h.peer("203.0.113.50").lanwide
+    report = Control(h.engine, h.settings, lambda: {}).address_report("203.0.113.50")
+    assert report["peer"]["gateways"] == {remote_client: "gw2"}
+    assert link.status()["served"] == {"gw2": ["10.2.0.0/16"]}

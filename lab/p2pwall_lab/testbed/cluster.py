@@ -7,7 +7,10 @@
 
 Both gateways sit on the same LAN segment, so ``failover(host)`` moves a LAN host's
 default route (and the outside host's route back to it) from one gateway to the other,
-as an HA pair does.  Names carry a per-run prefix; ``close()`` removes everything.
+as an HA pair does.  With ``split=True`` each gateway serves a LAN of its own, as one
+gateway per building does: fw1 192.0.2.0/25 (lan1 192.0.2.10 on sw:brlan1), fw2
+192.0.2.128/25 (lan2 192.0.2.140 on sw:brlan2).  Names carry a per-run prefix;
+``close()`` removes everything.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ MGMT_REDIS = "198.51.100.129"
 
 
 class ClusterNetwork(Namespaces):
-    def __init__(self, outside_addresses: int = 40, prefix: str | None = None):
+    def __init__(self, outside_addresses: int = 40, prefix: str | None = None, split: bool = False):
         super().__init__(prefix)
+        self.split = split
         self.sw, self.out = f"{self.prefix}-sw", f"{self.prefix}-out"
         self.fws = [f"{self.prefix}-fw1", f"{self.prefix}-fw2"]
         self.lans = [f"{self.prefix}-lan1", f"{self.prefix}-lan2"]
-        self.lan_ips = ["192.0.2.10", "192.0.2.11"]
-        self.fw_lan = ["192.0.2.1", "192.0.2.2"]
+        self.lan_ips = ["192.0.2.10", "192.0.2.140" if split else "192.0.2.11"]
+        self.fw_lan = ["192.0.2.1", "192.0.2.129" if split else "192.0.2.2"]
+        self.lan_nets = ["192.0.2.0/25", "192.0.2.128/25"] if split else ["192.0.2.0/24"] * 2
+        self.prefix_len = 25 if split else 24
         self.fw_wan = ["198.51.100.1", "198.51.100.3"]
         self.fw_mgmt = ["198.51.100.130", "198.51.100.131"]
         self.outside = [outside_address(i + 1) for i in range(outside_addresses)]
@@ -53,19 +59,20 @@ class ClusterNetwork(Namespaces):
     def _build(self):
         for name in [self.sw, self.out, *self.fws, *self.lans]:
             self._ns(name)
-        for br, addr in (("brlan", None), ("brwan", None), ("brmgmt", f"{MGMT_REDIS}/25")):
+        lans = ("brlan1", "brlan2") if self.split else ("brlan", "brlan")  # each gateway's LAN segment
+        for br, addr in [(b, None) for b in dict.fromkeys(lans)] + [("brwan", None), ("brmgmt", f"{MGMT_REDIS}/25")]:
             _sh("ip", "-n", self.sw, "link", "add", br, "type", "bridge")
             if addr:
                 _sh("ip", "-n", self.sw, "addr", "add", addr, "dev", br)
             _sh("ip", "-n", self.sw, "link", "set", br, "up")
         for i, fw in enumerate(self.fws):
             _sh("ip", "netns", "exec", fw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            self._veth(fw, "lan0", "brlan", f"{self.fw_lan[i]}/24")
+            self._veth(fw, "lan0", lans[i], f"{self.fw_lan[i]}/{self.prefix_len}")
             self._veth(fw, "wan0", "brwan", f"{self.fw_wan[i]}/25")
             self._veth(fw, "mgmt0", "brmgmt", f"{self.fw_mgmt[i]}/25")
             _sh("ip", "-n", fw, "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
         for i, (ns, ip) in enumerate(zip(self.lans, self.lan_ips)):
-            self._veth(ns, "eth0", "brlan", f"{ip}/24")
+            self._veth(ns, "eth0", lans[i], f"{ip}/{self.prefix_len}")
             _sh("ip", "-n", ns, "route", "add", "default", "via", self.fw_lan[i])
         self._veth(self.out, "eth0", "brwan", "198.51.100.2/25")
         _sh("ip", "-n", self.out, "-batch", "-",
@@ -96,7 +103,7 @@ class ClusterNetwork(Namespaces):
         return self.exec(self.sw, "redis-cli", "-h", MGMT_REDIS, *args).stdout
 
     def config(self, i: int, lock_seconds: float = 30, key_file: str = "", extra: str = "") -> str:
-        return (f'[network]\nlan_interfaces = ["lan0"]\nlan_networks = ["192.0.2.0/24"]\n'
+        return (f'[network]\nlan_interfaces = ["lan0"]\nlan_networks = ["{self.lan_nets[i]}"]\n'
                 f'[lock]\nseconds = {lock_seconds}\n'
                 f'[status]\nsocket = "{self.dir}/fw{i + 1}.sock"\n[state]\nfile = ""\n'
                 f'[cluster]\nurl = "redis://{MGMT_REDIS}:6379/0"\nname = "gw{i + 1}"\nkey_file = "{key_file}"\n'
