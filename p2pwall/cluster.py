@@ -424,6 +424,9 @@ class Cluster:
                     self._wake()
             except Exception as exc:  # redis errors, a reset connection: filtering goes on locally
                 self._down(exc)
+                # whatever reconnects may not be the Redis we left (a Sentinel failover to a
+                # replica that missed the last writes, a restart): resync, republish ours
+                need_sync = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -470,7 +473,9 @@ class Cluster:
                     change = decode(fields.get(b"m") or fields.get("m"), self.key)
                 except ValueError:
                     continue
-                if change.gw != self.name:
+                if isinstance(change, Served):
+                    self._take_served(change, live=False)
+                elif change.gw != self.name:
                     self._fresh(change, live=False)
             if not entries or len(entries) < 1000:
                 return

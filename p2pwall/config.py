@@ -243,9 +243,12 @@ def _check(section: str, key: str, value, kind: str, check) -> object:
             if not ok:
                 raise ConfigError(f"{where}: expected \"address:port\" such as \"127.0.0.1:9733\", got {value!r}")
     elif kind == "redisurl":
-        if not isinstance(value, str) or (value and not re.match(r"^(redis|rediss|unix)://\S+$", value)):
+        sentinel = r"redis\+sentinel://[^\s/,]+:\d{1,5}(,[^\s/,]+:\d{1,5})*/[A-Za-z0-9_.-]+(/\d+)?"
+        if not isinstance(value, str) or (value and not (re.match(r"^(redis|rediss|unix)://\S+$", value)
+                                                         or re.fullmatch(sentinel, value))):
             raise ConfigError(f"{where}: expected a URL such as \"redis://host:6379/0\" "
-                              f"(or rediss:// for TLS), got {value!r}")
+                              f"(rediss:// for TLS, redis+sentinel://host:26379[,host:26379...]/service[/db] "
+                              f"for Sentinel), got {value!r}")
     elif kind == "webhook":
         if not isinstance(value, str) or (value and not re.match(r"^https?://[^\s/]+\S*$", value)):
             raise ConfigError(f"{where}: expected an http:// or https:// URL, got {value!r}")

@@ -282,3 +282,16 @@ def test_replayed_signed_changes_and_poison_are_refused_and_both_gateways_stay_u
         assert cnet.lan_ips[0] not in locks_of(fresh)
     finally:
         fresh.stop()
+
+
+def test_a_cluster_url_without_a_key_is_refused_by_check_config_and_run(cnet):
+    """Whoever can write to Redis would control every gateway: ``url`` without
+    ``key_file`` (and without an explicit ``insecure = true``) is refused, in one line."""
+    config = cnet.dir / "nokey.toml"
+    config.write_text(cnet.config(0, key_file="").replace("insecure = true\n", "")
+                      + '[history]\nfile = ""\n')
+    for args in (("check-config", str(config)), ("run", "--config", str(config), "--plugin", "fasttrack")):
+        done = cnet.exec(cnet.fws[0], sys.executable, "-m", "p2pwall", *args, check=False, timeout=30)
+        assert done.returncode != 0, (args, done.stdout, done.stderr)
+        assert "without key_file" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

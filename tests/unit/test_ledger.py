@@ -370,12 +370,16 @@ def test_a_resync_reads_back_what_was_undone_and_refuses_keys_set_again():
     link.key = b"k"
     wall = time.time()
     block = _signed(Record(BLOCK, ip_bytes(PEER), None, 600, "ft", lanwide=True), 10, wall - 5)
-    link.client.stream += [block, _signed(Record(UNBLOCK, ip_bytes(PEER), None, 0, "operator"), 11, wall - 2)]
+    from p2pwall.cluster import Served, encode_served
+
+    link.client.stream += [encode_served(Served("gw2", ("10.2.0.0/16",), 9, wall - 6), b"k"), block,
+                           _signed(Record(UNBLOCK, ip_bytes(PEER), None, 0, "operator"), 11, wall - 2)]
     link.client.keys[f"p2pwall:peers:{PEER}"] = block  # set again by whoever can write to Redis
     link.client.keys[f"p2pwall:locks:{LAN}"] = _signed(Record(LOCK, ip_bytes(LAN), None, 60, "ft"), 12, wall)
     link._sync()
     assert [c.record.op for c in link.inbox] == ["lock"]
     assert link.tally["cancelled"] == 1 and link.last_seq["gw2"] == 12
+    assert link.served == {"gw2": ("10.2.0.0/16",)}  # what it serves, read back too
     assert not link._take(block, live=True)  # and the captured block replayed into the stream: refused
 
 

@@ -16,6 +16,7 @@ gateway per building does: fw1 192.0.2.0/25 (lan1 192.0.2.10 on sw:brlan1), fw2
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +94,31 @@ class ClusterNetwork(Namespaces):
                                 "--appendonly", "no", "--protected-mode", "no", "--dir", str(self.dir),
                                 log=f"redis-{len(self._procs)}.log", ready="Ready to accept connections")
 
+    def start_sentinel_pair(self, service: str = "p2pw") -> str:
+        """A primary (6379) and its replica (6380) on the management link, watched by one
+        Sentinel (26379, quorum 1, a primary down after 1 s): the URL gateways use.
+        ``kill_redis`` takes the primary away; the Sentinel promotes the replica."""
+        self.start_redis()
+        self.replica = self.start(self.sw, "redis-server", "--bind", MGMT_REDIS, "--port", "6380", "--save", "",
+                                  "--appendonly", "no", "--protected-mode", "no", "--dir", str(self.dir),
+                                  "--replicaof", MGMT_REDIS, "6379", log="redis-replica.log",
+                                  ready="MASTER <-> REPLICA sync: Finished with success")
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(f"port 26379\nbind {MGMT_REDIS}\nprotected-mode no\ndir {self.dir}\n"
+                        f"sentinel monitor {service} {MGMT_REDIS} 6379 1\n"
+                        f"sentinel down-after-milliseconds {service} 1000\n"
+                        f"sentinel failover-timeout {service} 5000\n")
+        binary = "redis-sentinel" if shutil.which("redis-sentinel") else "redis-server"
+        args = [str(conf)] + ([] if binary == "redis-sentinel" else ["--sentinel"])
+        self.sentinel = self.start(self.sw, binary, *args, log="sentinel.log", ready="+monitor master")
+        return f"redis+sentinel://{MGMT_REDIS}:26379/{service}/0"
+
+    def master(self, service: str = "p2pw") -> str:
+        """The Sentinel's answer: the current primary's port."""
+        out = self.exec(self.sw, "redis-cli", "-h", MGMT_REDIS, "-p", "26379", "SENTINEL",
+                        "get-master-addr-by-name", service).stdout.split()
+        return out[-1] if out else ""
+
     def kill_redis(self) -> None:
         if self.redis is not None and self.redis.poll() is None:
             self.redis.kill()
@@ -102,11 +128,11 @@ class ClusterNetwork(Namespaces):
     def redis_cli(self, *args: str) -> str:
         return self.exec(self.sw, "redis-cli", "-h", MGMT_REDIS, *args).stdout
 
-    def config(self, i: int, lock_seconds: float = 30, key_file: str = "", extra: str = "") -> str:
+    def config(self, i: int, lock_seconds: float = 30, key_file: str = "", extra: str = "", url: str = "") -> str:
         return (f'[network]\nlan_interfaces = ["lan0"]\nlan_networks = ["{self.lan_nets[i]}"]\n'
                 f'[lock]\nseconds = {lock_seconds}\n'
                 f'[status]\nsocket = "{self.dir}/fw{i + 1}.sock"\n[state]\nfile = ""\n'
-                f'[cluster]\nurl = "redis://{MGMT_REDIS}:6379/0"\nname = "gw{i + 1}"\nkey_file = "{key_file}"\n'
+                f'[cluster]\nurl = "{url or f"redis://{MGMT_REDIS}:6379/0"}"\nname = "gw{i + 1}"\nkey_file = "{key_file}"\n'
                 + ("" if key_file else "insecure = true\n") + extra)
 
     def p2pwall(self, i: int, config: str, *args: str, name: str | None = None) -> "GatewayDaemon":
