@@ -29,7 +29,10 @@ def propagation(peers: int) -> dict:
 
     with ClusterNetwork(outside_addresses=min(250, peers)) as net:
         net.start_redis()
-        gws = [net.p2pwall(i, net.config(i), "--plugin", "fasttrack") for i in (0, 1)]
+        key = net.dir / "cluster.key"  # signed, as a production cluster runs (sequence numbers too)
+        key.write_text("the bench's shared secret\n")
+        key.chmod(0o600)
+        gws = [net.p2pwall(i, net.config(i, key_file=str(key)), "--plugin", "fasttrack") for i in (0, 1)]
         ping = make_ping().hex()
         code = ("import socket,time,sys\n"
                 "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('',1214))\n"
@@ -55,7 +58,11 @@ def pipeline(seconds: float) -> tuple[float, float]:
                           "--appendonly", "no", log="redis.log")
         time.sleep(0.5)
         results = {}
-        for label, extra in (("alone", ""), ("cluster", '[cluster]\nurl = "redis://127.0.0.1:6390/0"\ninsecure = true\n')):
+        key = net.dir / "cluster.key"
+        key.write_text("the bench's shared secret\n")
+        key.chmod(0o600)
+        cluster = f'[cluster]\nurl = "redis://127.0.0.1:6390/0"\nkey_file = "{key}"\n'
+        for label, extra in (("alone", ""), ("cluster", cluster)):
             d = net.p2pwall(net.base_config(extra="[queue]\nudp_packets = 0\nper_host_rate = 0\n" + extra), name=f"bench-{label}")
             results[label] = common_flood(net, seconds, lambda: counter(net, net.out), "--udp", "-k", "-s", "40000",
                                           "-p", "9999", "-d", "32", target)
