@@ -121,6 +121,7 @@ class Rejected(ValueError):
 
 MAX_REJECTED_NAMES = 64  # gateways whose refused changes status counts apart; the rest are "other"
 MAX_GATEWAYS = 4096  # gateways whose newest sequence number is remembered
+HORIZON_SLACK = 60.0  # seconds a change may have waited in its gateway's writer before the stream's oldest
 MAX_NETWORKS = 64  # networks one gateway may say it serves
 NETWORKS = "networks"  # the op of a gateway's Served document
 NETWORKS_EVERY = 60.0  # seconds between publishing ours again (the key lives five times as long)
@@ -264,6 +265,7 @@ class Cluster:
         self.served: dict[str, tuple[str, ...]] = {}  # what the others serve
         self._served_changed = False
         self._networks_at = float("-inf")
+        self.horizon = float("-inf")  # wall time of the oldest change the stream held at the last sync
 
     # ------------------------------------------------------------------ main thread
     def start(self) -> None:
@@ -468,6 +470,9 @@ class Cluster:
         start = "-"
         while not self._stop.is_set():
             entries = self.client.xrange(self.stream, min=start, max=self.last_id, count=1000)
+            if start == "-" and entries:  # how far back the stream reaches: nothing older is live news
+                first = entries[0][0]
+                self.horizon = _id(first.decode() if isinstance(first, bytes) else first)[0] / 1000.0
             for entry_id, fields in entries or []:
                 try:
                     change = decode(fields.get(b"m") or fields.get("m"), self.key)
@@ -534,13 +539,18 @@ class Cluster:
 
     def _fresh(self, change: Change, live: bool) -> bool:
         """Replay protection.  From the stream, a change not newer than the last seen from
-        its gateway (its signed sequence number) is a replay; loaded from a key, one that
-        an unblock or unlock seen since (in the stream) cancels is stale.  Both refused and
-        counted (``replayed``, ``cancelled``)."""
+        its gateway (its signed sequence number), or learned before the oldest change the
+        stream held when we synced (a capture older than the stream's retention), is a
+        replay; loaded from a key, one that an unblock or unlock seen since (in the
+        stream) cancels is stale.  Both refused and counted (``replayed``, ``cancelled``);
+        a gateway whose delayed changes are refused republishes all of its entries when
+        it resyncs."""
         gw, record = change.gw, change.record
         slot = (change.table, ip_text(record.address))
         if live and change.seq <= self.last_seq.get(gw, 0):
             return self._stale("replayed", gw, f"{record.op} {slot[1]} from {gw}: not newer than the last change seen from it")
+        if live and change.ts < self.horizon - HORIZON_SLACK:
+            return self._stale("replayed", gw, f"{record.op} {slot[1]} from {gw}: older than the stream reaches back")
         if record.op in (BLOCK, LOCK) and change.ts <= self.cancelled.get(slot, float("-inf")):
             return self._stale("cancelled", gw, f"{record.op} {slot[1]} from {gw}: learned before an unblock or unlock seen since")
         if change.seq > self.last_seq.get(gw, 0):

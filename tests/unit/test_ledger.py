@@ -381,6 +381,11 @@ def test_a_resync_reads_back_what_was_undone_and_refuses_keys_set_again():
     assert link.tally["cancelled"] == 1 and link.last_seq["gw2"] == 12
     assert link.served == {"gw2": ("10.2.0.0/16",)}  # what it serves, read back too
     assert not link._take(block, live=True)  # and the captured block replayed into the stream: refused
+    # a change from a gateway the stream no longer mentions, learned before the stream's oldest: refused
+    assert link.horizon == 0.001  # FakeRedis's first id, "1-0": 1 ms after the epoch
+    link.horizon = wall - 100
+    ancient = _signed(Record(BLOCK, ip_bytes("203.0.113.77"), None, 600, "ft", lanwide=True), 1, wall - 3600, gw="gw9")
+    assert not link._take(ancient, live=True) and link.tally["replayed"] == 2
 
 
 def test_an_unblock_never_removes_what_was_learned_after_it():
