@@ -8,7 +8,9 @@ kernel queues the rest of that connection's first packets too (``rules.py``: the
 ``short`` conntrack bit), and here the segments that continue the stream in sequence are
 joined: each in-sequence segment is judged as a view of the stream's start
 (``Packet.joined``: the first payload, from the stream's first byte to this segment's
-last), until the start is :data:`SHORT` bytes long.
+last), until the start is :data:`SHORT` bytes long, or until the other side sends a
+payload (then the opening was a message of its own, answered: an exchange, which
+detectors read step by step, not a split one).
 
 Bounded: at most :data:`MAX_STREAMS` streams (the oldest out first), each at most
 :data:`MAX_BYTES` bytes, for :data:`SECONDS` seconds; a segment out of sequence (a gap)
@@ -51,6 +53,8 @@ class Streams:
         n = packet.end - packet.off
         key = (packet.src, packet.dst, packet.sport, packet.dport)
         streams = self._open
+        if streams:  # the other side spoke: its opening is a message of its own, not to be joined further
+            streams.pop((packet.dst, packet.src, packet.dport, packet.sport), None)
         if packet.first:
             if n < self.short:
                 streams[key] = [packet.seq, packet.data, now + SECONDS]

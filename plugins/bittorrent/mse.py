@@ -77,18 +77,14 @@ from __future__ import annotations
 
 import struct
 
-from p2pwall import SERVICE_PORTS, Block, Drop, Lock
+from p2pwall import SERVICE_PORTS
 from p2pwall_plugins._common import is_rlpx_auth
+from p2pwall_plugins._exchange import ANSWERED, DONE, OPENED, STEP_SECONDS, Exchange
 
 SIZES = (96, 608)
 PEERS = 3
 WINDOW = 120.0
-STEP_SECONDS = 10.0  # the opening, the answer and the next step of one exchange come within this
 SECOND_MIN = 56  # the initiator's second step: two 20-byte hashes, then VC, crypto_provide, lengths
-_TAG = "mse-peers"
-_FLOW = "mse-flow"
-_STEP = struct.Struct("!BId")  # stage, the client's next sequence number after its opening, when
-OPENED, ANSWERED, DONE = 1, 2, 3
 _TLS_TYPES = (0x14, 0x15, 0x16, 0x17)
 
 
@@ -100,58 +96,37 @@ def whatsapp_opening(data: bytes) -> bool:
 
 def mse_shaped(data: bytes) -> bool:
     n = len(data)
-    if not SIZES[0] <= n <= SIZES[1] or data[0] in _TLS_TYPES:
+    if not SIZES[0] <= n <= SIZES[1] or (data[0] in _TLS_TYPES and data[1] == 3):  # a TLS record
         return False
     return len(set(data[:96])) >= 56
 
 
-def _entries(note: bytes | None, width: int) -> list[tuple[bytes, float]]:
-    out = []
-    step = width + 4
-    for i in range(0, len(note or b"") - step + 1, step):
-        out.append((note[i:i + width], float(struct.unpack_from("!I", note, i + width)[0])))
-    return out
+def _opening(data: bytes) -> bool:
+    """The first bytes of an MSE opening, of a size an opening may have (never RLPx's or
+    WhatsApp's: named for what they are, never BitTorrent)."""
+    return mse_shaped(data) and not is_rlpx_auth(data) and not whatsapp_opening(data)
 
 
-def _pack(entries, width: int) -> bytes:
-    return b"".join(addr + struct.pack("!I", int(t) & 0xFFFFFFFF) for addr, t in entries)
+EXCHANGE = Exchange("mse", _opening, lambda data, opened: mse_shaped(data) and not is_rlpx_auth(data),
+                    SECOND_MIN, "BitTorrent MSE: encrypted handshakes to several peers", PEERS, WINDOW)
 
 
 def inspect(packet, context):
     """For a LAN client's TCP payload: its opening (remembered), or the second step of an
     exchange whose first two steps were MSE's (counted per client); the actions that
     earns, or None."""
-    if packet.dport in SERVICE_PORTS:
-        return None
-    data, client, peer = packet.data, packet.src, packet.dst
-    tag = f"{_FLOW}:{packet.sport}:{packet.dport}"
-    now = context.now
-    if packet.first:
-        if not mse_shaped(data) or is_rlpx_auth(data) or whatsapp_opening(data):
-            return None  # (the last two: named for what they are, never BitTorrent)
-        context.recognise(packet)  # its reply and its next payload may count, on this flow only
-        context.keep_note(client, peer, tag, _STEP.pack(OPENED, (packet.seq + len(data)) & 0xFFFFFFFF, now),
-                          STEP_SECONDS)
-        return None
-    note = context.note_for(client, peer, tag)
-    if note is None:
-        return None
-    stage, expected, at = _STEP.unpack(note)
-    context.keep_note(client, peer, tag, _STEP.pack(DONE, 0, now), 1.0)  # one look at the second step
-    if stage != ANSWERED or packet.seq != expected or len(data) < SECOND_MIN or now - at > STEP_SECONDS:
-        return None
-    return _count(context, client, peer, now)
+    return EXCHANGE.outgoing(packet, context)
+
+
+def reply(packet, context) -> None:
+    """The peer's first payload back on a flow the client opened MSE-shaped: the second
+    step when it is MSE-shaped too and answers exactly the client's opening (the client
+    had sent nothing more: it waited)."""
+    EXCHANGE.incoming(packet, context)
 
 
 _UTP_FLOW = "mse-utp"
 _UTP_STEP = struct.Struct("!BHHHd")  # stage, first and last sequence number of the opening, its size, when
-
-
-def _opening(data: bytes) -> bool:
-    """The first bytes of an MSE opening, of a size an opening may have."""
-    n = len(data)
-    return (SIZES[0] <= n <= SIZES[1] and data[0] not in _TLS_TYPES and len(set(data[:96])) >= 56
-            and not is_rlpx_auth(data) and not whatsapp_opening(data))
 
 
 def utp_inspect(packet, context, seq: int, data: bytes):
@@ -176,7 +151,7 @@ def utp_inspect(packet, context, seq: int, data: bytes):
     context.keep_note(client, peer, tag, _UTP_STEP.pack(DONE, 0, 0, 0, now), 1.0)  # one look at the second step
     if stage != ANSWERED or not following or len(data) < SECOND_MIN:
         return None
-    return _count(context, client, peer, now)
+    return EXCHANGE.count(context, client, peer, now)
 
 
 def utp_reply(packet, context, ack: int, data: bytes) -> None:
@@ -193,35 +168,3 @@ def utp_reply(packet, context, ack: int, data: bytes) -> None:
         context.keep_note(client, peer, tag, _UTP_STEP.pack(ANSWERED, first, last, size, context.now), STEP_SECONDS)
     else:
         context.keep_note(client, peer, tag, _UTP_STEP.pack(DONE, 0, 0, 0, context.now), 1.0)
-
-
-def reply(packet, context) -> None:
-    """The peer's first payload back on a flow the client opened MSE-shaped: the second
-    step when it is MSE-shaped too and answers exactly the client's opening (the client
-    had sent nothing more: it waited)."""
-    client, peer = packet.dst, packet.src
-    tag = f"{_FLOW}:{packet.dport}:{packet.sport}"
-    note = context.note_for(client, peer, tag)
-    if note is None:
-        return
-    stage, expected, _ = _STEP.unpack(note)
-    data = packet.data
-    if stage == OPENED and packet.ack == expected and mse_shaped(data) and not is_rlpx_auth(data):
-        context.keep_note(client, peer, tag, _STEP.pack(ANSWERED, expected, context.now), STEP_SECONDS)
-    else:
-        context.keep_note(client, peer, tag, _STEP.pack(DONE, 0, context.now), 1.0)
-
-
-def _count(context, client: bytes, peer: bytes, now: float):
-    width = len(client)
-    seen = [(a, t) for a, t in _entries(context.note_for(client, client, _TAG), width)
-            if now - t <= WINDOW and a != peer]
-    seen.append((peer, now))
-    keep = seen[-(64 // (width + 4)):]
-    context.keep_note(client, client, _TAG, _pack(keep, width), WINDOW)
-    if len({a for a, _ in seen}) < PEERS:
-        return None
-    reason = "BitTorrent MSE: encrypted handshakes to several peers"
-    actions = [Block(peer, reason=reason), Drop(reason), Lock(client, reason=reason)]
-    actions += [Block(a, reason=reason, evidence="named") for a, _ in seen[:-1]]
-    return actions

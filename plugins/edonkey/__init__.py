@@ -44,6 +44,7 @@ from struct import unpack_from
 
 from p2pwall import FROM_LAN, TCP, TO_LAN, UDP, Block, DetectorInfo, Drop, hookimpl
 from p2pwall_plugins._common import switches
+from p2pwall_plugins.edonkey import obfuscated
 
 __version__ = "2.0.0"
 
@@ -128,20 +129,25 @@ def udp_message(p) -> tuple[str, bool] | None:
 
 class EDonkeyDetector:
     def __init__(self):
-        self.conf = {"tcp": True, "udp": True, "lock": True}
+        self.conf = {"tcp": True, "udp": True, "lock": True, "obfuscated": True}
 
     @hookimpl
     def p2pwall_detector_info(self):
-        wants = (["udp", "udp_in"] if self.conf["udp"] else []) + (["tcp_payload"] if self.conf["tcp"] else [])
+        c = self.conf
+        wants = (["udp", "udp_in"] if c["udp"] else []) + (["tcp_payload"] if c["tcp"] else [])
+        if c["tcp"] and c["obfuscated"]:
+            wants.append("tcp_payload_in")  # the answer of an obfuscated opening
         return DetectorInfo(name="edonkey", version=__version__, protocols=["eDonkey", "eMule", "Kad"],
-                            description="eDonkey/eMule TCP hellos, server/client/Kad UDP",
+                            description="eDonkey/eMule TCP hellos, server/client/Kad UDP, obfuscated eD2k and Kad",
                             wants=wants, tcp_prefixes=[bytes([m]) for m in TCP_MARKERS],
-                            udp_screen=rb"[\xe3\xc5\xe4\xe5]",
-                            locks=self.conf["lock"])
+                            udp_screen=rb"[\xe3\xc5\xe4\xe5]" + (b"|" + obfuscated.UDP_SCREEN if c["obfuscated"] else b""),
+                            tcp_first_sizes=obfuscated.OPENING if c["obfuscated"] else None,
+                            tcp_first_sizes_in=obfuscated.ANSWER if c["obfuscated"] else None,
+                            locks=c["lock"], locks_udp=c["lock"])
 
     @hookimpl
     def p2pwall_configure(self, table, settings):
-        self.conf = switches(table, {"tcp": True, "udp": True, "lock": True})
+        self.conf = switches(table, {"tcp": True, "udp": True, "lock": True, "obfuscated": True})
 
     @hookimpl
     def p2pwall_inspect(self, packet, context):
@@ -149,9 +155,16 @@ class EDonkeyDetector:
         if not incoming and (packet.direction != FROM_LAN or context.in_lan(packet.dst)):
             return None
         p = packet.payload
+        obf = self.conf["obfuscated"]
         if packet.proto == TCP:
-            reason = None if incoming else tcp_message(p)
-            return None if reason is None else [Block(packet.dst, reason=reason), Drop(reason)]
+            if incoming:
+                if obf and packet.first:
+                    obfuscated.EXCHANGE.incoming(packet, context)
+                return None
+            reason = tcp_message(p) if packet.first else None
+            if reason is None:
+                return obfuscated.EXCHANGE.outgoing(packet, context) if obf else None
+            return [Block(packet.dst, reason=reason), Drop(reason)]
         if packet.proto != UDP:
             return None
         remote_port = packet.sport if incoming else packet.dport
@@ -159,7 +172,11 @@ class EDonkeyDetector:
             return None
         found = udp_message(p)
         if found is None:
-            return None
+            if not obf:
+                return None
+            if incoming:
+                return obfuscated.kad_answer(packet, context)
+            return obfuscated.kad_request(packet, context)
         reason, strong = found
         if incoming:  # the peer answers in kind: strong evidence against the peer itself
             return [Block(packet.src, reason=f"{reason} answer"), Drop(reason)]
