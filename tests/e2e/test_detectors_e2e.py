@@ -255,3 +255,44 @@ def _split(net, cuts, where):
         assert d.status()["counters"].get("tcp_segments_joined", 0) >= 1
     finally:
         d.stop()
+
+
+def test_obfuscated_edonkey_and_kad_are_stopped_in_the_kernel_path(net):
+    """aMule's obfuscation as it goes over the wire (``p2pwall_lab.testbed.emule``: RC4
+    keyed by the source's user hash, aMule's handshake and Kad sizes), through the real
+    rules and daemon.  One client asks seven sources in turn: once three exchanges were
+    counted (an exchange of MSE's sizes is not), the session whose hello completed the
+    count gets nothing of the file, the client is locked and no later source is reached.
+    Another client's Kad lookups stop once four nodes answered.  The control: without
+    p2pwall every session gets the file and every lookup its answer."""
+    sources, nodes = net.outside[3:10], net.outside[10:16]
+    log = net.dir / "emule.jsonl"
+    net.start(net.out, sys.executable, "-m", "p2pwall_lab.testbed.emule", "serve", "--bind",
+              ",".join(sources + nodes), "--log", str(log), log="emule-serve.log")
+
+    def run(ns, seed, with_sources=True):
+        done = net.exec(ns, sys.executable, "-m", "p2pwall_lab.testbed.emule", "client", "--sources",
+                        ",".join(sources) if with_sources else "", "--nodes", "" if with_sources else ",".join(nodes),
+                        "--seed", str(seed), timeout=120)
+        return json.loads(done.stdout)
+
+    control = run(net.lans[0], 1)
+    assert all(s["file"] >= 65536 for s in control["sessions"]), control
+    assert all(k is not None and (k - 35) % 25 == 0 for k in run(net.lans[1], 1, False)["kad"])
+    d = net.p2pwall(net.base_config(lock_seconds=30), "--plugin", "edonkey", name="emule")
+    try:
+        got = run(net.lans[0], 2)["sessions"]
+        kad = run(net.lans[1], 2, False)["kad"]
+        print(f"obfuscated eDonkey: file bytes per source {[s['file'] for s in got]}; Kad answers {kad}")
+        cut = next(i for i, s in enumerate(got) if s["answered"] and s["file"] == 0)  # the hello that completed it
+        assert 2 <= cut <= 5, got
+        assert all(s["file"] == 0 for s in got[cut:]) and not any(s["connected"] for s in got[cut + 1:]), got
+        assert kad[:4] == [k for k in kad[:4] if k is not None] and kad[4:] == [None] * (len(nodes) - 4), kad
+        snap = d.status()
+        locked = {e["address"] for e in snap["locks"]["entries"]}
+        assert {net.lan_ips[0], net.lan_ips[1]} <= locked
+        blocked = {e["address"]: e for e in snap["peers"]["entries"]}
+        assert sources[cut] in blocked and "obfuscated" in blocked[sources[cut]]["reason"]
+        assert set(nodes[:5]) <= set(blocked) and "Kad" in blocked[nodes[4]]["reason"]
+    finally:
+        d.stop()

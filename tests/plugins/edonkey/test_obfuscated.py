@@ -1,79 +1,19 @@
 """Obfuscated eDonkey and Kad, built byte for byte as aMule builds them (RC4 keyed with
 MD5 of the other side's user hash or Kad ID, EncryptedStreamSocket and
-EncryptedDatagramSocket), and the near misses and ordinary traffic that must earn
-nothing."""
+EncryptedDatagramSocket: ``p2pwall_lab.testbed.emule``), and the near misses and
+ordinary traffic that must earn nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import random
-import struct
 
 from p2pwall.packet import ACK, PSH, TO_LAN
 from p2pwall.testing import DetectorHarness, tcp, udp
 from p2pwall_plugins.bittorrent import BitTorrentDetector
+from p2pwall_lab.testbed.emule import kad_answer, kad_request, tcp_exchange
 from p2pwall_plugins.edonkey import EDonkeyDetector
 
 LAN = "192.168.1.5"
-SYNC_TCP, SYNC_UDP = 0x835E6FC4, 0x395F2EC1
-
-
-class RC4:
-    def __init__(self, key: bytes, drop: int = 0):
-        s, j = list(range(256)), 0
-        for i in range(256):
-            j = (j + s[i] + key[i % len(key)]) & 0xFF
-            s[i], s[j] = s[j], s[i]
-        self.s, self.i, self.j = s, 0, 0
-        self.crypt(bytes(drop))
-
-    def crypt(self, data: bytes) -> bytes:
-        out, s = bytearray(), self.s
-        for b in data:
-            self.i = (self.i + 1) & 0xFF
-            self.j = (self.j + s[self.i]) & 0xFF
-            s[self.i], s[self.j] = s[self.j], s[self.i]
-            out.append(b ^ s[(s[self.i] + s[self.j]) & 0xFF])
-        return bytes(out)
-
-
-def marker(rng, kad: bool | None = None) -> int:
-    while True:
-        b = rng.randrange(256)
-        if kad is True:
-            b &= 0xFC
-        if b not in (0xE3, 0xC5, 0xD4, 0xE4, 0xE5, 0xA3, 0xB2):
-            return b
-
-
-def tcp_exchange(rng, pad_a=None, pad_b=None):
-    """aMule's client-to-client obfuscated opening, the answer, and the encrypted hello."""
-    user_hash, key_part = rng.randbytes(16), rng.randbytes(4)
-    send = RC4(hashlib.md5(user_hash + b"\x22" + key_part).digest(), 1024)
-    recv = RC4(hashlib.md5(user_hash + b"\xcb" + key_part).digest(), 1024)
-    pad_a = rng.randrange(129) if pad_a is None else pad_a
-    pad_b = rng.randrange(129) if pad_b is None else pad_b
-    opening = bytes([marker(rng)]) + key_part + send.crypt(struct.pack("<IBBB", SYNC_TCP, 0, 0, pad_a)
-                                                          + rng.randbytes(pad_a))
-    answer = recv.crypt(struct.pack("<IBB", SYNC_TCP, 0, pad_b) + rng.randbytes(pad_b))
-    body = b"\x01\x10" + rng.randbytes(16) + rng.randbytes(6) + struct.pack("<I", 4) + rng.randbytes(40)
-    hello = send.crypt(b"\xe3" + struct.pack("<I", len(body)) + body)
-    return opening, answer, hello
-
-
-def kad_datagram(rng, plain: bytes) -> bytes:
-    kad_id, key_part = rng.randbytes(16), rng.randbytes(2)
-    rc4 = RC4(hashlib.md5(kad_id + key_part).digest())
-    return bytes([marker(rng, kad=True)]) + key_part + rc4.crypt(struct.pack("<IB", SYNC_UDP, 0) + rng.randbytes(8)
-                                                                 + plain)
-
-
-def kad_request(rng) -> bytes:
-    return kad_datagram(rng, b"\xe4\x21" + bytes([rng.choice((2, 4, 11))]) + rng.randbytes(32))
-
-
-def kad_answer(rng, contacts: int) -> bytes:
-    return kad_datagram(rng, b"\xe4\x29" + rng.randbytes(16) + bytes([contacts]) + rng.randbytes(25 * contacts))
 
 
 def harness(*detectors):
