@@ -6,7 +6,7 @@ import time
 import pytest
 
 from p2pwall import DetectorInfo, hookimpl, plugins
-from p2pwall.cluster import Change, decode, encode
+from p2pwall.clusterwire import Change, decode, encode
 from p2pwall.config import from_dict, restart_only
 from p2pwall.records import BLOCK, LOCK, NAMED, OPERATOR, OWN, REPLY, UNBLOCK, UNLOCK, Record, from_kernel
 from p2pwall.packet import ip_bytes
@@ -370,7 +370,7 @@ def test_a_resync_reads_back_what_was_undone_and_refuses_keys_set_again():
     link.key = b"k"
     wall = time.time()
     block = _signed(Record(BLOCK, ip_bytes(PEER), None, 600, "ft", lanwide=True), 10, wall - 5)
-    from p2pwall.cluster import Served, encode_served
+    from p2pwall.clusterwire import Served, encode_served
 
     link.client.stream += [encode_served(Served("gw2", ("10.2.0.0/16",), 9, wall - 6), b"k"), block,
                            _signed(Record(UNBLOCK, ip_bytes(PEER), None, 0, "operator"), 11, wall - 2)]
@@ -417,7 +417,7 @@ def test_clients_behind_two_gateways_corroborate_through_the_networks_each_serve
     """Gateway 2 serves 10.2.0.0/16 (it says so, signed); its client's own evidence is
     kept here with gateway 2's name and, with this LAN's client's, makes the peer LAN-wide.
     Evidence for a client of a network nobody serves, or unsigned networks, counts for nothing."""
-    from p2pwall.cluster import Served, encode_served
+    from p2pwall.clusterwire import Served, encode_served
     from p2pwall.control import Control
 
     link = cluster_pair()
