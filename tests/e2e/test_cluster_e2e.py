@@ -32,12 +32,7 @@ def cnet():
     net = ClusterNetwork(outside_addresses=40)
     try:
         net.start_redis()
-        key = net.dir / "cluster.key"
-        key.write_text("a shared secret for the test gateways\n")
-        key.chmod(0o600)
-        net.key_file = str(key)
-        net.start(net.out, sys.executable, *TOOL, "serve", "--log", str(net.dir / "out.jsonl"),
-                  "--udp", "1214,5000", "--tcp", "80,1214", log="out-serve.log")
+        net.prepare(udp="1214,5000", tcp="80,1214")
         yield net
     finally:
         net.close()

@@ -6,13 +6,12 @@ gateway."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 import pytest
 
 from .conftest import _need_root
-from .test_cluster_e2e import TOOL, peers_of, udp, wait_for
+from .test_cluster_e2e import peers_of, udp, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +25,8 @@ def sentinel():
     daemons = []
     try:
         url = net.start_sentinel_pair()
-        key = net.dir / "cluster.key"
-        key.write_text("a shared secret for the sentinel gateways\n")
-        key.chmod(0o600)
-        net.start(net.out, sys.executable, *TOOL, "serve", "--log", str(net.dir / "out.jsonl"),
-                  "--udp", "1214", "--tcp", "80", log="out-serve.log")
-        daemons += [net.p2pwall(i, net.config(i, key_file=str(key), url=url), "--plugin", "fasttrack",
+        key = net.prepare()
+        daemons += [net.p2pwall(i, net.config(i, key_file=key, url=url), "--plugin", "fasttrack",
                                 "--log-format", "json") for i in (0, 1)]
         assert wait_for(lambda: all(d.status()["cluster"]["state"] == "up" for d in daemons), 10) is not None
         yield net, daemons

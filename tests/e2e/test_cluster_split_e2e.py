@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from .conftest import _need_root
-from .test_cluster_e2e import TOOL, peers_of, udp, wait_for
+from .test_cluster_e2e import peers_of, udp, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,13 +26,8 @@ def split():
     daemons = []
     try:
         net.start_redis()
-        key = net.dir / "cluster.key"
-        key.write_text("a shared secret for the building gateways\n")
-        key.chmod(0o600)
-        net.key_file = str(key)
-        net.start(net.out, sys.executable, *TOOL, "serve", "--log", str(net.dir / "out.jsonl"),
-                  "--udp", "1214", "--tcp", "80", log="out-serve.log")
-        daemons += [net.p2pwall(i, net.config(i, key_file=net.key_file), "--plugin", "fasttrack",
+        key = net.prepare()
+        daemons += [net.p2pwall(i, net.config(i, key_file=key), "--plugin", "fasttrack",
                                 "--log-format", "json") for i in (0, 1)]
         assert wait_for(lambda: all(len(d.status()["cluster"].get("served", {})) == 1 for d in daemons), 10), \
             [d.status()["cluster"] for d in daemons]

@@ -94,6 +94,17 @@ class ClusterNetwork(Namespaces):
                                 "--appendonly", "no", "--protected-mode", "no", "--dir", str(self.dir),
                                 log=f"redis-{len(self._procs)}.log", ready="Ready to accept connections")
 
+    def prepare(self, udp: str = "1214", tcp: str = "80") -> str:
+        """The gateways' shared key (``key_file``, mode 0600) and the outside hosts'
+        logging services (``out.jsonl``): the key file's path."""
+        key = self.dir / "cluster.key"
+        key.write_text("a shared secret for the test gateways\n")
+        key.chmod(0o600)
+        self.key_file = str(key)
+        self.start(self.out, sys.executable, "-m", "p2pwall_lab.testbed.traffic", "serve", "--log",
+                   str(self.dir / "out.jsonl"), "--udp", udp, "--tcp", tcp, log="out-serve.log")
+        return self.key_file
+
     def start_sentinel_pair(self, service: str = "p2pw") -> str:
         """A primary (6379) and its replica (6380) on the management link, watched by one
         Sentinel (26379, quorum 1, a primary down after 1 s): the URL gateways use.
