@@ -26,6 +26,7 @@ import sys
 import time
 
 SYNC_TCP, SYNC_UDP = 0x835E6FC4, 0x395F2EC1
+PADDING = 254  # aMule's default CryptoPaddingLenght (eMule's is 128): TCP padding is 0 to this
 MARKERS = (0xE3, 0xC5, 0xD4, 0xE4, 0xE5, 0xA3, 0xB2)
 
 
@@ -67,13 +68,13 @@ def opening(rng, user_hash: bytes, pad: int | None = None) -> tuple[bytes, RC4, 
     """The requester's opening, and its two streams (to answer and go on with)."""
     key_part = rng.randbytes(4)
     send, recv = keys(user_hash, key_part)
-    pad = rng.randrange(129) if pad is None else pad
+    pad = rng.randrange(PADDING + 1) if pad is None else pad
     return (bytes([marker(rng)]) + key_part + send.crypt(struct.pack("<IBBB", SYNC_TCP, 0, 0, pad) + rng.randbytes(pad)),
             send, recv)
 
 
 def answer(rng, stream: RC4, pad: int | None = None) -> bytes:
-    pad = rng.randrange(129) if pad is None else pad
+    pad = rng.randrange(PADDING + 1) if pad is None else pad
     return stream.crypt(struct.pack("<IBB", SYNC_TCP, 0, pad) + rng.randbytes(pad))
 
 
@@ -118,7 +119,7 @@ def _recv_exact(conn, n: int) -> bytes:
 
 
 def serve(args) -> int:
-    rng = random.Random()
+    rng = random.Random(args.seed)
     user_hash = bytes.fromhex(args.hash)
     log = open(args.log, "a", buffering=1)
     sel = selectors.DefaultSelector()
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     s.add_argument("--log", required=True)
     s.add_argument("--file", type=int, default=65536, help="bytes of file data a source sends after the hello")
     s.add_argument("--seconds", type=float, default=300)
+    s.add_argument("--seed", type=int, default=1)
     s = sub.choices["client"]
     s.add_argument("--sources", default="")
     s.add_argument("--nodes", default="")
