@@ -44,6 +44,7 @@ from .records import BLOCK, LOCK, LOCKS, PAIR, UNBLOCK, UNLOCK, Record
 log = logging.getLogger("p2pwall.cluster")
 MAX_REJECTED_NAMES = 64  # gateways whose refused changes status counts apart; the rest are "other"
 MAX_GATEWAYS = 4096  # gateways whose newest sequence number is remembered
+MAX_SERVED = 64  # gateways whose networks are kept (the first to tell them keep their word)
 HORIZON_SLACK = 60.0  # seconds a change may have waited in its gateway's writer before the stream's oldest
 NETWORKS_EVERY = 60.0  # seconds between publishing ours again (the key lives five times as long)
 MAX_CANCELLED = 200_000  # addresses whose last unblock/unlock is remembered (what it cancels)
@@ -295,7 +296,7 @@ class Cluster:
                 found = self.client.xread({self.stream: self.last_id or "$"}, count=1000, block=500)
                 for _, entries in found or []:
                     for entry_id, fields in entries:
-                        self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                        self.last_id = _text(entry_id)
                         self._take(fields.get(b"m") or fields.get("m"), live=True)
                 if found:
                     self._wake()
@@ -314,13 +315,12 @@ class Cluster:
         first = self.client.xrange(self.stream, count=1)
         if not first:
             return True  # no stream at all: Redis restarted empty
-        first_id = first[0][0].decode() if isinstance(first[0][0], bytes) else first[0][0]
-        return _id(first_id) > _id(self.last_id)
+        return _id(_text(first[0][0])) > _id(self.last_id)
 
     def _sync(self) -> None:
         """Load every live entry, remember the stream's end, ask the loop to publish ours."""
         last = self.client.xrevrange(self.stream, count=1)
-        self.last_id = (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
+        self.last_id = _text(last[0][0]) if last else "0-0"
         self._read_back()
         self._networks_at = float("-inf")  # ours again now (Redis may have restarted empty)
         count = 0
@@ -346,8 +346,7 @@ class Cluster:
         while not self._stop.is_set():
             entries = self.client.xrange(self.stream, min=start, max=self.last_id, count=1000)
             if start == "-" and entries:  # how far back the stream reaches: nothing older is live news
-                first = entries[0][0]
-                self.horizon = _id(first.decode() if isinstance(first, bytes) else first)[0] / 1000.0
+                self.horizon = _id(_text(entries[0][0]))[0] / 1000.0
             for entry_id, fields in entries or []:
                 try:
                     change = decode(fields.get(b"m") or fields.get("m"), self.key)
@@ -359,8 +358,7 @@ class Cluster:
                     self._fresh(change, live=False)
             if not entries or len(entries) < 1000:
                 return
-            last = entries[-1][0]
-            start = "(" + (last.decode() if isinstance(last, bytes) else last)
+            start = "(" + _text(entries[-1][0])
 
     def _load(self, keys) -> int:
         if not keys:
@@ -377,15 +375,7 @@ class Cluster:
             if isinstance(change, Served):
                 return self._take_served(change, live)
         except ValueError as exc:
-            self.tally["rejected"] += 1
-            claimed = getattr(exc, "gw", "") or "(none)"
-            if claimed not in self.rejected_by and len(self.rejected_by) >= MAX_REJECTED_NAMES:
-                claimed = "(other)"
-            self.rejected_by[claimed] += 1
-            if self.tally["rejected"] <= 10 or self.tally["rejected"] % 1000 == 0:
-                emit(log, logging.WARNING, "cluster_rejected", error=str(exc)[:200],
-                     count=self.tally["rejected"])
-            return False
+            return self._refused("rejected", getattr(exc, "gw", "") or "(none)", str(exc)[:200])
         if change.gw == self.name:
             return False  # our own, back from the stream
         if not self._fresh(change, live):
@@ -403,8 +393,8 @@ class Cluster:
             return False
         if live and served.seq <= self.last_seq.get(served.gw, 0):
             return self._stale("replayed", served.gw, f"networks from {served.gw}: not newer than the last seen")
-        self.last_seq[served.gw] = max(served.seq, self.last_seq.get(served.gw, 0))
-        if served.gw not in self.served and len(self.served) >= MAX_REJECTED_NAMES:
+        self._seen(served.gw, served.seq)
+        if served.gw not in self.served and len(self.served) >= MAX_SERVED:
             return False  # bounded: the first gateways keep their word
         if self.served.get(served.gw) != served.networks:
             self.served[served.gw] = served.networks
@@ -428,11 +418,7 @@ class Cluster:
             return self._stale("replayed", gw, f"{record.op} {slot[1]} from {gw}: older than the stream reaches back")
         if record.op in (BLOCK, LOCK) and change.ts <= self.cancelled.get(slot, float("-inf")):
             return self._stale("cancelled", gw, f"{record.op} {slot[1]} from {gw}: learned before an unblock or unlock seen since")
-        if change.seq > self.last_seq.get(gw, 0):
-            self.last_seq[gw] = change.seq
-            self.last_seq.move_to_end(gw)
-            if len(self.last_seq) > MAX_GATEWAYS:
-                self.last_seq.popitem(last=False)
+        self._seen(gw, change.seq)
         if record.op in (UNBLOCK, UNLOCK):
             self.cancelled[slot] = max(change.ts, self.cancelled.get(slot, float("-inf")))
             self.cancelled.move_to_end(slot)
@@ -440,12 +426,26 @@ class Cluster:
                 self.cancelled.popitem(last=False)
         return True
 
+    def _seen(self, gw: str, seq: int) -> None:
+        """Remember ``seq`` as the newest seen from ``gw`` when it is (bounded: the gateways
+        heard from least recently go first)."""
+        if seq > self.last_seq.get(gw, 0):
+            self.last_seq[gw] = seq
+            self.last_seq.move_to_end(gw)
+            if len(self.last_seq) > MAX_GATEWAYS:
+                self.last_seq.popitem(last=False)
+
     def _stale(self, why: str, gw: str, text: str) -> bool:
+        return self._refused(why, gw, f"{why}: {text}")
+
+    def _refused(self, why: str, gw: str, error: str) -> bool:
+        """A change refused: counted as ``why`` and by the gateway it claims (bounded: past
+        ``MAX_REJECTED_NAMES`` names, "(other)"), logged now and then."""
         self.tally[why] += 1
         claimed = gw if gw in self.rejected_by or len(self.rejected_by) < MAX_REJECTED_NAMES else "(other)"
         self.rejected_by[claimed] += 1
         if self.tally[why] <= 10 or self.tally[why] % 1000 == 0:
-            emit(log, logging.WARNING, "cluster_rejected", error=f"{why}: {text}", count=self.tally[why])
+            emit(log, logging.WARNING, "cluster_rejected", error=error, count=self.tally[why])
         return False
 
     def _writer(self) -> None:
@@ -518,6 +518,11 @@ class Cluster:
         pipe.xadd(self.stream, {"m": text}, maxlen=self.stream_length, approximate=True)
         pipe.execute()
         self._networks_at = time.monotonic()
+
+
+def _text(value) -> str:
+    """A stream entry id as redis-py gives it (bytes, or str with decoding on) as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _id(stream_id: str) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from .records import BLOCK, GATEWAY_PREFIX, NAMED, OWN, UNBLOCK, UNLOCK, Record
+from .records import BLOCK, GATEWAY_PREFIX, NAMED, OWN, UNBLOCK, Record
 
 _GATEWAY = re.compile(r"[A-Za-z0-9_.:/@-]{1,100}")
 
@@ -69,8 +69,6 @@ def _canonical(doc: dict) -> bytes:
 def encode(change: Change, key: bytes | None, wall: float | None = None) -> str:
     wall = time.time() if wall is None else wall
     doc = {**change.record.to_doc(wall), "gw": change.gw, "ts": change.ts, "seq": change.seq}
-    if change.record.op in (UNBLOCK, UNLOCK):
-        doc["cancels"] = change.ts  # what it undoes: evidence up to then, never what came after
     if key is not None:
         doc["sig"] = hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()
     return json.dumps(doc, separators=(",", ":"))
