@@ -84,6 +84,16 @@ def _short(family: int) -> str:
     return f"-m length --length {21 + ip}:{ip + 60 + SHORT_PAYLOAD - 1}"
 
 
+def _short_rules(chain: list, payload_chain: list, first: int, short: int, family: int, payloads, target: str) -> None:
+    """One direction's rules for a short first payload (``first`` marked, a length
+    ``_short`` takes): mark its connection ``short`` and queue it; and queue every payload
+    of such a connection that reaches ``payload_chain`` (the window's), for the engine to
+    join (streams.py)."""
+    chain.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} -j CONNMARK --or-mark 0x{short:x}")
+    chain.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} {target}")
+    payload_chain.extend(f"-m connmark --mark 0x{short:x}/0x{short:x} {p} {target}" for p in payloads)
+
+
 def _services() -> str:
     from .plugins import SERVICE_PORTS
 
@@ -214,9 +224,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
         # a short first payload (a handshake sent a byte at a time?) is queued, after the size
         # rules marked it, and so are the connection's next payloads in the window: the
         # engine joins them (streams.py)
-        lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} -j CONNMARK --or-mark 0x{short:x}")
-        lan.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} {target}")
-        payload.extend(f"-m connmark --mark 0x{short:x}/0x{short:x} {p} {target}" for p in (has_payload, tiny))
+        _short_rules(lan, payload, first, short, family, (has_payload, tiny), target)
         lan.append(f"-p tcp ! --syn {_first(policy.payload_window, 'original')} -j {names['payload']}")
         if policy.tcp_prefixes and family == 6:
             tcp_strings = None  # u32 reads IPv4 headers only: queue every first payload
@@ -234,9 +242,7 @@ def build(policy: QueuePolicy, family: int = 4) -> RuleSet:
             reply.append(f"-p tcp --tcp-flags SYN,RST NONE -m connmark ! --mark 0x{seen_in:x}/0x{seen_in:x} "
                          f"{sized_payload} -j MARK --or-mark 0x{first:x}")
         reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} -j CONNMARK --or-mark 0x{seen_in:x}")
-        reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} -j CONNMARK --or-mark 0x{short:x}")
-        reply.append(f"-p tcp -m mark --mark 0x{first:x}/0x{first:x} {_short(family)} {target}")
-        reply_payload.extend(f"-m connmark --mark 0x{short:x}/0x{short:x} {p} {target}" for p in (has_payload, tiny))
+        _short_rules(reply, reply_payload, first, short, family, (has_payload, tiny), target)
         reply.append(f"-p tcp ! --syn {_first(policy.payload_window, 'reply')} -j {names['reply_payload']}")
         reply_payload.extend(_payload_rules(policy.tcp_strings_in, family, target))
         if policy.first_sizes_in:

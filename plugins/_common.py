@@ -25,3 +25,12 @@ def is_rlpx_auth(data: bytes) -> bool:
     big-endian size equal to the rest, then an uncompressed public key (0x04)."""
     n = len(data)
     return RLPX_SIZES[0] <= n <= RLPX_SIZES[1] and int.from_bytes(data[:2], "big") == n - 2 and data[2] == 0x04
+
+
+TLS_TYPES = (0x14, 0x15, 0x16, 0x17)  # TLS record content types
+
+
+def tls_record(data: bytes) -> bool:
+    """A TLS record's header: a record type, then version 3.x (a random first byte of
+    those values alone is no TLS)."""
+    return len(data) >= 2 and data[0] in TLS_TYPES and data[1] == 3

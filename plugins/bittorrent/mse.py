@@ -78,14 +78,13 @@ from __future__ import annotations
 import struct
 
 from p2pwall import SERVICE_PORTS
-from p2pwall_plugins._common import is_rlpx_auth
+from p2pwall_plugins._common import is_rlpx_auth, tls_record
 from p2pwall_plugins._exchange import ANSWERED, DONE, OPENED, STEP_SECONDS, Exchange
 
 SIZES = (96, 608)
 PEERS = 3
 WINDOW = 120.0
 SECOND_MIN = 56  # the initiator's second step: two 20-byte hashes, then VC, crypto_provide, lengths
-_TLS_TYPES = (0x14, 0x15, 0x16, 0x17)
 
 
 def whatsapp_opening(data: bytes) -> bool:
@@ -96,7 +95,7 @@ def whatsapp_opening(data: bytes) -> bool:
 
 def mse_shaped(data: bytes) -> bool:
     n = len(data)
-    if not SIZES[0] <= n <= SIZES[1] or (data[0] in _TLS_TYPES and data[1] == 3):  # a TLS record
+    if not SIZES[0] <= n <= SIZES[1] or tls_record(data):
         return False
     return len(set(data[:96])) >= 56
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import struct
 
 from p2pwall import SERVICE_PORTS, Block, Drop, Lock
-from p2pwall_plugins._common import is_rlpx_auth
+from p2pwall_plugins._common import is_rlpx_auth, tls_record
 from p2pwall_plugins._exchange import Exchange
 
 MARKERS = frozenset({0xE3, 0xC5, 0xD4, 0xE4, 0xE5, 0xA3, 0xB2})  # protocol header bytes: never obfuscated
@@ -64,7 +64,6 @@ KAD_WINDOW = 120.0
 KAD_SECONDS = 10.0
 _KAD_FLOW = "kad-req"
 _KAD_TAG = "kad-peers"
-_TLS_TYPES = (0x14, 0x15, 0x16, 0x17)
 
 
 def random_looking(data: bytes) -> bool:
@@ -85,14 +84,9 @@ def _framed(data: bytes) -> bool:
             or int.from_bytes(data[:4], "big") in (n, n - 4) or int.from_bytes(data[:4], "little") in (n, n - 4))
 
 
-def _tls(data: bytes) -> bool:
-    """A TLS record's header: a record type, then version 3.x."""
-    return data[0] in _TLS_TYPES and data[1] == 3
-
-
 def tcp_opening(data: bytes) -> bool:
     n = len(data)
-    return (OPENING[0] <= n <= OPENING[1] and data[0] not in MARKERS and not _tls(data)
+    return (OPENING[0] <= n <= OPENING[1] and data[0] not in MARKERS and not tls_record(data)
             and random_looking(data) and not _framed(data) and not is_rlpx_auth(data)
             and not (data[:2] == b"WA" or data[:4] == b"ED\x00\x01"))
 
@@ -101,7 +95,7 @@ def tcp_answer(data: bytes, opened: int) -> bool:
     n = len(data)
     if not ANSWER[0] <= n <= ANSWER[1] or (n >= MSE_SIZES and opened >= MSE_SIZES):
         return False  # (both big: MSE's)
-    return random_looking(data) and not _framed(data) and not _tls(data)
+    return random_looking(data) and not _framed(data) and not tls_record(data)
 
 
 EXCHANGE = Exchange("ed2k-obf", tcp_opening, tcp_answer, HELLO_MIN,
