@@ -7,7 +7,7 @@ for tool in iptables:iptables ipset:ipset ip:iproute2 ping:iputils-ping setpriv:
             aria2c:aria2 opentracker:opentracker transmission-create:transmission-cli \
             hping3:hping3 iperf3:iperf3 ndpiReader:libndpi-bin redis-server:redis-server redis-sentinel:redis-sentinel curl:curl nft:nftables stunnel4:stunnel4 chromium:chromium \
             ss-server:shadowsocks-libev sshd:openssh-server ssh:openssh-client openvpn:openvpn \
-            tor:tor obfs4proxy:obfs4proxy; do
+            tor:tor obfs4proxy:obfs4proxy amuled:amule-daemon amulecmd:amule-utils alcc:amule-utils; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)
