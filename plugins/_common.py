@@ -34,3 +34,11 @@ def tls_record(data: bytes) -> bool:
     """A TLS record's header: a record type, then version 3.x (a random first byte of
     those values alone is no TLS)."""
     return len(data) >= 2 and data[0] in TLS_TYPES and data[1] == 3
+
+
+def whatsapp_opening(data: bytes) -> bool:
+    """WhatsApp's Noise connection header: ``WA`` and its protocol version (two bytes), or
+    the edge-routing header ``ED 00 01`` before it; then 3-byte frame lengths.  Its keys
+    are random: the rules that count random openings (MSE's, obfuscated eDonkey's) name
+    it for what it is and count nothing."""
+    return (len(data) >= 3 and data[:2] == b"WA" and data[2] < 16) or data[:4] == b"ED\x00\x01"

@@ -78,19 +78,13 @@ from __future__ import annotations
 import struct
 
 from p2pwall import SERVICE_PORTS
-from p2pwall_plugins._common import is_rlpx_auth, tls_record
+from p2pwall_plugins._common import is_rlpx_auth, tls_record, whatsapp_opening
 from p2pwall_plugins._exchange import ANSWERED, DONE, OPENED, STEP_SECONDS, Exchange
 
 SIZES = (96, 608)
 PEERS = 3
 WINDOW = 120.0
 SECOND_MIN = 56  # the initiator's second step: two 20-byte hashes, then VC, crypto_provide, lengths
-
-
-def whatsapp_opening(data: bytes) -> bool:
-    """WhatsApp's Noise connection header: ``WA`` and its protocol version (two bytes), or
-    the edge-routing header ``ED 00 01`` before it; then 3-byte frame lengths."""
-    return (data[:2] == b"WA" and data[2] < 16) or data[:4] == b"ED\x00\x01"
 
 
 def mse_shaped(data: bytes) -> bool:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import struct
 
 from p2pwall import SERVICE_PORTS, Block, Drop, Lock
-from p2pwall_plugins._common import is_rlpx_auth, tls_record
+from p2pwall_plugins._common import is_rlpx_auth, tls_record, whatsapp_opening
 from p2pwall_plugins._exchange import Exchange
 
 MARKERS = frozenset({0xE3, 0xC5, 0xD4, 0xE4, 0xE5, 0xA3, 0xB2})  # protocol header bytes: never obfuscated
@@ -88,7 +88,7 @@ def tcp_opening(data: bytes) -> bool:
     n = len(data)
     return (OPENING[0] <= n <= OPENING[1] and data[0] not in MARKERS and not tls_record(data)
             and random_looking(data) and not _framed(data) and not is_rlpx_auth(data)
-            and not (data[:2] == b"WA" or data[:4] == b"ED\x00\x01"))
+            and not whatsapp_opening(data))
 
 
 def tcp_answer(data: bytes, opened: int) -> bool:

@@ -136,7 +136,7 @@ def test_the_shape():
 def test_whatsapp_openings_are_not_mse():
     """WhatsApp's Noise connection (its spec: the ``WA`` header and version, 3-byte frame
     lengths, a ClientHello of random keys) to three chat servers on 5222: not counted."""
-    from p2pwall_plugins.bittorrent.mse import whatsapp_opening
+    from p2pwall_plugins._common import whatsapp_opening
 
     rng = random.Random(9)
     h = DetectorHarness(BitTorrentDetector())

@@ -138,3 +138,17 @@ def test_ordinary_exchanges_earn_nothing():
         h.feed(udp(server(i), LAN, 7000, 5000 + i % 1000, rng.randbytes(rng.randrange(1, 1400))), direction=TO_LAN)
     assert not h.locked(LAN), h.engine.snapshot()["locks"]
     assert len(h.engine.peers) == 0
+
+
+def test_whatsapp_openings_are_not_obfuscated_ed2k():
+    """WhatsApp's Noise header (``WA`` and a version, random keys behind it) to three
+    chat servers on 5222, answered and followed at once: not counted (the same test as
+    MSE's)."""
+    rng = random.Random(21)
+    h = harness()
+    for i in range(3):
+        opening = b"WA\x06\x03" + rng.randbytes(rng.randrange(60, 90))
+        verdict = exchange(h, f"203.0.113.{70 + i}", opening, rng.randbytes(rng.randrange(40, 90)),
+                           rng.randbytes(120), port=42000 + i, dport=5222)
+        assert not verdict.drop
+    assert not h.locked(LAN)
