@@ -168,6 +168,7 @@ def rules(config_path, plugins, queue, monitor, fmt):
     reference, an nft script)."""
     import dataclasses
 
+    from . import nftables
     from . import rules as rules_mod
     from .policy import QueuePolicy
 
@@ -180,7 +181,7 @@ def rules(config_path, plugins, queue, monitor, fmt):
     if not settings.lan_interfaces:
         click.echo("p2pwall: note: no [network] lan_interfaces: `run` refuses to start so; these rules "
                    "select the LAN by [network] lan_networks", err=True)
-    click.echo(rules_mod.nft_script(policy) if fmt == "nft" else rules_mod.iptables_text(policy), nl=False)
+    click.echo(nftables.nft_script(policy) if fmt == "nft" else rules_mod.iptables_text(policy), nl=False)
 
 
 @cli.command()

@@ -33,7 +33,7 @@ import signal
 import socket
 import time
 
-from . import rules
+from . import nftables, rules
 from . import state as state_mod
 from .config import ConfigError, Settings, restart_only
 from .control import Control
@@ -430,7 +430,7 @@ class Daemon:
         if self.monitor:
             settings = dataclasses.replace(settings, kernel_sets=False)
         policy = QueuePolicy.build(settings, detectors)
-        old_table = rules.nft_table(self.policy)
+        old_table = nftables.nft_table(self.policy)
         self.settings, self.detectors, self.lan_ifs = settings, detectors, lan_ifs
         self.overload.settings = settings
         self.engine.reconfigure(settings, detectors)  # purges what the new settings forbid
@@ -438,7 +438,7 @@ class Daemon:
         with self._rules_changing():
             if self.kernel is not None:
                 self.kernel.resize(policy, self.engine.ledger.live_entries())
-                if rules.nft_table(policy) != old_table and self.kernel.remake_table():
+                if nftables.nft_table(policy) != old_table and self.kernel.remake_table():
                     self.engine.ledger.render(KernelMirror(self.kernel))  # on the new interfaces and marks
                 self.engine.flush()
             old_text, self.policy = self._rules_text, policy

@@ -3,7 +3,7 @@
 The peers (``peers``, ``nolock``) and the client-scoped blocks (``pairs``) are nft sets
 in p2pwall's own table, whose one chain before conntrack drops what the LAN sends to
 them; the locks are an ipset set, which the iptables rules read (see
-:func:`p2pwall.rules.nft_table`).
+:func:`p2pwall.nftables.nft_table`).
 
 The in-process tables stay the source of truth (status, replay, probes); the sets let
 the kernel drop every packet to a blocked peer, established flows included, and every
@@ -28,7 +28,7 @@ from .events import emit
 from .packet import ip_text
 from .policy import NFT_KINDS, STATION_TABLE, QueuePolicy, SetSpec, set_name
 from .records import UDPLOCKS
-from .rules import nft_table
+from .nftables import nft_table
 
 log = logging.getLogger("p2pwall.kernelsets")
 MAX_TIMEOUT = 2147483  # ipset's limit, in seconds

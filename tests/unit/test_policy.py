@@ -4,7 +4,7 @@ from it, and a detector's `lock = false` holds in the kernel too."""
 import subprocess
 import sys
 
-from p2pwall import Settings, plugins, rules
+from p2pwall import Settings, nftables, plugins, rules
 from p2pwall.config import from_dict
 from p2pwall.engine import Engine
 from p2pwall.packet import FROM_LAN, parse
@@ -58,7 +58,7 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
     assert "--add-set" not in text  # only the engine locks (the kernel mirrors it)
     # the nft table: SYNs to a locking peer (or one blocked for the sender) are marked and
     # go on, everything else to a peer is dropped, and all of it to a lock = false peer
-    table = rules.nft_table(policy)
+    table = nftables.nft_table(policy)
     assert '    iifname { "eth1" } jump lan' in table
     assert "ip daddr @peers4 jump peer" in table and "ip daddr @nolock4 counter drop" in table
     peer_chain = table[table.index("chain peer {"):]
@@ -78,10 +78,10 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
 
 def test_without_lan_interfaces_the_nft_table_selects_the_lan_by_source_and_has_no_pair_sets():
     policy, _, _ = policy_for({"network": {"lan_networks": ["192.168.0.0/16", "fd00::/8"]}})
-    table = rules.nft_table(policy)
+    table = nftables.nft_table(policy)
     assert "ip saddr { 192.168.0.0/16 } jump lan" in table and "ip6 saddr { fd00::/8 } jump lan" in table
     assert "pairs" not in table and "iifname" not in table
-    assert rules.nft_table(policy) and not rules.nft_table(QueuePolicy.build(
+    assert nftables.nft_table(policy) and not nftables.nft_table(QueuePolicy.build(
         from_dict({"network": {"lan_networks": ["192.168.0.0/16"]}, "queue": {"kernel_sets": False}}),
         plugins.load(["fasttrack"])))
 
@@ -92,7 +92,7 @@ def test_the_per_host_bound_is_the_stations_and_no_table_can_fill():
     share at that address (IPv6: that /64), in a table sized to the LAN."""
     policy, _, _ = policy_for({"network": {"lan_interfaces": ["eth1"],
                                            "lan_networks": ["10.1.0.0/16", "fd00:1::/60"]}})
-    table = rules.nft_table(policy)
+    table = nftables.nft_table(policy)
     mark = f"0x{policy.station_mark:x}"
     assert policy.station_mark == policy.first_mark << 4
     assert f'iifname {{ "eth1" }} ip saddr . ether saddr @stations4 meta mark set meta mark | {mark}' in table
@@ -109,12 +109,12 @@ def test_the_per_host_bound_is_the_stations_and_no_table_can_fill():
     assert len({line.split("--hashlimit-name ")[1] for line in counted}) == 4
     # no LAN interfaces: no stations; one table by address (IPv6 by /64), sized to the LAN
     policy, _, _ = policy_for({"network": {"lan_networks": ["10.0.0.0/8"]}})
-    assert "stations" not in rules.nft_table(policy) and not policy.stations
+    assert "stations" not in nftables.nft_table(policy) and not policy.stations
     counted = [line for line in rules.iptables_text(policy).splitlines() if "hashlimit" in line]
     assert counted and all("--mark" not in line and "--hashlimit-htable-max 262144 " in line for line in counted)
     # no bound, no rules
     policy, _, _ = policy_for({"network": {"lan_interfaces": ["eth1"]}, "queue": {"per_host_rate": 0}})
-    assert "hashlimit" not in rules.iptables_text(policy) and "stations" not in rules.nft_table(policy)
+    assert "hashlimit" not in rules.iptables_text(policy) and "stations" not in nftables.nft_table(policy)
 
 
 def test_the_engine_puts_each_peer_in_the_set_its_detector_asks_for():
