@@ -76,6 +76,11 @@ class Context:
     def is_blocked(self, addr) -> bool:
         return self._engine.peers.live(address_key(addr), self.now)
 
+    def blocked_for(self, client, peer) -> bool:
+        """Is ``peer`` blocked for ``client``: for it alone, or for the whole LAN?"""
+        entry = self._engine.peers.get(address_key(peer), self.now)
+        return entry is not None and (entry.lanwide or address_key(client) in entry.clients)
+
     def is_locked(self, addr) -> bool:
         return self._engine.locks.live(address_key(addr), self.now)
 
@@ -140,7 +145,10 @@ class DetectorInfo:
     still reach this detector when they go to a peer already blocked for that host (the
     kernel queues them, at most ``ANSWERED_RATE`` a second per gateway, instead of dropping
     them; the verdict stays a drop): for a request the detector answers itself, so that
-    the client keeps trying addresses p2pwall knows rather than moving on to new ones."""
+    the client keeps trying addresses p2pwall knows rather than moving on to new ones
+    (a ping it spoofs the pong of), or for a UDP transport's connection opening that
+    should lock like a TCP SYN to a blocked peer (the detector asks for the ``Lock``,
+    checking ``Context.blocked_for``)."""
     locks_udp: bool = False
     """Whether a host this detector locks also loses, for the lock's time, its UDP to every
     port but the UDP service ports (``p2pwall.plugins.UDP_SERVICE_PORTS``: DNS, NTP, QUIC,

@@ -15,8 +15,12 @@ announce also locks the client.  Peers named in replies are learned: compact pee
 of HTTP tracker responses (``5:peers``) and DHT ``values``/``nodes``, so later (possibly
 encrypted, MSE) connections to them are blocked too.  Lock: yes (``lock = true``):
 clients hold many peers and retry, and encrypted connections to peers nobody named are
-recognisable only by the time lock.  A locked client loses its UDP too, but for the UDP
-service ports (DNS, NTP, QUIC, ...): its uTP goes with its TCP (``locks_udp``).
+recognisable only by the time lock.  uTP is a transport like TCP, so its SYN locks like
+TCP's: a uTP SYN to a peer already blocked for the client locks the client (the kernel
+still queues those SYNs to blocked peers, bounded: ``udp_answered``), for a client that
+retries or goes back to a peer it knew (Transmission 3.00 does not retry: its SYN to
+each peer is the one that blocks it).  A locked client loses its UDP too, but for
+the UDP service ports (DNS, NTP, QUIC, ...): its uTP goes with its TCP (``locks_udp``).
 
 Encrypted connections (MSE/PE, the private-tracker way: HTTPS tracker, encryption
 required, no DHT) are recognised by their shape, per client: see :mod:`.mse`.
@@ -157,7 +161,8 @@ class BitTorrentDetector:
                             udp_screen=rb"d[0-9]|\x41[\x00-\x02]|\x01[\x00-\x03]|\x00\x00\x04\x17\x27\x10\x19\x80|BT-SEARCH",
                             tcp_strings_in=strings_in, locks=c["lock"], locks_udp=c["lock"],
                             tcp_first_sizes=mse.SIZES if c["mse"] else None,
-                            tcp_first_sizes_in=mse.SIZES if c["mse"] else None)
+                            tcp_first_sizes_in=mse.SIZES if c["mse"] else None,
+                            udp_answered=[bytes([utp.SYN])] if c["utp"] and c["lock"] else [])
 
     @hookimpl
     def p2pwall_configure(self, table, settings):
@@ -178,6 +183,9 @@ class BitTorrentDetector:
                 reason = "BitTorrent DHT"
             elif c["utp"] and is_utp_syn(p):
                 reason = "BitTorrent uTP"
+                if c["lock"] and context.blocked_for(packet.src, packet.dst):  # uTP's SYN to a known peer
+                    return [Block(packet.dst, reason=reason), Drop(reason),
+                            Lock(packet.src, reason="uTP SYN to blocked peer")]
             elif c["trackers"] and is_tracker_connect(p):
                 reason = "BitTorrent UDP tracker"
             elif c["utp"] and len(p) > 20 and p[0] == utp.DATA:

@@ -427,6 +427,30 @@ def test_pings_to_a_learned_peer_still_reach_the_engine_in_the_kernel_model():
     _compare(records, settings)
 
 
+def test_utp_syns_to_a_learned_peer_lock_the_client_in_the_kernel_model():
+    """A uTP client that retries its SYN to a peer whose first SYN was dropped (as
+    Transmission does): the kernel still queues those SYNs (udp_answered), the engine
+    locks the client, and from then on its UDP but the service ports dies in the kernel
+    (udplocks) while its DNS goes on.  The same as the per-packet model."""
+    syn = bytes([0x41, 0]) + struct.pack("!HIIIHH", 1234, 1, 0, 1 << 20, 1, 0)
+    settings = from_dict({"network": {"lan_networks": ["192.168.0.0/16"], "lan_interfaces": ["br0"]},
+                          "lock": {"seconds": 30}})
+    records = [(1000.0 + i, udp(LAN, PEER, 51413, 6881, syn)) for i in range(6)]
+    records += [(1010.0 + i, udp(LAN, WEB, 51413, 7000 + i, b"\x01" + bytes(40))) for i in range(3)]
+    records += [(1013.0, udp(LAN, WEB, 40000, 53, bytes(30)))]
+    got = Replay(settings, plugins.load(["bittorrent"], settings))
+    for ts, raw in records:
+        got.feed(ts, raw)
+    report = got.report()
+    flows = {f["peer_port"]: f for f in report["flows"]}
+    assert flows[6881]["dropped"] == 6 and flows[6881]["detector"] == "bittorrent", flows[6881]
+    assert report["kernel"] == {"queued": 7, "kernel_drop": 3, "pass": 0}, report["kernel"]
+    assert all(flows[7000 + i]["dropped"] == 1 for i in range(3)) and flows[53]["dropped"] == 0, flows
+    assert any(e["kind"] == "client_locked" and e["reason"] == "uTP SYN to blocked peer"
+               for e in report["events"]), report["events"]
+    _compare(records, settings)
+
+
 def test_split_handshakes_replay_as_the_per_packet_model():
     """A handshake whose first byte goes alone, one in three segments, either way, and an
     ordinary connection with a short opening: the kernel model queues what the short rule

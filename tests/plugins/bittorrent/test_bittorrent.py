@@ -101,3 +101,22 @@ def test_quic_and_dns_pass():
     x = h()
     quic_initial = bytes([0xC3, 0, 0, 0, 1, 8]) + bytes(8) + bytes(1200)
     assert not x.feed(udp(LAN, PEER, 50000, 443, quic_initial))[0]
+
+
+def test_a_utp_syn_to_a_peer_blocked_for_the_client_locks_it_as_a_tcp_syn_does():
+    """uTP is a transport: its first SYN to a peer blocks the peer for the client; a SYN to
+    a peer already blocked for it (Transmission retrying) locks the client.  Another
+    client's evidence against the peer locks nobody else; lock = false locks nobody."""
+    x = h()
+    other = "192.168.1.6"
+    assert x.feed(udp(LAN, PEER, 51413, 6881, utp_syn()))[2] == "BitTorrent uTP"
+    assert x.blocked(PEER) and not x.locked(LAN)
+    assert x.feed(udp(other, PEER, 51413, 6881, utp_syn(ext=2, tail=bytes([0, 8]) + bytes(8))))[0]
+    assert not x.locked(other)  # its own first SYN to the peer: blocked for it, not locked
+    assert x.feed(udp(LAN, PEER, 51413, 6881, utp_syn()))[0]
+    assert x.locked(LAN) and x.lock(LAN).reason == "uTP SYN to blocked peer"
+    assert x.detectors.udp_answered() == [b"\x41"]  # the kernel still queues them to blocked peers
+    off = DetectorHarness(BitTorrentDetector(), config={"detectors": {"bittorrent": {"lock": False}}})
+    off.feed(udp(LAN, PEER, 51413, 6881, utp_syn()))
+    off.feed(udp(LAN, PEER, 51413, 6881, utp_syn()))
+    assert off.blocked(PEER) and not off.locked(LAN) and off.detectors.udp_answered() == []
