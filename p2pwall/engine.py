@@ -12,13 +12,13 @@ runs on the verdict path: events, their log lines and the ``p2pwall_event`` obse
 wait in an outbox until ``flush``.
 
 Why one module past 400 lines: ``handle`` is kept as one readable hot path, and what
-it starts (the actions, their sends after the verdict, the probe timers) is read with it;
-the tables, the ledger, evidence, events and the contract types live elsewhere.
+it starts (the actions, their sends after the verdict, the probes) is read with it; the
+tables, the ledger, evidence, events, the probe schedule (:mod:`p2pwall.probes`) and the
+contract types live elsewhere.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections import Counter
@@ -35,6 +35,7 @@ from .ledger import Ledger
 from .mirrors import KernelMirror
 from .packet import FROM_LAN, TCP, TO_FIREWALL, TO_LAN, UDP, UNKNOWN, Packet, ip_text, parse
 from .plugins import KINDS, UDP_SERVICE_PORTS, DetectorSet
+from .probes import ProbeSchedule
 from .records import BLOCK, LOCK, OWN, PAIR, Record, from_kernel
 from .streams import Streams
 
@@ -78,8 +79,7 @@ class Engine:
         self.by_detector: Counter[str] = Counter()
         self.context = Context(self)
         self.outbox: list = []
-        self._probe_heap: list[tuple[float, bytes]] = []
-        self._probe_due: dict[bytes, tuple[float, int]] = {}  # at most one per live lock
+        self.probes = ProbeSchedule()
         self._error_log: dict[str, tuple[float, int]] = {}
         self.reconfigure(settings, detectors)
         self.started = clock()
@@ -341,40 +341,23 @@ class Engine:
     def _locked(self, key: bytes, entry, now: float) -> None:
         """The ledger placed or restarted a lock: probes at half of what is left."""
         if self.settings.probes_per_lock and entry.detector in self._probe_makers:
-            self._schedule_probe(key, now + (entry.until - now) / 2, 0)
+            self.probes.schedule(key, now + (entry.until - now) / 2, 0)
 
     def _unlocked(self, key: bytes) -> None:
-        self._probe_due.pop(key, None)
+        self.probes.cancel(key)
         self.evidence.forget(key)
 
     # ------------------------------------------------------------------ timers
-    def _schedule_probe(self, key: bytes, due: float, sent: int) -> None:
-        """At most one heap entry per key: a later ``due`` is found when the entry pops."""
-        known = self._probe_due.get(key)
-        self._probe_due[key] = (due, sent)
-        if known is None or due < known[0]:
-            heapq.heappush(self._probe_heap, (due, key))
-
     def tick(self, now: float | None = None) -> None:
         """Expire what is due and send due probes; called by the loop, traffic or not."""
         now = self.clock() if now is None else now
         self.context.now = now
         self.ledger.expire(now)
         self.streams.expire(now)
-        heap = self._probe_heap
-        while heap and heap[0][0] <= now:
-            due, key = heapq.heappop(heap)
-            scheduled = self._probe_due.get(key)
-            if scheduled is None:
-                continue
-            if scheduled[0] > due:  # restarted since: wait for the new time
-                heapq.heappush(heap, (scheduled[0], key))
-                continue
+        for key, sent in self.probes.due(now):
             entry = self.locks.get(key, now)
-            if entry is None:
-                self._probe_due.pop(key, None)
-                continue
-            self._probe(key, entry, now, scheduled[1])
+            if entry is not None:
+                self._probe(key, entry, now, sent)
 
     def _probe(self, key: bytes, entry, now: float, sent: int) -> None:
         maker = self._probe_makers.get(entry.detector)
@@ -394,21 +377,15 @@ class Engine:
                 probe = None
             else:
                 self.outbox.append((entry.detector, probe))
-        self._probe_due.pop(key, None)
         sent += 1
         if sent < self.settings.probes_per_lock and probe is not None:
-            self._schedule_probe(key, now + (entry.until - now) / 2, sent)
+            self.probes.schedule(key, now + (entry.until - now) / 2, sent)
 
     def next_timer(self, now: float | None = None) -> float | None:
         """Seconds until the next timer is due (None: nothing scheduled)."""
         now = self.clock() if now is None else now
-        times = [t for t in (self.peers.next_expiry(), self.locks.next_expiry()) if t is not None]
-        while self._probe_heap:
-            due, key = self._probe_heap[0]
-            if key in self._probe_due:
-                times.append(due)
-                break
-            heapq.heappop(self._probe_heap)
+        times = [t for t in (self.peers.next_expiry(), self.locks.next_expiry(), self.probes.next_due())
+                 if t is not None]
         return max(0.0, min(times) - now) if times else None
 
     # ------------------------------------------------------------------ side effects
