@@ -224,7 +224,7 @@ def timeline(result: Result, echo) -> None:
         echo(f"  offending host browses again {result.recovered_after:.1f} s after its client stopped")
     if result.status:
         s = result.status
-        echo(f"  p2pwall: {s['peers']['count']} peers blocked, {s['counters'].get('dropped', 0)} packets dropped, "
+        echo(f"  p2pwall as the client stopped: {s['peers']['count']} peers blocked, {s['counters'].get('dropped', 0)} packets dropped, "
              f"{s['events'].get('probe_sent', 0)} probes sent, "
              f"{s['events'].get('probe_answered', 0)} answered")
 
