@@ -143,7 +143,7 @@ class DetectorInfo:
     udp_answered: list[bytes] = field(default_factory=list)
     """UDP payload prefixes (1-4 bytes): a LAN host's datagrams that start with one of them
     still reach this detector when they go to a peer already blocked for that host (the
-    kernel queues them, at most ``ANSWERED_RATE`` a second per gateway, instead of dropping
+    kernel queues them, at most ``ANSWERED_RATE`` a second per LAN host, instead of dropping
     them; the verdict stays a drop): for a request the detector answers itself, so that
     the client keeps trying addresses p2pwall knows rather than moving on to new ones
     (a ping it spoofs the pong of), or for a UDP transport's connection opening that

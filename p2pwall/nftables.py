@@ -15,7 +15,7 @@ def nft_table(policy: QueuePolicy) -> str:
     client-scoped blocks (``pairs``: LAN client . peer, with LAN interfaces only), all
     with timeouts, and one chain before conntrack that drops what the LAN sends to
     them, except the SYNs that must reach the engine and the datagrams a detector
-    answers (``udp_answered``, at most ``ANSWERED_RATE`` a second each): those go on with
+    still sees (``udp_answered``, at most ``ANSWERED_RATE`` a second per LAN host): those go on with
     a mark that the iptables rules queue before anything else.  One hook and native set lookups:
     an early packet crosses one chain for all of it.  Empty without kernel sets."""
     if not policy.kernel_sets:
@@ -57,11 +57,10 @@ def nft_table(policy: QueuePolicy) -> str:
                  "  set udplocks6 { type ipv6_addr; flags timeout; }"]
     lan += ["    ip daddr @peers4 jump peer", "    ip6 daddr @peers6 jump peer",
             "    ip daddr @nolock4 counter drop", "    ip6 daddr @nolock6 counter drop"]
-    requeue = [f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept"]
-    for prefix in policy.udp_answered:  # bounded: beyond the rate they are dropped with the rest
-        requeue.append(f"    meta l4proto udp udp length >= {8 + len(prefix)} @th,64,{8 * len(prefix)} 0x{prefix.hex()} "
-                       f"limit rate {ANSWERED_RATE}/second burst {ANSWERED_RATE} packets "
-                       f"meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept")
+    answered_sets, answered = _answered(policy)
+    sets += answered_sets
+    requeue = [f"    tcp flags & (syn | ack) == syn meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept",
+               *answered]
     return "\n".join([
         f"table inet {policy.nft_table} {{", *sets,
         "  chain pre {",
@@ -77,6 +76,33 @@ def nft_table(policy: QueuePolicy) -> str:
         *requeue,
         "    counter drop",
         "  }", *udplock, "}", ""])
+
+
+def _answered(policy: QueuePolicy) -> tuple[list[str], list[str]]:
+    """The sets and rules that still let a LAN host's datagrams of a ``udp_answered``
+    prefix go on to the queue when they are sent to a peer blocked for it, bounded per
+    host: a resolved station (the ``pre`` chain's station mark) spends a budget of its own,
+    ``ANSWERED_RATE`` a second per prefix (by address; IPv6 by /64), so one busy or
+    hostile host costs the other hosts none of theirs (as the sender's own per-host
+    limit); every other sender shares one budget of that size.  Without stations (no LAN
+    interfaces) all share one budget per prefix.  Beyond its budget a datagram is dropped
+    with the rest."""
+    mark = f"meta mark set meta mark | 0x{policy.peer_syn_mark:x} accept"
+    rate = f"limit rate {ANSWERED_RATE}/second burst {ANSWERED_RATE} packets"
+    sets, rules = [], []
+    station = f"meta mark & 0x{policy.station_mark:x}"
+    for i, prefix in enumerate(policy.udp_answered):
+        match = f"meta l4proto udp udp length >= {8 + len(prefix)} @th,64,{8 * len(prefix)} 0x{prefix.hex()}"
+        if not policy.stations:
+            rules.append(f"    {match} {rate} {mark}")
+            continue
+        for family, kind, key in ((4, "ipv4_addr", "ip saddr"), (6, "ipv6_addr", "ip6 saddr & ffff:ffff:ffff:ffff::")):
+            sets.append(f"  set answered{i}_{family} {{ type {kind}; size {STATION_TABLE}; "
+                        f"flags dynamic,timeout; timeout 10s; }}")
+            rules.append(f"    {station} != 0 meta nfproto ipv{family} {match} "
+                         f"update @answered{i}_{family} {{ {key} {rate} }} {mark}")
+        rules.append(f"    {station} == 0 {match} {rate} {mark}")
+    return sets, rules
 
 
 def _udplock_chain(policy: QueuePolicy) -> list[str]:

@@ -24,7 +24,7 @@ from .config import Settings
 from .streams import SHORT
 
 SET_KINDS = ("peers", "nolock", "locks")
-ANSWERED_RATE = 100  # datagrams a second (per prefix) the kernel queues to blocked peers (udp_answered)
+ANSWERED_RATE = 100  # datagrams a second (per LAN host and prefix) the kernel queues to blocked peers (udp_answered)
 NFT_KINDS = ("peers", "nolock")  # in p2pwall's nft table (with the pairs); the locks are ipset
 
 

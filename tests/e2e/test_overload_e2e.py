@@ -258,3 +258,87 @@ def test_a_clean_flow_is_cut_the_moment_its_peer_is_learned(net):
         stream.wait(5)
         d.stop()
         net.exec(net.out, "iptables", "-D", "INPUT", "-p", "udp", "--dport", "9976", "-j", "DROP")
+
+
+PING_FLOOD = """
+import json, socket, sys, time
+to, port, ping, seconds, limit = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+sent = pongs = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end and sent < limit:
+    for _ in range(100):
+        try:
+            s.sendto(ping, (to, port))
+        except BlockingIOError:  # the socket's buffer is full: read, then go on
+            break
+        sent += 1
+    while True:
+        try:
+            s.recv(2048)
+            pongs += 1
+        except BlockingIOError:
+            break
+time.sleep(0.5)
+while True:
+    try:
+        s.recv(2048)
+        pongs += 1
+    except BlockingIOError:
+        break
+print(json.dumps({"sent": sent, "pongs": pongs}))
+"""
+
+PACED_PINGS = """
+import json, socket, sys, time
+to, port, ping, count, gap = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+pongs = 0
+def read_until(t):
+    global pongs
+    while (left := t - time.monotonic()) > 0:
+        s.settimeout(left)
+        try:
+            s.recv(2048)
+            pongs += 1
+        except socket.timeout:
+            return
+for i in range(count):
+    s.sendto(ping, (to, port))
+    read_until(time.monotonic() + gap)
+read_until(time.monotonic() + 1.0)  # the last pongs, however late
+print(json.dumps({"sent": count, "pongs": pongs}))
+"""
+
+
+def test_one_hosts_ping_flood_to_known_peers_costs_the_others_no_pong(net):
+    """The datagrams p2pwall still answers when they go to a peer already blocked (FastTrack
+    pings, udp_answered) are bounded per LAN host in the kernel: A floods pings at a peer
+    blocked for it, as fast as it can; B's pings to a peer blocked for B are all answered
+    meanwhile (20 a second for 2 s), and A gets no more pongs than its own budget (100 a
+    second).  With one budget for all, as before, B lost most of its pongs."""
+    from p2pwall_plugins.fasttrack import make_ping
+
+    from .helpers import udp
+
+    a_peer, b_peer = net.outside[15], net.outside[14]
+    ping = make_ping()
+    d = net.p2pwall(net.base_config(lock_seconds=10), "--plugin", "fasttrack", name="pingflood")
+    try:
+        assert wait_until(lambda: {net.lan_ips[0], net.lan_ips[1]} <= {ip for ip, _ in net.kernel_set("stations4")},
+                          timeout=10)  # both resolved stations: each has a budget of its own
+        for ns, peer in ((net.lans[0], a_peer), (net.lans[1], b_peer)):  # each learns its peer
+            assert udp(net, ns, peer, 1214, ping, wait=0.5)[0]["reply"] is not None
+        flood = net.spawn(net.lans[0], sys.executable, "-c", PING_FLOOD, a_peer, "1214", ping.hex(), "4", "2000000",
+                          log="pingflood.out")
+        time.sleep(1)
+        b = json.loads(net.exec(net.lans[1], sys.executable, "-c", PACED_PINGS, b_peer, "1214", ping.hex(), "40",
+                                "0.05").stdout)  # 20 a second for 2 s, in the middle of the flood
+        flood.wait(30)
+        a = json.loads((net.dir / "pingflood.out").read_text().strip().splitlines()[-1])
+    finally:
+        d.stop()
+    assert b["pongs"] == 40, (b, a)  # every one of B's pings answered
+    assert a["sent"] >= 20 * 100 * 4, a  # the flood was far beyond A's budget of 100 a second ...
+    assert a["pongs"] <= 100 * 4 + 100 + 20, a  # ... and A was answered within it (4 s, the burst)

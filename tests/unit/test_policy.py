@@ -67,10 +67,22 @@ def test_lock_false_peers_go_in_a_set_whose_syns_lock_nobody():
     # the iptables rules queue the marked SYNs first, before the clean-connection test
     lan = [line for line in text.splitlines() if line.startswith("-A P2PWALL-L0")]
     assert lan[0] == "-A P2PWALL-L0 -p tcp -m mark --mark 0x800000/0x800000 -j NFQUEUE --queue-num 0 --queue-bypass"
-    # and the marked datagrams a detector answers (FastTrack's pings, bounded in nft)
+    # and the marked datagrams a detector answers (FastTrack's pings), bounded in nft per
+    # LAN host: a resolved station spends its own budget (by address, IPv6 by /64), the
+    # unresolved senders share one
     assert lan[1] == "-A P2PWALL-L0 -p udp -m mark --mark 0x800000/0x800000 -j NFQUEUE --queue-num 0 --queue-bypass"
-    assert ("meta l4proto udp udp length >= 12 @th,64,32 0x27000000 limit rate 100/second burst 100 packets "
-            "meta mark set meta mark | 0x800000 accept") in peer_chain
+    ping = "meta l4proto udp udp length >= 12 @th,64,32 0x27000000"
+    rate, mark = "limit rate 100/second burst 100 packets", "meta mark set meta mark | 0x800000 accept"
+    station = f"meta mark & 0x{policy.station_mark:x}"
+    for chain in (peer_chain, table[table.index("chain blocked {"):table.index("chain peer {")]):
+        assert f"{station} != 0 meta nfproto ipv4 {ping} update @answered0_4 {{ ip saddr {rate} }} {mark}" in chain
+        assert (f"{station} != 0 meta nfproto ipv6 {ping} update @answered0_6 "
+                f"{{ ip6 saddr & ffff:ffff:ffff:ffff:: {rate} }} {mark}") in chain
+        assert f"{station} == 0 {ping} {rate} {mark}" in chain
+    assert "set answered0_4 { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 10s; }" in table
+    # without LAN interfaces there are no stations: one budget per prefix for all
+    bare, _, _ = policy_for({"network": {"lan_networks": ["192.168.0.0/16"]}})
+    assert f"    {ping} {rate} {mark}" in nftables.nft_table(bare) and "answered0_4" not in nftables.nft_table(bare)
     assert "connmark" in lan[2]
     assert "p2pwall-peers0" not in text and "p2pwall-nolock0" not in text and "*raw" not in text
     assert "# first: ipset create p2pwall-locks0 hash:ip family inet timeout 0 maxelem 65536" in text
