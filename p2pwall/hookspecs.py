@@ -114,8 +114,8 @@ def p2pwall_inspect(packet: Packet, context: Context) -> Action | Sequence[Actio
 
     ``packet`` is a read-only :class:`p2pwall.Packet` of a kind this detector declared
     in ``wants``.  ``context`` (:class:`p2pwall.Context`) tells the time
-    (``context.now``), answers ``is_blocked(addr)``, ``is_locked(addr)``,
-    ``in_lan(addr)`` and, for a reply, ``requested(packet)`` (did this detector act on the
+    (``context.now``), answers ``is_blocked(addr)``, ``blocked_for(client, peer)`` (for that
+    client or the whole LAN), ``is_locked(addr)``, ``in_lan(addr)`` and, for a reply, ``requested(packet)`` (did this detector act on the
     client's request on this same flow?); ``recognise(packet)`` marks a client's request
     as this detector's protocol without acting on it (only then, or after a ``Block`` of
     the request, does the peer's reply on that flow count); it keeps small bounded notes for it
