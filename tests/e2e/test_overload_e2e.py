@@ -266,6 +266,14 @@ to, port, ping, seconds, limit = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sy
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setblocking(False)
 sent = pongs = 0
+def drain():
+    global pongs
+    while True:
+        try:
+            s.recv(2048)
+            pongs += 1
+        except BlockingIOError:
+            return
 end = time.monotonic() + seconds
 while time.monotonic() < end and sent < limit:
     for _ in range(100):
@@ -274,19 +282,9 @@ while time.monotonic() < end and sent < limit:
         except BlockingIOError:  # the socket's buffer is full: read, then go on
             break
         sent += 1
-    while True:
-        try:
-            s.recv(2048)
-            pongs += 1
-        except BlockingIOError:
-            break
-time.sleep(0.5)
-while True:
-    try:
-        s.recv(2048)
-        pongs += 1
-    except BlockingIOError:
-        break
+    drain()
+time.sleep(0.5)  # the last pongs
+drain()
 print(json.dumps({"sent": sent, "pongs": pongs}))
 """
 
